@@ -36,8 +36,4 @@ std::vector<float> load_state_file(const std::string& path, const StateSpec& exp
 std::vector<float> read_raw_state(const std::string& path, size_t expected_floats);
 void write_raw_state(const std::string& path, std::span<const float> data);
 
-// Writes bytes to path atomically: temp file beside it, fsync, rename. Throws rwkv::Error on any
-// failure (the temp file is removed).
-void write_file_atomic(const std::string& path, const void* data, size_t size);
-
 }  // namespace rwkv

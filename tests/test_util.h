@@ -1,0 +1,32 @@
+// Helpers shared by the tests: paths to ../shared, fixture loading, error measures.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <span>
+#include <string>
+#include <vector>
+
+namespace rwkv::test {
+
+// Absolute path of ../shared (compiled in). Tests that need it call RWKV_REQUIRE_SHARED(rel).
+std::string shared_path(const std::string& relative);
+bool shared_exists(const std::string& relative);
+// A fresh temp directory for this test process (removed at exit).
+std::string temp_dir();
+
+std::vector<float> read_f32_file(const std::string& path);
+std::vector<double> read_f64_file(const std::string& path);
+
+struct ErrorStats {
+  double max_abs = 0;
+  double max_rel = 0;  // max |a-b| / max(|b|, 1e-6) over elements with |b| > 1e-3
+};
+ErrorStats compare(std::span<const float> got, std::span<const float> want);
+
+}  // namespace rwkv::test
+
+// Skips the current test (with the reason) when ../shared/<rel> is absent.
+#define RWKV_REQUIRE_SHARED(rel)                                                       \
+  do {                                                                                 \
+    if (!::rwkv::test::shared_exists(rel)) GTEST_SKIP() << "../shared/" << (rel) << " not present"; \
+  } while (0)
