@@ -1,9 +1,10 @@
-#include "test_util.h"
+#include "testing.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 
@@ -24,9 +25,7 @@ std::string temp_dir() {
   static std::string dir = [] {
     std::string tmpl = (std::filesystem::temp_directory_path() / "rwkv-test-XXXXXX").string();
     if (!mkdtemp(tmpl.data())) std::abort();
-    std::string d = tmpl;
-    std::atexit([] {});
-    return d;
+    return tmpl;
   }();
   static struct Cleanup {
     ~Cleanup() { std::error_code ec; std::filesystem::remove_all(dir, ec); }
