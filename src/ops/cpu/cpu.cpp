@@ -1,0 +1,111 @@
+// The fast CPU path: threads (OpenMP), SIMD kernels (simd.cpp) and OpenBLAS sgemm.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "ops/cpu/simd.h"
+#include "ops/ops.h"
+
+namespace rwkv::ops::cpu {
+namespace {
+
+// Up to this many input vectors a product reads the weights once with the SIMD matrix-vector
+// kernel (decode: bound by weight bandwidth); beyond it a GEMM wins (prefill: bound by FLOPs).
+constexpr int kMatVecMaxRows = 4;
+// Below this many weight bytes a product runs on one thread (fork/join costs more).
+constexpr size_t kParallelMinBytes = 64 * 1024;
+
+int g_threads = 0;
+
+void matvec(const Matrix& W, const float* x, int M, float* y) {
+  if (W.nbytes() < kParallelMinBytes) {
+    simd_matvec_rows(W, x, M, y, 0, W.rows);
+    return;
+  }
+#pragma omp parallel
+  {
+    // Contiguous row ranges, one per thread, in multiples of 8 rows to keep cache lines whole.
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int blocks = (W.rows + 7) / 8;
+    const int b0 = int(int64_t(blocks) * id / nt), b1 = int(int64_t(blocks) * (id + 1) / nt);
+    const int r0 = std::min(W.rows, b0 * 8), r1 = std::min(W.rows, b1 * 8);
+    if (r0 < r1) simd_matvec_rows(W, x, M, y, r0, r1);
+  }
+}
+
+// Weights in fp32 for sgemm: the matrix itself, or a converted copy in a reused buffer.
+// Converting costs one read of the weights, small next to a GEMM over many rows.
+const float* weights_f32(const Matrix& W) {
+  if (W.dtype == DType::F32) return static_cast<const float*>(W.data);
+  thread_local std::vector<float> converted;
+  const size_t n = size_t(W.rows) * size_t(W.cols);
+  if (converted.size() < n) converted.resize(n);
+  const size_t esize = dtype_size(W.dtype);
+  const size_t block = 1 << 16;
+  const auto* src = static_cast<const uint8_t*>(W.data);
+  float* dst = converted.data();
+#pragma omp parallel for schedule(static)
+  for (size_t b = 0; b < (n + block - 1) / block; ++b) {
+    const size_t i0 = b * block, len = std::min(block, n - i0);
+    simd_to_f32(W.dtype, src + i0 * esize, dst + i0, len);
+  }
+  return dst;
+}
+
+}  // namespace
+
+void linear(const Matrix& W, const float* x, int M, float* y) {
+  if (M <= 0 || W.rows == 0) return;
+  if (W.cols == 0) {
+    std::fill(y, y + size_t(M) * size_t(W.rows), 0.f);
+    return;
+  }
+  if (M <= kMatVecMaxRows) return matvec(W, x, M, y);
+  const float* w = weights_f32(W);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, W.rows, W.cols, 1.0f, x, W.cols, w,
+              W.cols, 0.0f, y, W.rows);
+}
+
+static bool simd_head_ok(const Wkv7Head& h) {
+  return h.N <= kMaxHeadSize && h.N % int(simd_lanes_f32()) == 0;
+}
+
+void wkv7_recurrent(const Wkv7Head& h) {
+  if (simd_head_ok(h)) return simd_wkv7_recurrent(h);
+  ref::wkv7_recurrent(h);
+}
+
+void wkv7_chunked(const Wkv7Head& h) {
+  if (simd_head_ok(h)) return simd_wkv7_chunked(h);
+  ref::wkv7_chunked(h, kWkvChunk);
+}
+
+void set_num_threads(int n) {
+  g_threads = n > 0 ? n : omp_get_num_procs();
+  omp_set_num_threads(g_threads);
+  openblas_set_num_threads(g_threads);
+}
+
+int num_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
+
+const char* simd_target() { return simd_target_name(); }
+
+}  // namespace rwkv::ops::cpu
+
+namespace rwkv::ops {
+
+static void ref_wkv7_parallel(const Wkv7Head& h) { ref::wkv7_chunked(h, cpu::kWkvChunk); }
+
+const Kernels& ref_kernels() {
+  static const Kernels k{"ref", &ref::linear, &ref::wkv7_recurrent, &ref_wkv7_parallel};
+  return k;
+}
+
+const Kernels& cpu_kernels() {
+  static const Kernels k{"cpu", &cpu::linear, &cpu::wkv7_recurrent, &cpu::wkv7_chunked};
+  return k;
+}
+
+}  // namespace rwkv::ops

@@ -1,0 +1,282 @@
+// SIMD kernels, compiled once per instruction set by Highway and picked at run time
+// (DESIGN §6). Each has a plain-loop twin in ops/ref/ that the tests hold it to.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "ops/cpu/simd.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+// Must follow foreach_target.h.
+#include "hwy/contrib/math/math-inl.h"
+#include "hwy/highway.h"
+#include <cstring>
+
+#include "ops/cpu/simd.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace rwkv::ops::cpu::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+// Weight element tags: how a row of stored weights becomes fp32 vectors.
+struct F32W {
+  using T = float;
+  static HWY_INLINE VF Load(DF d, const T* p) { return hn::LoadU(d, p); }
+  static HWY_INLINE float Scalar(T x) { return x; }
+};
+struct BF16W {
+  using T = hwy::bfloat16_t;
+  static HWY_INLINE VF Load(DF d, const T* p) {
+    const hn::Rebind<T, DF> dh;
+    return hn::PromoteTo(d, hn::LoadU(dh, p));
+  }
+  static HWY_INLINE float Scalar(T x) { return hwy::F32FromBF16(x); }
+};
+struct F16W {
+  using T = hwy::float16_t;
+  static HWY_INLINE VF Load(DF d, const T* p) {
+    const hn::Rebind<T, DF> dh;
+    return hn::PromoteTo(d, hn::LoadU(dh, p));
+  }
+  static HWY_INLINE float Scalar(T x) {
+    uint16_t bits;
+    std::memcpy(&bits, &x, 2);
+    return f16_to_f32(bits);
+  }
+};
+
+HWY_INLINE float Sum(DF d, VF v) { return hn::GetLane(hn::SumOfLanes(d, v)); }
+
+HWY_INLINE float Dot(const float* a, const float* b, size_t n) {
+  const DF d;
+  const size_t NL = hn::Lanes(d);
+  VF acc0 = hn::Zero(d), acc1 = hn::Zero(d);
+  size_t i = 0;
+  for (; i + 2 * NL <= n; i += 2 * NL) {
+    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
+    acc1 = hn::MulAdd(hn::LoadU(d, a + i + NL), hn::LoadU(d, b + i + NL), acc1);
+  }
+  for (; i + NL <= n; i += NL) acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
+  float s = Sum(d, hn::Add(acc0, acc1));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// y += alpha * x
+HWY_INLINE void Axpy(float alpha, const float* x, float* y, size_t n) {
+  const DF d;
+  const size_t NL = hn::Lanes(d);
+  const VF va = hn::Set(d, alpha);
+  size_t i = 0;
+  for (; i + NL <= n; i += NL) hn::StoreU(hn::MulAdd(va, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, y + i);
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// Rows [r0, r1) of y[m][o] = Σ_i W[o][i] x[m][i] for M input vectors. Each weight row is read
+// once for all M vectors: decode is bound by reading the weights.
+template <class W, int M>
+void MatVecRowsT(const typename W::T* w_all, int cols, const float* x, float* y, int rows,
+                 int r0, int r1) {
+  const DF d;
+  const size_t NL = hn::Lanes(d);
+  const size_t n = size_t(cols);
+  for (int o = r0; o < r1; ++o) {
+    const typename W::T* w = w_all + size_t(o) * n;
+    VF acc0[M], acc1[M];
+    for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = hn::Zero(d);
+    size_t i = 0;
+    for (; i + 2 * NL <= n; i += 2 * NL) {
+      const VF w0 = W::Load(d, w + i), w1 = W::Load(d, w + i + NL);
+      for (int m = 0; m < M; ++m) {
+        acc0[m] = hn::MulAdd(w0, hn::LoadU(d, x + size_t(m) * n + i), acc0[m]);
+        acc1[m] = hn::MulAdd(w1, hn::LoadU(d, x + size_t(m) * n + i + NL), acc1[m]);
+      }
+    }
+    for (int m = 0; m < M; ++m) {
+      float s = Sum(d, hn::Add(acc0[m], acc1[m]));
+      for (size_t j = i; j < n; ++j) s += W::Scalar(w[j]) * x[size_t(m) * n + j];
+      y[size_t(m) * size_t(rows) + size_t(o)] = s;
+    }
+  }
+}
+
+template <class W>
+void MatVecRowsW(const void* w, int cols, const float* x, int M, float* y, int rows, int r0,
+                 int r1) {
+  const auto* wt = static_cast<const typename W::T*>(w);
+  switch (M) {
+    case 1: return MatVecRowsT<W, 1>(wt, cols, x, y, rows, r0, r1);
+    case 2: return MatVecRowsT<W, 2>(wt, cols, x, y, rows, r0, r1);
+    case 3: return MatVecRowsT<W, 3>(wt, cols, x, y, rows, r0, r1);
+    default:
+      for (int m = 0; m < M; m += 4) {
+        const int mm = std::min(4, M - m);
+        if (mm == 4) {
+          MatVecRowsT<W, 4>(wt, cols, x + size_t(m) * size_t(cols), y + size_t(m) * size_t(rows),
+                            rows, r0, r1);
+        } else {
+          MatVecRowsW<W>(w, cols, x + size_t(m) * size_t(cols), mm, y + size_t(m) * size_t(rows),
+                         rows, r0, r1);
+        }
+      }
+  }
+}
+
+void MatVecRows(const Matrix& W, const float* x, int M, float* y, int r0, int r1) {
+  switch (W.dtype) {
+    case DType::F32: return MatVecRowsW<F32W>(W.data, W.cols, x, M, y, W.rows, r0, r1);
+    case DType::BF16: return MatVecRowsW<BF16W>(W.data, W.cols, x, M, y, W.rows, r0, r1);
+    case DType::F16: return MatVecRowsW<F16W>(W.data, W.cols, x, M, y, W.rows, r0, r1);
+  }
+}
+
+template <class W>
+void ToF32W(const void* src, float* dst, size_t n) {
+  const DF d;
+  const size_t NL = hn::Lanes(d);
+  const auto* s = static_cast<const typename W::T*>(src);
+  size_t i = 0;
+  for (; i + NL <= n; i += NL) hn::StoreU(W::Load(d, s + i), d, dst + i);
+  for (; i < n; ++i) dst[i] = W::Scalar(s[i]);
+}
+
+void ToF32(DType dtype, const void* src, float* dst, size_t n) {
+  switch (dtype) {
+    case DType::F32: return ToF32W<F32W>(src, dst, n);
+    case DType::BF16: return ToF32W<BF16W>(src, dst, n);
+    case DType::F16: return ToF32W<F16W>(src, dst, n);
+  }
+}
+
+// Recurrent WKV-7 for one head (spec §2.4). Row i of S (value i) is updated with the key
+// vectors: sa_i = S_i·a ; S_i ← S_i⊙d + sa_i b + v_i k ; y_i = S_i·r. Needs N % lanes == 0.
+void Wkv7Recurrent(const Wkv7Head& h) {
+  const DF d;
+  const size_t NL = hn::Lanes(d);
+  const size_t N = size_t(h.N);
+  HWY_ALIGN float decay[kMaxHeadSize];
+  for (int t = 0; t < h.T; ++t) {
+    const size_t o = size_t(t) * size_t(h.stride);
+    const float *r = h.r + o, *k = h.k + o, *v = h.v + o, *a = h.a + o, *b = h.b + o;
+    for (size_t j = 0; j < N; j += NL) hn::Store(hn::Exp(d, hn::LoadU(d, h.w + o + j)), d, decay + j);
+    for (size_t i = 0; i < N; ++i) {
+      float* Si = h.S + i * N;
+      const VF sa = hn::Set(d, Dot(Si, a, N));
+      const VF vi = hn::Set(d, v[i]);
+      VF acc = hn::Zero(d);
+      for (size_t j = 0; j < N; j += NL) {
+        VF s = hn::Mul(hn::LoadU(d, Si + j), hn::Load(d, decay + j));
+        s = hn::MulAdd(sa, hn::LoadU(d, b + j), s);
+        s = hn::MulAdd(vi, hn::LoadU(d, k + j), s);
+        hn::StoreU(s, d, Si + j);
+        acc = hn::MulAdd(s, hn::LoadU(d, r + j), acc);
+      }
+      h.y[o + i] = Sum(d, acc);
+    }
+  }
+}
+
+// Chunked WKV-7 for one head (spec §4.5), chunks of kWkvChunk tokens. Decays are factorised
+// relative to the chunk start (see ref::wkv7_chunked); everything else is dots and axpys over
+// contiguous N-vectors. Needs N % lanes == 0.
+void Wkv7Chunked(const Wkv7Head& h) {
+  const DF d;
+  const size_t NL = hn::Lanes(d);
+  const size_t N = size_t(h.N);
+  constexpr int C = kWkvChunk;
+  thread_local std::vector<float> buf;
+  buf.resize(7 * C * N + 2 * N);
+  float *rt = buf.data(), *at = rt + C * N, *kt = at + C * N, *bt = kt + C * N, *vv = bt + C * N,
+        *sa = vv + C * N, *yy = sa + C * N, *G = yy + C * N, *eg = G + N;
+  float A_rk[C][C], A_rb[C][C], A_ak[C][C], A_ab[C][C];
+  for (int t0 = 0; t0 < h.T; t0 += C) {
+    const int L = std::min(C, h.T - t0);
+    // Decay-scaled copies of this chunk's inputs.
+    for (size_t i = 0; i < N; i += NL) hn::StoreU(hn::Zero(d), d, G + i);
+    for (int t = 0; t < L; ++t) {
+      const size_t o = size_t(t0 + t) * size_t(h.stride), l = size_t(t) * N;
+      for (size_t i = 0; i < N; i += NL) {
+        const VF g_excl = hn::LoadU(d, G + i);
+        const VF g = hn::Add(g_excl, hn::LoadU(d, h.w + o + i));
+        hn::StoreU(g, d, G + i);
+        const VF e_neg = hn::Exp(d, hn::Neg(g));
+        hn::StoreU(hn::Mul(hn::LoadU(d, h.r + o + i), hn::Exp(d, g)), d, rt + l + i);
+        hn::StoreU(hn::Mul(hn::LoadU(d, h.a + o + i), hn::Exp(d, g_excl)), d, at + l + i);
+        hn::StoreU(hn::Mul(hn::LoadU(d, h.k + o + i), e_neg), d, kt + l + i);
+        hn::StoreU(hn::Mul(hn::LoadU(d, h.b + o + i), e_neg), d, bt + l + i);
+        hn::StoreU(hn::LoadU(d, h.v + o + i), d, vv + l + i);
+      }
+    }
+    // Pair terms within the chunk.
+    for (int t = 0; t < L; ++t) {
+      for (int s = 0; s <= t; ++s) {
+        A_rk[t][s] = Dot(rt + t * N, kt + s * N, N);
+        A_rb[t][s] = Dot(rt + t * N, bt + s * N, N);
+        A_ak[t][s] = s < t ? Dot(at + t * N, kt + s * N, N) : 0.f;
+        A_ab[t][s] = s < t ? Dot(at + t * N, bt + s * N, N) : 0.f;
+      }
+    }
+    // The incoming state's share: sa_t ← S₀ ã_t, y_t ← S₀ r̃_t.
+    for (size_t j = 0; j < N; ++j) {
+      const float* Sj = h.S + j * N;
+      for (int t = 0; t < L; ++t) {
+        sa[t * N + j] = Dot(Sj, at + t * N, N);
+        yy[t * N + j] = Dot(Sj, rt + t * N, N);
+      }
+    }
+    // Forward substitution for sa_t = S_{t−1} a_t, then the outputs.
+    for (int t = 0; t < L; ++t) {
+      for (int s = 0; s < t; ++s) {
+        Axpy(A_ak[t][s], vv + s * N, sa + t * N, N);
+        Axpy(A_ab[t][s], sa + s * N, sa + t * N, N);
+      }
+    }
+    for (int t = 0; t < L; ++t) {
+      float* y = yy + t * N;
+      for (int s = 0; s <= t; ++s) {
+        Axpy(A_rk[t][s], vv + s * N, y, N);
+        Axpy(A_rb[t][s], sa + s * N, y, N);
+      }
+      std::copy(y, y + N, h.y + size_t(t0 + t) * size_t(h.stride));
+    }
+    // State after the chunk.
+    for (size_t i = 0; i < N; i += NL) hn::StoreU(hn::Exp(d, hn::LoadU(d, G + i)), d, eg + i);
+    for (size_t j = 0; j < N; ++j) {
+      float* Sj = h.S + j * N;
+      for (size_t i = 0; i < N; i += NL) {
+        VF acc = hn::LoadU(d, Sj + i);
+        for (int s = 0; s < L; ++s) {
+          acc = hn::MulAdd(hn::Set(d, vv[s * N + j]), hn::LoadU(d, kt + s * N + i), acc);
+          acc = hn::MulAdd(hn::Set(d, sa[s * N + j]), hn::LoadU(d, bt + s * N + i), acc);
+        }
+        hn::StoreU(hn::Mul(acc, hn::LoadU(d, eg + i)), d, Sj + i);
+      }
+    }
+  }
+}
+
+size_t LanesF32() { return hn::Lanes(DF()); }
+const char* TargetName() { return hwy::TargetName(HWY_TARGET); }
+
+}  // namespace rwkv::ops::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace rwkv::ops::cpu {
+HWY_EXPORT(MatVecRows);
+HWY_EXPORT(ToF32);
+HWY_EXPORT(Wkv7Recurrent);
+HWY_EXPORT(Wkv7Chunked);
+HWY_EXPORT(LanesF32);
+HWY_EXPORT(TargetName);
+
+void simd_matvec_rows(const Matrix& W, const float* x, int M, float* y, int r0, int r1) {
+  HWY_DYNAMIC_DISPATCH(MatVecRows)(W, x, M, y, r0, r1);
+}
+void simd_to_f32(DType dtype, const void* src, float* dst, size_t n) {
+  HWY_DYNAMIC_DISPATCH(ToF32)(dtype, src, dst, n);
+}
+void simd_wkv7_recurrent(const Wkv7Head& h) { HWY_DYNAMIC_DISPATCH(Wkv7Recurrent)(h); }
+void simd_wkv7_chunked(const Wkv7Head& h) { HWY_DYNAMIC_DISPATCH(Wkv7Chunked)(h); }
+size_t simd_lanes_f32() { return HWY_DYNAMIC_DISPATCH(LanesF32)(); }
+const char* simd_target_name() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
+}  // namespace rwkv::ops::cpu
+#endif
