@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages the build and tests need. Idempotent: installs only what is missing.
 set -euo pipefail
-pkgs=(cmake ninja-build g++ make pkg-config libopenblas-dev libhwy-dev nlohmann-json3-dev
+pkgs=(cmake ninja-build g++ make pkg-config libopenblas-openmp-dev libhwy-dev nlohmann-json3-dev
       libcli11-dev libgtest-dev libbenchmark-dev)
 missing=()
 for p in "${pkgs[@]}"; do

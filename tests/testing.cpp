@@ -60,3 +60,75 @@ ErrorStats compare(std::span<const float> got, std::span<const float> want) {
 }
 
 }  // namespace rwkv::test
+
+#include <random>
+
+namespace rwkv::test {
+
+std::shared_ptr<const Checkpoint> random_v7_checkpoint(const V7Dims& d, uint32_t seed,
+                                                       DType dtype) {
+  std::mt19937 rng(seed);
+  const int C = d.n_embd, F = d.ffn ? d.ffn : 4 * C, H = C / d.head_size, V = d.vocab;
+  std::vector<TensorView> tensors;
+  auto storage = std::make_shared<std::vector<std::vector<uint8_t>>>();
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, auto gen) {
+    TensorView t{name, dtype, shape, nullptr};
+    const size_t n = size_t(t.numel());
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = gen(i % size_t(shape.back()));
+    storage->emplace_back(n * dtype_size(dtype));
+    convert_from_f32(dtype, v.data(), storage->back().data(), n);
+    t.data = storage->back().data();
+    tensors.push_back(t);
+  };
+  auto normal = [&](float mean, float sd) {
+    return [&rng, mean, sd](size_t) { return std::normal_distribution<float>(mean, sd)(rng); };
+  };
+  auto uniform = [&](float lo, float hi) {
+    return [&rng, lo, hi](size_t) { return std::uniform_real_distribution<float>(lo, hi)(rng); };
+  };
+  const float s = 1.f / std::sqrt(float(C));
+  add("emb.weight", {V, C}, normal(0, 0.5f));
+  for (int l = 0; l < d.n_layer; ++l) {
+    const std::string b = "blocks." + std::to_string(l) + ".", a = b + "att.";
+    for (const char* n : {"ln1", "ln2"}) {
+      add(b + n + ".weight", {C}, normal(1, 0.1f));
+      add(b + n + ".bias", {C}, normal(0, 0.1f));
+    }
+    if (l == 0) {
+      add(b + "ln0.weight", {C}, normal(1, 0.1f));
+      add(b + "ln0.bias", {C}, normal(0, 0.1f));
+    }
+    for (const char* n : {"x_r", "x_w", "x_k", "x_v", "x_a", "x_g"}) add(a + n, {1, 1, C}, uniform(0, 1));
+    add(a + "w0", {1, 1, C}, [&](size_t c) { return -6.f + 6.f * float(c) / float(C) + 0.5f +
+                                                     std::normal_distribution<float>(0, 0.3f)(rng); });
+    add(a + "w1", {C, d.lora}, normal(0, 0.1f));
+    add(a + "w2", {d.lora, C}, normal(0, 0.1f));
+    add(a + "a0", {1, 1, C}, normal(-0.19f, 0.3f));
+    add(a + "a1", {C, d.lora}, normal(0, 0.1f));
+    add(a + "a2", {d.lora, C}, normal(0, 0.1f));
+    if (l > 0) {
+      add(a + "v0", {1, 1, C}, normal(0.73f, 0.2f));
+      add(a + "v1", {C, d.lora}, normal(0, 0.1f));
+      add(a + "v2", {d.lora, C}, normal(0, 0.1f));
+    }
+    add(a + "g1", {C, d.lora}, normal(0, 0.1f));
+    add(a + "g2", {d.lora, C}, normal(0, 0.1f));
+    add(a + "k_k", {1, 1, C}, normal(0.71f, 0.05f));
+    add(a + "k_a", {1, 1, C}, normal(1.02f, 0.05f));
+    add(a + "r_k", {H, d.head_size}, normal(-0.04f, 0.1f));
+    for (const char* n : {"receptance", "key", "value", "output"}) add(a + n + ".weight", {C, C}, normal(0, s));
+    add(a + "ln_x.weight", {C}, normal(1, 0.1f));
+    add(a + "ln_x.bias", {C}, normal(0, 0.1f));
+    add(b + "ffn.x_k", {1, 1, C}, uniform(0, 1));
+    add(b + "ffn.key.weight", {F, C}, normal(0, s));
+    add(b + "ffn.value.weight", {C, F}, normal(0, 1.f / std::sqrt(float(F))));
+  }
+  add("ln_out.weight", {C}, normal(1, 0.1f));
+  add("ln_out.bias", {C}, normal(0, 0.1f));
+  add("head.weight", {V, C}, normal(0, 1.5f * s));
+  return std::make_shared<const Checkpoint>("random-v7", "memory", std::move(tensors),
+                                            std::vector<std::shared_ptr<const void>>{storage});
+}
+
+}  // namespace rwkv::test

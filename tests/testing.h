@@ -30,3 +30,21 @@ ErrorStats compare(std::span<const float> got, std::span<const float> want);
   do {                                                                                 \
     if (!::rwkv::test::shared_exists(rel)) GTEST_SKIP() << "../shared/" << (rel) << " not present"; \
   } while (0)
+
+#include <memory>
+
+#include "rwkv/checkpoint.h"
+
+namespace rwkv::test {
+
+// Dimensions of a random RWKV-7 model for property tests.
+struct V7Dims {
+  int n_layer = 2, n_embd = 64, head_size = 16, vocab = 97, ffn = 0;  // ffn 0 = 4·n_embd
+  int lora = 16;
+};
+// A random RWKV-7 checkpoint in memory, with the official key names and shapes, at the
+// magnitudes of ../shared/fixtures/official (decays in their usual range, LoRAs ~N(0, 0.1²)).
+std::shared_ptr<const Checkpoint> random_v7_checkpoint(const V7Dims& dims, uint32_t seed,
+                                                       DType dtype = DType::F32);
+
+}  // namespace rwkv::test

@@ -1,0 +1,79 @@
+// A loaded RWKV model, any generation, in both forms (DESIGN "The two forms"):
+//   step     recurrent: one token for each of B independent sequences
+//   forward  parallel over [B, T] (prefill, training); equal to repeated step()
+// States are flat fp32 buffers (state_spec().floats each) owned by the caller.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "rwkv/checkpoint.h"
+#include "rwkv/dtype.h"
+#include "rwkv/state.h"
+
+namespace rwkv {
+
+// Hyper-parameters, all read from tensor names and shapes (spec §1.3), never from file names.
+struct ModelInfo {
+  std::string generation;  // "x070" (RWKV-7), "x060", "5.2", "5.1", "5.0", "4"
+  std::string family;      // "RWKV-7 Goose", ...
+  int n_layer = 0;
+  int n_embd = 0;      // C
+  int dim_att = 0;     // A
+  int dim_ffn = 0;     // F
+  int n_head = 0;      // H (0 for RWKV-4)
+  int head_size = 0;   // N
+  int vocab_size = 0;  // V
+  std::vector<std::pair<std::string, int>> lora;  // LoRA widths by name ("decay", 64), …
+  DType file_dtype = DType::F32;                  // dtype of most matrices in the file
+  size_t n_params = 0;
+};
+
+// Reads the hyper-parameters of any generation from a checkpoint. Throws rwkv::Error for a file
+// that is not an RWKV checkpoint (naming what is missing).
+ModelInfo detect_model(const Checkpoint& checkpoint);
+
+enum class Backend { Ref, Cpu };
+enum class LogitsMode { All, Last, None };
+
+struct LoadOptions {
+  std::optional<DType> weight_dtype;  // convert matrices at load; default: keep as stored
+  Backend backend = Backend::Cpu;
+};
+
+// One piece of the state, in the official package's list order (spec §2.5).
+struct StatePiece {
+  std::string name;  // "blocks.0.att_x_prev"
+  std::vector<int64_t> shape;
+  size_t offset = 0;
+  size_t numel = 0;
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const ModelInfo& info() const = 0;
+  virtual StateSpec state_spec() const = 0;
+  virtual std::vector<StatePiece> state_layout() const = 0;
+  // The start-of-sequence state (all zeros for RWKV-5/6/7).
+  virtual void init_state(float* state) const = 0;
+  // Weight bytes read per decoded token (every matrix but the embedding, whose one row is read).
+  virtual size_t decode_bytes_per_token() const = 0;
+  virtual DType weight_dtype() const = 0;
+
+  // Recurrent form: tokens[B], states[B] updated in place, logits [B, V].
+  // Throws rwkv::Error for a token outside [0, V) before touching any state.
+  virtual void step(const int* tokens, int B, float* const* states, float* logits) = 0;
+  // Parallel form: tokens [B, T] row-major, states[B] in/out. logits: [B, T, V] for All,
+  // [B, V] (after each sequence's last token) for Last, unused for None.
+  virtual void forward(const int* tokens, int B, int T, float* const* states, float* logits,
+                       LogitsMode mode) = 0;
+};
+
+std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options = {});
+std::unique_ptr<Model> load_model(std::shared_ptr<const Checkpoint> checkpoint,
+                                  const LoadOptions& options = {});
+
+}  // namespace rwkv

@@ -1,0 +1,150 @@
+#include "model/common.h"
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_set>
+
+#include "rwkv/error.h"
+
+namespace rwkv::model {
+
+void layer_norm(const float* in, float* out, int M, int C, const float* weight, const float* bias,
+                float eps) {
+  for (int m = 0; m < M; ++m) {
+    const float* x = in + size_t(m) * size_t(C);
+    float* y = out + size_t(m) * size_t(C);
+    double mean = 0, var = 0;
+    for (int c = 0; c < C; ++c) mean += x[c];
+    mean /= C;
+    for (int c = 0; c < C; ++c) var += (x[c] - mean) * (x[c] - mean);
+    var /= C;
+    const float inv = float(1.0 / std::sqrt(var + eps)), mu = float(mean);
+    for (int c = 0; c < C; ++c) y[c] = (x[c] - mu) * inv * weight[c] + bias[c];
+  }
+}
+
+void group_norm(float* x, int M, int H, int N, const float* weight, const float* bias, float eps) {
+  for (int m = 0; m < M; ++m) {
+    for (int h = 0; h < H; ++h) {
+      const size_t o = (size_t(m) * size_t(H) + size_t(h)) * size_t(N);
+      layer_norm(x + o, x + o, 1, N, weight + size_t(h) * size_t(N), bias + size_t(h) * size_t(N),
+                 eps);
+    }
+  }
+}
+
+void token_shift(const float* x, float* delta, int B, int T, int C, float* const* prev_state,
+                 size_t prev_offset) {
+  for (int b = 0; b < B; ++b) {
+    float* prev = prev_state[b] + prev_offset;
+    for (int t = 0; t < T; ++t) {
+      const size_t row = (size_t(b) * size_t(T) + size_t(t)) * size_t(C);
+      const float* p = t == 0 ? prev : x + row - size_t(C);
+      for (int c = 0; c < C; ++c) delta[row + size_t(c)] = p[c] - x[row + size_t(c)];
+    }
+    std::memcpy(prev, x + (size_t(b) * size_t(T) + size_t(T - 1)) * size_t(C), size_t(C) * 4);
+  }
+}
+
+uint64_t fnv1a64(const void* data, size_t n, uint64_t h) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+WeightLoader::WeightLoader(std::shared_ptr<const Checkpoint> ckpt, const LoadOptions& options)
+    : ckpt_(std::move(ckpt)), options_(options) {}
+
+const TensorView& WeightLoader::get(const std::string& name, std::vector<int64_t> expected,
+                                    bool exact_shape) {
+  const TensorView& t = ckpt_->get(name);
+  const bool ok = exact_shape ? t.shape == expected : t.numel() == expected.at(0);
+  if (!ok) {
+    std::string want = exact_shape ? TensorView{"", DType::F32, expected, nullptr}.shape_str()
+                                   : cat(expected.at(0), " elements");
+    fail(ckpt_->path(), ": tensor '", name, "' has shape ", t.shape_str(), ", expected ", want);
+  }
+  used_.push_back(name);
+  return t;
+}
+
+const float* WeightLoader::vec(const std::string& name, int64_t numel) {
+  const TensorView& t = get(name, {numel}, false);
+  auto buf = std::make_unique<uint8_t[]>(size_t(numel) * 4);
+  auto* out = reinterpret_cast<float*>(buf.get());
+  convert_to_f32(t.dtype, t.data, out, size_t(numel));
+  owned_.push_back(std::move(buf));
+  return out;
+}
+
+DType WeightLoader::matrix_dtype() const {
+  return options_.weight_dtype.value_or(ckpt_->get("head.weight").dtype);
+}
+
+ops::Matrix WeightLoader::mat(const std::string& name, int rows, int cols) {
+  const TensorView& t = get(name, {rows, cols}, true);
+  const DType want = options_.weight_dtype.value_or(t.dtype);
+  ops::Matrix m{want, rows, cols, t.data};
+  if (want != t.dtype) {
+    const size_t n = size_t(rows) * size_t(cols);
+    auto buf = std::make_unique<uint8_t[]>(n * dtype_size(want));
+    std::vector<float> tmp(n);
+    convert_to_f32(t.dtype, t.data, tmp.data(), n);
+    convert_from_f32(want, tmp.data(), buf.get(), n);
+    m.data = buf.get();
+    owned_.push_back(std::move(buf));
+  }
+  matrix_bytes_ += m.nbytes();
+  return m;
+}
+
+ops::Matrix WeightLoader::lora(const std::string& name, int in, int out) {
+  const TensorView& t = get(name, {in, out}, true);
+  const DType want = options_.weight_dtype.value_or(t.dtype);
+  const size_t n = size_t(in) * size_t(out);
+  std::vector<float> src(n), transposed(n);
+  convert_to_f32(t.dtype, t.data, src.data(), n);
+  for (int i = 0; i < in; ++i)
+    for (int o = 0; o < out; ++o) transposed[size_t(o) * size_t(in) + size_t(i)] = src[size_t(i) * size_t(out) + size_t(o)];
+  auto buf = std::make_unique<uint8_t[]>(n * dtype_size(want));
+  convert_from_f32(want, transposed.data(), buf.get(), n);
+  ops::Matrix m{want, out, in, buf.get()};
+  owned_.push_back(std::move(buf));
+  matrix_bytes_ += m.nbytes();
+  return m;
+}
+
+void WeightLoader::mark_ignored(const std::string& name) { used_.push_back(name); }
+
+void WeightLoader::check_all_used() const {
+  std::unordered_set<std::string> used(used_.begin(), used_.end());
+  for (const TensorView& t : ckpt_->tensors()) {
+    if (!used.count(t.name)) {
+      fail(ckpt_->path(), ": unexpected tensor '", t.name, "' ", t.shape_str(),
+           " (an unsupported model variant?)");
+    }
+  }
+}
+
+// Names, shapes and the first values of the embedding and head, rounded to bf16 so that the
+// fp32 and bf16 files of one model (same values) share states.
+uint64_t WeightLoader::fingerprint() const {
+  uint64_t h = fnv1a64(nullptr, 0);
+  for (const TensorView& t : ckpt_->tensors()) {
+    h = fnv1a64(t.name.data(), t.name.size(), h);
+    h = fnv1a64(t.shape.data(), t.shape.size() * sizeof(int64_t), h);
+  }
+  for (const char* name : {"emb.weight", "head.weight"}) {
+    const TensorView& t = ckpt_->get(name);
+    const size_t n = std::min<size_t>(size_t(t.numel()), 4096);
+    std::vector<float> values(n);
+    convert_to_f32(t.dtype, t.data, values.data(), n);
+    for (float v : values) {
+      const uint16_t b = f32_to_bf16(v);
+      h = fnv1a64(&b, 2, h);
+    }
+  }
+  return h;
+}
+
+}  // namespace rwkv::model

@@ -1,0 +1,66 @@
+// Helpers shared by every generation: norms, token shift, activations, weight loading.
+// Element-wise and per-row ops are written once, plainly; they are their own reference.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ops/ops.h"
+#include "rwkv/checkpoint.h"
+#include "rwkv/model.h"
+
+namespace rwkv::model {
+
+inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
+
+// LayerNorm of M rows of C (biased variance, eps 1e-5), in → out (may alias).
+void layer_norm(const float* in, float* out, int M, int C, const float* weight, const float* bias,
+                float eps = 1e-5f);
+// GroupNorm of M rows of H·N: each head's N channels by their own mean and variance, then the
+// per-channel affine. In place.
+void group_norm(float* x, int M, int H, int N, const float* weight, const float* bias, float eps);
+
+// Token shift for B sequences of T rows of C: delta[b,t] = prev − x[b,t], where prev is the
+// previous row of the same sequence, or prev_state[b] for t = 0; then prev_state[b] ← x[b,T−1].
+void token_shift(const float* x, float* delta, int B, int T, int C, float* const* prev_state,
+                 size_t prev_offset);
+
+// Loads tensors of a checkpoint into a model's weights, checking shapes and tracking which
+// tensors were used so that unknown ones can be reported.
+class WeightLoader {
+ public:
+  WeightLoader(std::shared_ptr<const Checkpoint> ckpt, const LoadOptions& options);
+
+  // A small fp32 vector: the tensor must have `numel` elements (any shape, e.g. (1,1,C)).
+  const float* vec(const std::string& name, int64_t numel);
+  // An nn.Linear weight (rows=out, cols=in) kept in its stored dtype unless converted.
+  ops::Matrix mat(const std::string& name, int rows, int cols);
+  // A LoRA matrix stored (in, out); returned transposed as (out, in) for ops::linear.
+  ops::Matrix lora(const std::string& name, int in, int out);
+  bool has(const std::string& name) const { return ckpt_->find(name) != nullptr; }
+  void mark_ignored(const std::string& name);
+  // Throws rwkv::Error naming the first tensor nothing used (an unsupported variant).
+  void check_all_used() const;
+  DType matrix_dtype() const;  // dtype matrices end up in
+  uint64_t fingerprint() const;
+  size_t matrix_bytes() const { return matrix_bytes_; }
+
+ private:
+  const TensorView& get(const std::string& name, std::vector<int64_t> expected_numel_or_shape,
+                        bool exact_shape);
+  std::shared_ptr<const Checkpoint> ckpt_;
+  LoadOptions options_;
+  std::vector<std::string> used_;
+  std::vector<std::unique_ptr<uint8_t[]>> owned_;
+  size_t matrix_bytes_ = 0;
+
+ public:
+  // Owned buffers (converted or transposed weights) move into the model with the checkpoint.
+  std::vector<std::unique_ptr<uint8_t[]>> take_owned() { return std::move(owned_); }
+};
+
+uint64_t fnv1a64(const void* data, size_t n, uint64_t h = 1469598103934665603ull);
+
+}  // namespace rwkv::model

@@ -1,0 +1,266 @@
+// RWKV-7 against the official reference (../shared/fixtures/official/v7) and the two forms
+// against each other on random weights.
+#include <nlohmann/json.hpp>
+
+#include <random>
+
+#include "rwkv/error.h"
+#include "rwkv/file_io.h"
+#include "rwkv/model.h"
+#include "testing.h"
+
+namespace rwkv {
+namespace {
+
+constexpr double kLogitTol = 1e-4, kStateTol = 2e-4;  // fixtures/official/README.md
+
+struct Fixture {
+  nlohmann::json manifest;
+  std::vector<int> tokens, seg2;
+  int split = 0, V = 0;
+  std::string dir;
+  std::vector<float> array(const std::string& name) const {
+    return test::read_f32_file(dir + "/" + manifest["arrays"][name]["file"].get<std::string>());
+  }
+  std::string checkpoint(const std::string& which) const {
+    return dir + "/" + manifest["checkpoint"][which]["file"].get<std::string>();
+  }
+};
+
+Fixture load_fixture() {
+  Fixture f;
+  f.dir = test::shared_path("fixtures/official/v7");
+  f.manifest = nlohmann::json::parse(read_file(f.dir + "/manifest.json"));
+  f.tokens = f.manifest["tokens"].get<std::vector<int>>();
+  f.seg2 = f.manifest["seg2_tokens"].get<std::vector<int>>();
+  f.split = f.manifest["split"].get<int>();
+  f.V = f.manifest["dims"]["vocab_size"].get<int>();
+  return f;
+}
+
+std::vector<float> slice(const std::vector<float>& v, size_t row0, size_t rows, size_t width) {
+  return {v.begin() + long(row0 * width), v.begin() + long((row0 + rows) * width)};
+}
+
+struct Case {
+  const char* checkpoint;  // "fp32" or "bf16"
+  Backend backend;
+};
+
+class OfficialV7 : public ::testing::TestWithParam<Case> {};
+
+TEST_P(OfficialV7, MatchesOfficialLogitsAndStatesInBothForms) {
+  RWKV_REQUIRE_SHARED("fixtures/official/v7/manifest.json");
+  const Fixture f = load_fixture();
+  LoadOptions opt;
+  opt.backend = GetParam().backend;
+  auto model = load_model(f.checkpoint(GetParam().checkpoint), opt);
+  const ModelInfo& info = model->info();
+  EXPECT_EQ(info.generation, "x070");
+  EXPECT_EQ(info.n_layer, 2);
+  EXPECT_EQ(info.n_embd, 128);
+  EXPECT_EQ(info.n_head, 2);
+  EXPECT_EQ(info.head_size, 64);
+  EXPECT_EQ(info.vocab_size, 256);
+  EXPECT_EQ(info.dim_ffn, 512);
+  const size_t S = model->state_spec().floats, V = size_t(f.V), T = f.tokens.size();
+  ASSERT_EQ(S, f.manifest["state_total_floats"].get<size_t>());
+
+  // Recurrent form, token by token from the zero state.
+  std::vector<float> state(S), logits(T * V), split_state;
+  model->init_state(state.data());
+  float* states[] = {state.data()};
+  for (size_t t = 0; t < T; ++t) {
+    model->step(&f.tokens[t], 1, states, logits.data() + t * V);
+    if (t + 1 == size_t(f.split)) split_state = state;
+  }
+  const std::string want_logits = GetParam().checkpoint == std::string("bf16")
+                                      ? "logits_step_bf16ckpt" : "logits_step";
+  auto e = test::compare(logits, f.array(want_logits));
+  EXPECT_LE(e.max_abs, kLogitTol) << "step logits";
+  e = test::compare(state, f.array("final_state_step"));
+  EXPECT_LE(e.max_abs, kStateTol) << "step final state";
+  e = test::compare(split_state, f.array("state_split"));
+  EXPECT_LE(e.max_abs, kStateTol) << "state after the split";
+
+  // Parallel form, one call.
+  model->init_state(state.data());
+  std::vector<float> seq_logits(T * V, std::nanf(""));
+  model->forward(f.tokens.data(), 1, int(T), states, seq_logits.data(), LogitsMode::All);
+  e = test::compare(seq_logits, f.array("logits_seq"));
+  EXPECT_LE(e.max_abs, kLogitTol) << "sequence logits";
+  e = test::compare(state, f.array("final_state_step"));
+  EXPECT_LE(e.max_abs, kStateTol) << "sequence final state";
+
+  // Resume from the official split state: step and sequence.
+  const size_t T2 = f.seg2.size();
+  for (bool parallel : {false, true}) {
+    const auto split = f.array("state_split");
+    std::copy(split.begin(), split.end(), state.begin());  // states[] points into `state`
+    std::vector<float> seg_logits(T2 * V, std::nanf(""));
+    if (parallel) {
+      model->forward(f.seg2.data(), 1, int(T2), states, seg_logits.data(), LogitsMode::All);
+    } else {
+      for (size_t t = 0; t < T2; ++t) model->step(&f.seg2[t], 1, states, seg_logits.data() + t * V);
+    }
+    e = test::compare(seg_logits, f.array(parallel ? "logits_seg2_seq" : "logits_seg2_step"));
+    EXPECT_LE(e.max_abs, kLogitTol) << "resumed logits, parallel=" << parallel;
+    e = test::compare(state, f.array("final_state_seg2_step"));
+    EXPECT_LE(e.max_abs, kStateTol) << "resumed state, parallel=" << parallel;
+  }
+  (void)slice;
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpoints, OfficialV7,
+                         ::testing::Values(Case{"fp32", Backend::Cpu}, Case{"bf16", Backend::Cpu},
+                                           Case{"fp32", Backend::Ref}, Case{"bf16", Backend::Ref}),
+                         [](const auto& info) {
+                           return std::string(info.param.checkpoint) +
+                                  (info.param.backend == Backend::Ref ? "_ref" : "_cpu");
+                         });
+
+// ---- Properties on random weights -------------------------------------------------------------
+
+std::vector<int> random_tokens(size_t n, int V, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int> t(n);
+  for (int& x : t) x = int(rng() % uint32_t(V));
+  return t;
+}
+
+// Runs tokens through `model` one token at a time; returns logits [T, V], updates state.
+std::vector<float> run_steps(Model& model, const std::vector<int>& tokens, std::vector<float>& state) {
+  const size_t V = size_t(model.info().vocab_size);
+  std::vector<float> logits(tokens.size() * V);
+  float* states[] = {state.data()};
+  for (size_t t = 0; t < tokens.size(); ++t) model.step(&tokens[t], 1, states, logits.data() + t * V);
+  return logits;
+}
+
+TEST(Rwkv7Forms, ParallelEqualsRecurrentOnLongAndOddSequences) {
+  test::V7Dims dims;
+  dims.head_size = 16;
+  auto model = load_model(test::random_v7_checkpoint(dims, 7));
+  const size_t V = size_t(dims.vocab), S = model->state_spec().floats;
+  for (int T : {1, 2, 15, 16, 17, 63, 100, 1024}) {
+    const auto tokens = random_tokens(size_t(T), dims.vocab, uint32_t(T));
+    std::vector<float> s_step(S), s_seq(S);
+    model->init_state(s_step.data());
+    model->init_state(s_seq.data());
+    const auto want = run_steps(*model, tokens, s_step);
+    std::vector<float> got(size_t(T) * V, std::nanf(""));
+    float* states[] = {s_seq.data()};
+    model->forward(tokens.data(), 1, T, states, got.data(), LogitsMode::All);
+    EXPECT_LE(test::compare(got, want).max_abs, 2e-4) << "T=" << T;
+    EXPECT_LE(test::compare(s_seq, s_step).max_abs, 2e-4) << "T=" << T;
+    // Only the last logits.
+    std::vector<float> last(V);
+    model->init_state(s_seq.data());
+    model->forward(tokens.data(), 1, T, states, last.data(), LogitsMode::Last);
+    EXPECT_LE(test::compare(last, slice(want, size_t(T - 1), 1, V)).max_abs, 2e-4) << "T=" << T;
+  }
+}
+
+TEST(Rwkv7Forms, SplitAndCarryStateAtArbitraryPoints) {
+  test::V7Dims dims;
+  auto model = load_model(test::random_v7_checkpoint(dims, 8));
+  const size_t V = size_t(dims.vocab), S = model->state_spec().floats;
+  const int T = 77;
+  const auto tokens = random_tokens(T, dims.vocab, 99);
+  std::vector<float> whole_state(S);
+  model->init_state(whole_state.data());
+  const auto want = run_steps(*model, tokens, whole_state);
+  for (int cut : {1, 16, 31, 32, 50, 76}) {
+    std::vector<float> state(S), got(size_t(T) * V);
+    model->init_state(state.data());
+    float* states[] = {state.data()};
+    model->forward(tokens.data(), 1, cut, states, got.data(), LogitsMode::All);
+    model->forward(tokens.data() + cut, 1, T - cut, states, got.data() + size_t(cut) * V,
+                   LogitsMode::All);
+    EXPECT_LE(test::compare(got, want).max_abs, 2e-4) << "cut=" << cut;
+    EXPECT_LE(test::compare(state, whole_state).max_abs, 2e-4) << "cut=" << cut;
+  }
+}
+
+TEST(Rwkv7Forms, BatchedSequencesAreIndependent) {
+  test::V7Dims dims;
+  auto model = load_model(test::random_v7_checkpoint(dims, 9));
+  const size_t V = size_t(dims.vocab), S = model->state_spec().floats;
+  const int B = 5, T = 19;
+  std::vector<std::vector<int>> seqs;
+  std::vector<int> flat;
+  for (int b = 0; b < B; ++b) {
+    seqs.push_back(random_tokens(T, dims.vocab, uint32_t(100 + b)));
+    flat.insert(flat.end(), seqs.back().begin(), seqs.back().end());
+  }
+  std::vector<std::vector<float>> want_logits, want_states;
+  for (int b = 0; b < B; ++b) {
+    std::vector<float> st(S);
+    model->init_state(st.data());
+    want_logits.push_back(run_steps(*model, seqs[size_t(b)], st));
+    want_states.push_back(st);
+  }
+  // Parallel form over [B, T] and batched recurrent steps.
+  std::vector<std::vector<float>> st_par(B, std::vector<float>(S)), st_step(B, std::vector<float>(S));
+  std::vector<float*> p_par, p_step;
+  for (int b = 0; b < B; ++b) {
+    model->init_state(st_par[size_t(b)].data());
+    model->init_state(st_step[size_t(b)].data());
+    p_par.push_back(st_par[size_t(b)].data());
+    p_step.push_back(st_step[size_t(b)].data());
+  }
+  std::vector<float> par(size_t(B * T) * V);
+  model->forward(flat.data(), B, T, p_par.data(), par.data(), LogitsMode::All);
+  std::vector<float> step_logits(size_t(B * T) * V), one(size_t(B) * V);
+  for (int t = 0; t < T; ++t) {
+    std::vector<int> col(B);
+    for (int b = 0; b < B; ++b) col[size_t(b)] = seqs[size_t(b)][size_t(t)];
+    model->step(col.data(), B, p_step.data(), one.data());
+    for (int b = 0; b < B; ++b)
+      std::copy_n(one.data() + size_t(b) * V, V, step_logits.data() + (size_t(b) * T + size_t(t)) * V);
+  }
+  for (int b = 0; b < B; ++b) {
+    EXPECT_LE(test::compare(slice(par, size_t(b) * T, T, V), want_logits[size_t(b)]).max_abs, 2e-4);
+    EXPECT_LE(test::compare(slice(step_logits, size_t(b) * T, T, V), want_logits[size_t(b)]).max_abs, 2e-4);
+    EXPECT_LE(test::compare(st_par[size_t(b)], want_states[size_t(b)]).max_abs, 2e-4);
+    EXPECT_LE(test::compare(st_step[size_t(b)], want_states[size_t(b)]).max_abs, 2e-4);
+  }
+}
+
+TEST(Rwkv7Forms, CpuMatchesReferenceBackendForEveryWeightDtype) {
+  test::V7Dims dims;
+  dims.n_embd = 128;
+  dims.head_size = 64;
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    auto ckpt = test::random_v7_checkpoint(dims, 10, dt);
+    LoadOptions ref_opt;
+    ref_opt.backend = Backend::Ref;
+    auto ref = load_model(ckpt, ref_opt), cpu = load_model(ckpt);
+    EXPECT_EQ(cpu->weight_dtype(), dt);
+    const auto tokens = random_tokens(40, dims.vocab, 5);
+    std::vector<float> s_ref(ref->state_spec().floats), s_cpu(s_ref.size());
+    ref->init_state(s_ref.data());
+    cpu->init_state(s_cpu.data());
+    const auto want = run_steps(*ref, tokens, s_ref);
+    const auto got = run_steps(*cpu, tokens, s_cpu);
+    EXPECT_LE(test::compare(got, want).max_abs, 1e-4) << dtype_name(dt);
+    EXPECT_LE(test::compare(s_cpu, s_ref).max_abs, 1e-4) << dtype_name(dt);
+  }
+}
+
+TEST(Rwkv7Errors, TokenOutOfRangeIsAnErrorAndLeavesTheStateAlone) {
+  test::V7Dims dims;
+  auto model = load_model(test::random_v7_checkpoint(dims, 11));
+  std::vector<float> state(model->state_spec().floats, 0.5f), logits(size_t(dims.vocab) * 3);
+  const auto before = state;
+  float* states[] = {state.data()};
+  const int bad[] = {1, dims.vocab, 2};
+  EXPECT_THROW(model->step(&bad[1], 1, states, logits.data()), Error);
+  EXPECT_THROW(model->forward(bad, 1, 3, states, logits.data(), LogitsMode::All), Error);
+  const int negative = -1;
+  EXPECT_THROW(model->step(&negative, 1, states, logits.data()), Error);
+  EXPECT_EQ(state, before);
+}
+
+}  // namespace
+}  // namespace rwkv
