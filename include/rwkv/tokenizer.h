@@ -23,7 +23,9 @@ class Tokenizer {
 };
 
 // Loads `rwkv_vocab_v20230424.txt`-format vocabularies. Throws rwkv::Error naming the file and
-// line for malformed lines.
+// line for malformed lines, and naming the file for duplicate tokens or a missing single-byte
+// token (every byte must be a token, so that encode never fails). Id 0, end-of-text, is not in
+// the file and decodes to "".
 std::unique_ptr<Tokenizer> load_world_tokenizer(const std::string& vocab_path);
 std::unique_ptr<Tokenizer> make_bytes_tokenizer();
 
