@@ -132,3 +132,30 @@ std::shared_ptr<const Checkpoint> random_v7_checkpoint(const V7Dims& d, uint32_t
 }
 
 }  // namespace rwkv::test
+
+#include <sys/wait.h>
+
+namespace rwkv::test {
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+CommandResult run_cli(const std::string& args, const std::string& input) {
+  static int counter = 0;
+  const std::string base = temp_dir() + "/cli" + std::to_string(counter++);
+  const std::string in = base + ".in", out = base + ".out", err = base + ".err";
+  write_file_atomic(in, input.data(), input.size());
+  const std::string cmd = std::string(quote(RWKV_CLI)) + " " + args + " <" + in + " >" + out +
+                          " 2>" + err;
+  const int status = std::system(cmd.c_str());
+  CommandResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_file(out);
+  r.err = read_file(err);
+  return r;
+}
+
+}  // namespace rwkv::test

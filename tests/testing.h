@@ -48,3 +48,24 @@ std::shared_ptr<const Checkpoint> random_v7_checkpoint(const V7Dims& dims, uint3
                                                        DType dtype = DType::F32);
 
 }  // namespace rwkv::test
+
+namespace rwkv::test {
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+// Runs the built `rwkv` command with `args` (a shell-quoted string) and optional stdin text.
+CommandResult run_cli(const std::string& args, const std::string& input = "");
+// Single-quotes a string for the shell.
+std::string quote(const std::string& s);
+// Joins arguments with spaces.
+template <typename... Args>
+std::string cat_args(const Args&... args) {
+  std::string s;
+  ((s += (s.empty() ? "" : " ") + std::string(args)), ...);
+  return s;
+}
+
+}  // namespace rwkv::test

@@ -64,6 +64,10 @@ void wkv7_chunked(const Wkv7Head& head);
 // Threads used by the CPU kernels (OpenMP and OpenBLAS). 0 = all cores.
 void set_num_threads(int n);
 int num_threads();
+// Machine ceilings for benchmarks, measured with the current thread count: streaming read
+// bandwidth over a buffer of `bytes` (GB/s), and sgemm throughput at an M×K·K×N shape (GFLOP/s).
+double measure_read_bandwidth(size_t bytes);
+double measure_sgemm_gflops(int M, int N, int K);
 // Which SIMD target the dispatcher picked ("AVX2", "SSE4", ...).
 const char* simd_target();
 }  // namespace cpu

@@ -253,6 +253,23 @@ void Wkv7Chunked(const Wkv7Head& h) {
   }
 }
 
+// Sum of n floats with independent accumulators: a pure streaming read, to measure bandwidth.
+float SumF32(const float* x, size_t n) {
+  const DF d;
+  const size_t NL = hn::Lanes(d);
+  VF a0 = hn::Zero(d), a1 = a0, a2 = a0, a3 = a0;
+  size_t i = 0;
+  for (; i + 4 * NL <= n; i += 4 * NL) {
+    a0 = hn::Add(a0, hn::LoadU(d, x + i));
+    a1 = hn::Add(a1, hn::LoadU(d, x + i + NL));
+    a2 = hn::Add(a2, hn::LoadU(d, x + i + 2 * NL));
+    a3 = hn::Add(a3, hn::LoadU(d, x + i + 3 * NL));
+  }
+  float s = Sum(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)));
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
 size_t LanesF32() { return hn::Lanes(DF()); }
 const char* TargetName() { return hwy::TargetName(HWY_TARGET); }
 
@@ -266,6 +283,7 @@ HWY_EXPORT(ToF32);
 HWY_EXPORT(Wkv7Recurrent);
 HWY_EXPORT(Wkv7Chunked);
 HWY_EXPORT(LanesF32);
+HWY_EXPORT(SumF32);
 HWY_EXPORT(TargetName);
 
 void simd_matvec_rows(const Matrix& W, const float* x, int M, float* y, int r0, int r1) {
@@ -276,6 +294,7 @@ void simd_to_f32(DType dtype, const void* src, float* dst, size_t n) {
 }
 void simd_wkv7_recurrent(const Wkv7Head& h) { HWY_DYNAMIC_DISPATCH(Wkv7Recurrent)(h); }
 void simd_wkv7_chunked(const Wkv7Head& h) { HWY_DYNAMIC_DISPATCH(Wkv7Chunked)(h); }
+float simd_sum_f32(const float* x, size_t n) { return HWY_DYNAMIC_DISPATCH(SumF32)(x, n); }
 size_t simd_lanes_f32() { return HWY_DYNAMIC_DISPATCH(LanesF32)(); }
 const char* simd_target_name() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
 }  // namespace rwkv::ops::cpu

@@ -17,6 +17,7 @@ void simd_to_f32(DType dtype, const void* src, float* dst, size_t n);
 void simd_wkv7_recurrent(const Wkv7Head& h);
 void simd_wkv7_chunked(const Wkv7Head& h);
 size_t simd_lanes_f32();
+float simd_sum_f32(const float* x, size_t n);
 const char* simd_target_name();
 
 }  // namespace rwkv::ops::cpu

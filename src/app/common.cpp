@@ -1,0 +1,50 @@
+#include "app/common.h"
+
+#include "ops/ops.h"
+#include "rwkv/error.h"
+
+namespace rwkv::app {
+
+void ModelOptions::add(CLI::App& cmd, bool model_required) {
+  auto* opt = cmd.add_option("-m,--model", path, "model file (.pth or .safetensors)");
+  if (model_required) opt->required();
+  cmd.add_option("--dtype", dtype, "convert weight matrices at load: fp32, bf16 or fp16")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  cmd.add_option("--backend", backend, "cpu (fast) or ref (plain-loop reference)")
+      ->check(CLI::IsMember({"cpu", "ref"}));
+  cmd.add_option("-t,--threads", threads, "CPU threads (0 = all cores)");
+}
+
+std::shared_ptr<Model> ModelOptions::load() const {
+  ops::cpu::set_num_threads(threads);
+  LoadOptions opt;
+  if (!dtype.empty()) opt.weight_dtype = parse_dtype(dtype);
+  opt.backend = backend == "ref" ? Backend::Ref : Backend::Cpu;
+  return load_model(path, opt);
+}
+
+void TokenizerOptions::add(CLI::App& cmd) {
+  cmd.add_option("--tokenizer", kind, "auto, world or bytes")
+      ->check(CLI::IsMember({"auto", "world", "bytes"}));
+  cmd.add_option("--vocab", vocab, "World vocabulary file (rwkv_vocab_v20230424.txt)");
+}
+
+std::shared_ptr<const Tokenizer> TokenizerOptions::load(const std::string& model_path,
+                                                        int model_vocab) const {
+  const bool bytes = kind == "bytes" || (kind == "auto" && model_vocab > 0 && model_vocab <= 256);
+  if (bytes) return make_bytes_tokenizer();
+  return load_world_tokenizer(find_world_vocab(vocab, model_path));
+}
+
+void add_sampler_options(CLI::App& cmd, SamplerConfig& c) {
+  cmd.add_option("--temperature", c.temperature, "0 = greedy")->capture_default_str();
+  cmd.add_option("--top-p", c.top_p)->capture_default_str();
+  cmd.add_option("--top-k", c.top_k, "0 = off")->capture_default_str();
+  cmd.add_option("--min-p", c.min_p, "0 = off")->capture_default_str();
+  cmd.add_option("--presence-penalty", c.presence_penalty)->capture_default_str();
+  cmd.add_option("--frequency-penalty", c.frequency_penalty)->capture_default_str();
+  cmd.add_option("--penalty-decay", c.penalty_decay)->capture_default_str();
+  cmd.add_option("--seed", c.seed)->capture_default_str();
+}
+
+}  // namespace rwkv::app

@@ -1,0 +1,136 @@
+#include "rwkv/session.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "rwkv/error.h"
+#include "rwkv/state.h"
+
+namespace rwkv {
+
+Session::Session(std::shared_ptr<Model> model, std::shared_ptr<const Tokenizer> tokenizer,
+                 const SamplerConfig& sampler)
+    : model_(std::move(model)),
+      tokenizer_(std::move(tokenizer)),
+      sampler_(sampler, model_->info().vocab_size),
+      state_(model_->state_spec().floats),
+      logits_(size_t(model_->info().vocab_size)) {
+  if (tokenizer_->vocab_size() > model_->info().vocab_size) {
+    fail("the ", tokenizer_->name(), " tokenizer has ", tokenizer_->vocab_size(),
+         " tokens but the model only ", model_->info().vocab_size);
+  }
+  model_->init_state(state_.data());
+}
+
+void Session::prefill(std::string_view text) { prefill_tokens(tokenizer_->encode(text)); }
+
+void Session::prefill_tokens(const std::vector<int>& tokens) {
+  float* states[] = {state_.data()};
+  // Chunks bound the activation memory; the state carries across them.
+  for (size_t i = 0; i < tokens.size(); i += size_t(prefill_chunk)) {
+    const int n = int(std::min(tokens.size() - i, size_t(prefill_chunk)));
+    model_->forward(tokens.data() + i, 1, n, states, logits_.data(), LogitsMode::Last);
+    has_logits_ = true;
+  }
+}
+
+void Session::step(int token) {
+  float* states[] = {state_.data()};
+  model_->step(&token, 1, states, logits_.data());
+  has_logits_ = true;
+}
+
+namespace {
+
+// Length of the longest suffix of `text` that is a proper prefix of some stop string: that
+// much must be held back, it may still become a stop string.
+size_t held_back(const std::string& text, const std::vector<std::string>& stops) {
+  size_t keep = 0;
+  for (const std::string& s : stops) {
+    for (size_t n = std::min(s.size() - 1, text.size()); n > keep; --n) {
+      if (text.compare(text.size() - n, n, s, 0, n) == 0) {
+        keep = n;
+        break;
+      }
+    }
+  }
+  return keep;
+}
+
+}  // namespace
+
+GenerateResult Session::generate(const GenerateOptions& options,
+                                 const std::function<bool(std::string_view)>& on_text) {
+  if (!has_logits_) fail("generate: nothing to continue from; prefill a prompt first");
+  GenerateResult result;
+  const auto start = std::chrono::steady_clock::now();
+  Utf8Stream utf8;
+  std::string pending;  // decoded text not yet streamed
+  size_t streamed = 0;  // bytes of result.text already given to on_text
+  auto emit = [&](size_t upto) {
+    if (upto <= streamed) return true;
+    const std::string_view piece(result.text.data() + streamed, upto - streamed);
+    streamed = upto;
+    return !on_text || on_text(piece);
+  };
+  for (int i = 0; i < options.max_tokens; ++i) {
+    const int token = sampler_.sample(logits_);
+    sampler_.accept(token);
+    result.tokens.push_back(token);
+    step(token);
+    if (std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token) !=
+        options.stop_tokens.end()) {
+      result.reason = StopReason::StopToken;
+      break;
+    }
+    result.text += utf8.push(tokenizer_->decode(token));
+    // A stop string ends the text before it.
+    size_t cut = std::string::npos;
+    for (const std::string& s : options.stop) {
+      if (s.empty()) continue;
+      const size_t at = result.text.find(s, streamed > s.size() ? streamed - s.size() : 0);
+      if (at != std::string::npos) cut = std::min(cut, at);
+    }
+    if (cut != std::string::npos) {
+      result.text.resize(cut);
+      result.reason = StopReason::StopString;
+      break;
+    }
+    if (!emit(result.text.size() - held_back(result.text, options.stop))) {
+      result.reason = StopReason::Callback;
+      break;
+    }
+  }
+  if (result.reason == StopReason::MaxTokens || result.reason == StopReason::StopToken) {
+    result.text += utf8.flush();
+  }
+  if (result.reason != StopReason::Callback) emit(result.text.size());
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+void Session::reset() {
+  model_->init_state(state_.data());
+  sampler_.reset();
+  has_logits_ = false;
+}
+
+Session Session::fork() const { return *this; }
+
+void Session::save_state(const std::string& path) const {
+  save_state_file(path, model_->state_spec(), state_);
+}
+
+void Session::load_state(const std::string& path) {
+  state_ = load_state_file(path, model_->state_spec());
+  has_logits_ = false;
+}
+
+void Session::import_raw_state(const std::string& path) {
+  state_ = read_raw_state(path, model_->state_spec().floats);
+  has_logits_ = false;
+}
+
+void Session::export_raw_state(const std::string& path) const { write_raw_state(path, state_); }
+
+}  // namespace rwkv
