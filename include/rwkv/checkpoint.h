@@ -14,13 +14,15 @@ namespace rwkv {
 class Checkpoint {
  public:
   // Opens a .pth (zip) or .safetensors file, chosen by the file's magic bytes, not its name.
+  // Contiguous, aligned tensors point into the memory-mapped file; others (views with strides,
+  // misaligned data) are copied, and fp64 tensors are converted to fp32.
   // Throws rwkv::Error naming the file and the problem for anything truncated, corrupt,
-  // foreign or unsupported.
+  // foreign or unsupported (e.g. a pickle naming a global outside the allowlist).
   static Checkpoint open(const std::string& path);
 
   const std::string& path() const { return path_; }
   const std::string& format() const { return format_; }  // "pth" or "safetensors"
-  // Tensors in file order.
+  // Tensors in file order (for .pth, the order of the pickled dict).
   const std::vector<TensorView>& tensors() const { return tensors_; }
   const TensorView* find(const std::string& name) const;
   // Like find(), but throws rwkv::Error("<file>: missing tensor '<name>'") when absent.

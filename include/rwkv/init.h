@@ -21,13 +21,24 @@ struct InitConfig {
   DType dtype = DType::BF16;
 };
 
+// The released models' LoRA widths for n_embd C (spec §1.2), used where InitConfig leaves a
+// width 0: D_w = D_a = max(32, 32·round(1.8·√C/32)), D_v = max(32, 32·round(1.3·√C/32)),
+// D_g = max(32, 32·round(0.6·C^0.8/32)), round half to even. C=768 → 64/64/32/128.
+struct LoraWidths {
+  int decay, iclr, value, gate;
+};
+LoraWidths released_lora_widths(int n_embd);
+
 // Tensors plus the buffers their data points into.
 struct OwnedTensors {
   std::vector<TensorView> tensors;
   std::vector<std::shared_ptr<std::vector<uint8_t>>> storage;
 };
 
-// Throws rwkv::Error for invalid configs (n_embd not a multiple of head_size, sizes ≤ 0, …).
+// All tensors in config.dtype, in the official key order (emb, blocks.0 … blocks.L−1, ln_out,
+// head; block 0 has ln0 and no value-residual LoRA v0/v1/v2). Random tensors (emb, head, the
+// orthogonal matrices) come from config.seed and the tensor's name only. Throws rwkv::Error for
+// invalid configs (n_embd not a multiple of head_size, head_size < 2, sizes ≤ 0, …).
 OwnedTensors init_rwkv7(const InitConfig& config);
 
 }  // namespace rwkv

@@ -18,17 +18,22 @@ struct StateSpec {
   int head_size = 0;
   size_t floats = 0;         // length of the flat buffer
   uint64_t fingerprint = 0;  // hash of the model's tensor names, shapes and sampled bytes
-  std::string describe() const;  // "x070 L12 C768 H12x64 (…floats)"
+  // "x070 L12 C768 H12x64 (1234 floats, fingerprint 0x…)"
+  std::string describe() const;
+  bool operator==(const StateSpec&) const = default;
 };
 
 // State file, little-endian:
 //   "RWKVSTAT" | u32 version=1 | u32 header_bytes | char generation[16] | i32 n_layer, n_embd,
 //   n_head, head_size | u64 floats | u64 fingerprint | u32 dtype (0 = fp32) | u32 reserved |
 //   u64 fnv1a64 checksum of the data bytes | data (floats × f32)
-// Written atomically (temp + rename); a failed write (full disk) throws and leaves no file.
+// header_bytes is where the data starts (80 in version 1; a reader skips header bytes it does not
+// know). generation is NUL-padded (at most 16 bytes). Written atomically (temp + rename); a failed
+// write (full disk) throws and leaves no file. Throws rwkv::Error if data.size() != spec.floats.
 void save_state_file(const std::string& path, const StateSpec& spec, std::span<const float> data);
-// Reads a state file; throws rwkv::Error if it is not a state file, is truncated, fails its
-// checksum, or belongs to another model (the message names both specs).
+// Reads a state file; throws rwkv::Error naming the file if it is not a state file, has another
+// version or dtype, is truncated, fails its checksum, or belongs to another model (any field of
+// the spec differs; the message names both specs).
 std::vector<float> load_state_file(const std::string& path, const StateSpec& expected);
 
 // Raw float32 state in the official package's layout (no header): size must be exactly
