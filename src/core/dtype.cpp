@@ -69,6 +69,7 @@ uint16_t f32_to_f16(float f) {
 }
 
 void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
+  if (n == 0) return;  // src/dst may be null; memcpy must not see null
   const auto* h = static_cast<const uint16_t*>(src);
   switch (from) {
     case DType::F32: std::memcpy(dst, src, n * 4); return;
@@ -78,6 +79,7 @@ void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
 }
 
 void convert_from_f32(DType to, const float* src, void* dst, size_t n) {
+  if (n == 0) return;
   auto* h = static_cast<uint16_t*>(dst);
   switch (to) {
     case DType::F32: std::memcpy(dst, src, n * 4); return;
