@@ -98,6 +98,63 @@ void MatVecRowsT(const typename W::T* w_all, int cols, const float* x, float* y,
   }
 }
 
+// bf16 rows, read 2·lanes at a time as u32 lanes: lane k holds elements 2k (low half) and
+// 2k+1 (high half), and a bf16 is the top half of an fp32, so a shift and a mask decode both
+// with no widening shuffles. x is permuted once to match (evens, then odds, per block).
+template <int M>
+void MatVecRowsBF16T(const uint16_t* w_all, int cols, const float* x, float* y, int rows, int r0,
+                     int r1) {
+  const DF d;
+  const hn::RebindToUnsigned<DF> du;
+  const size_t NL = hn::Lanes(d), block = 2 * NL, n = size_t(cols), full = n / block * block;
+  thread_local std::vector<float> permuted;
+  permuted.resize(size_t(M) * full);
+  for (int m = 0; m < M; ++m) {
+    const float* xm = x + size_t(m) * n;
+    float* pm = permuted.data() + size_t(m) * full;
+    for (size_t b = 0; b < full; b += block) {
+      for (size_t k = 0; k < NL; ++k) {
+        pm[b + k] = xm[b + 2 * k];
+        pm[b + NL + k] = xm[b + 2 * k + 1];
+      }
+    }
+  }
+  const auto high = hn::Set(du, 0xFFFF0000u);
+  for (int o = r0; o < r1; ++o) {
+    const uint16_t* w = w_all + size_t(o) * n;
+    VF acc0[M], acc1[M];
+    for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = hn::Zero(d);
+    for (size_t i = 0; i < full; i += block) {
+      const auto v = hn::LoadU(du, reinterpret_cast<const uint32_t*>(w + i));
+      const VF even = hn::BitCast(d, hn::ShiftLeft<16>(v)), odd = hn::BitCast(d, hn::And(v, high));
+      for (int m = 0; m < M; ++m) {
+        const float* pm = permuted.data() + size_t(m) * full + i;
+        acc0[m] = hn::MulAdd(even, hn::LoadU(d, pm), acc0[m]);
+        acc1[m] = hn::MulAdd(odd, hn::LoadU(d, pm + NL), acc1[m]);
+      }
+    }
+    for (int m = 0; m < M; ++m) {
+      float s = Sum(d, hn::Add(acc0[m], acc1[m]));
+      for (size_t j = full; j < n; ++j) s += bf16_to_f32(w[j]) * x[size_t(m) * n + j];
+      y[size_t(m) * size_t(rows) + size_t(o)] = s;
+    }
+  }
+}
+
+void MatVecRowsBF16(const void* w, int cols, const float* x, int M, float* y, int rows, int r0,
+                    int r1) {
+  const auto* wt = static_cast<const uint16_t*>(w);
+  for (int m = 0; m < M; m += 4) {
+    const size_t xo = size_t(m) * size_t(cols), yo = size_t(m) * size_t(rows);
+    switch (std::min(4, M - m)) {
+      case 1: MatVecRowsBF16T<1>(wt, cols, x + xo, y + yo, rows, r0, r1); break;
+      case 2: MatVecRowsBF16T<2>(wt, cols, x + xo, y + yo, rows, r0, r1); break;
+      case 3: MatVecRowsBF16T<3>(wt, cols, x + xo, y + yo, rows, r0, r1); break;
+      default: MatVecRowsBF16T<4>(wt, cols, x + xo, y + yo, rows, r0, r1);
+    }
+  }
+}
+
 template <class W>
 void MatVecRowsW(const void* w, int cols, const float* x, int M, float* y, int rows, int r0,
                  int r1) {
@@ -123,7 +180,7 @@ void MatVecRowsW(const void* w, int cols, const float* x, int M, float* y, int r
 void MatVecRows(const Matrix& W, const float* x, int M, float* y, int r0, int r1) {
   switch (W.dtype) {
     case DType::F32: return MatVecRowsW<F32W>(W.data, W.cols, x, M, y, W.rows, r0, r1);
-    case DType::BF16: return MatVecRowsW<BF16W>(W.data, W.cols, x, M, y, W.rows, r0, r1);
+    case DType::BF16: return MatVecRowsBF16(W.data, W.cols, x, M, y, W.rows, r0, r1);
     case DType::F16: return MatVecRowsW<F16W>(W.data, W.cols, x, M, y, W.rows, r0, r1);
   }
 }
