@@ -84,6 +84,8 @@ void MatVecRowsT(const typename W::T* w_all, int cols, const float* x, float* y,
     for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = hn::Zero(d);
     size_t i = 0;
     for (; i + 2 * NL <= n; i += 2 * NL) {
+      // Software prefetch helps the 16-bit streams (measured); fp32 streams do as well without.
+      if constexpr (sizeof(typename W::T) == 2) __builtin_prefetch(w + i + 2048);
       const VF w0 = W::Load(d, w + i), w1 = W::Load(d, w + i + NL);
       for (int m = 0; m < M; ++m) {
         acc0[m] = hn::MulAdd(w0, hn::LoadU(d, x + size_t(m) * n + i), acc0[m]);
@@ -125,6 +127,7 @@ void MatVecRowsBF16T(const uint16_t* w_all, int cols, const float* x, float* y, 
     VF acc0[M], acc1[M];
     for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = hn::Zero(d);
     for (size_t i = 0; i < full; i += block) {
+      __builtin_prefetch(w + i + 2048);  // 4 KiB ahead: the streams are memory-bound
       const auto v = hn::LoadU(du, reinterpret_cast<const uint32_t*>(w + i));
       const VF even = hn::BitCast(d, hn::ShiftLeft<16>(v)), odd = hn::BitCast(d, hn::And(v, high));
       for (int m = 0; m < M; ++m) {
