@@ -2,6 +2,7 @@
 // against each other on random weights.
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include <random>
 
 #include "rwkv/error.h"
@@ -260,6 +261,77 @@ TEST(Rwkv7Errors, TokenOutOfRangeIsAnErrorAndLeavesTheStateAlone) {
   const int negative = -1;
   EXPECT_THROW(model->step(&negative, 1, states, logits.data()), Error);
   EXPECT_EQ(state, before);
+}
+
+}  // namespace
+}  // namespace rwkv
+
+namespace rwkv {
+namespace {
+
+// A copy of `base` with tensors changed by `edit`, sharing base's bytes.
+std::shared_ptr<const Checkpoint> edited(std::shared_ptr<const Checkpoint> base,
+                                         const std::function<void(std::vector<TensorView>&)>& edit) {
+  std::vector<TensorView> tensors = base->tensors();
+  edit(tensors);
+  return std::make_shared<const Checkpoint>("edited.pth", "memory", std::move(tensors),
+                                            std::vector<std::shared_ptr<const void>>{base});
+}
+
+void expect_load_error(std::shared_ptr<const Checkpoint> ckpt, const std::string& message) {
+  try {
+    load_model(ckpt);
+    ADD_FAILURE() << "loaded; expected an error mentioning " << message;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+  }
+}
+
+TEST(Rwkv7Errors, BadCheckpointsAreClearErrors) {
+  test::V7Dims dims;
+  auto base = test::random_v7_checkpoint(dims, 12);
+  ASSERT_NO_THROW(load_model(base));
+  // Not an RWKV checkpoint at all.
+  expect_load_error(edited(base, [](auto& t) {
+                      for (auto& x : t) x.name = "fc." + x.name;
+                    }),
+                    "not an RWKV checkpoint");
+  // A missing tensor.
+  expect_load_error(edited(base, [](auto& t) {
+                      std::erase_if(t, [](const TensorView& x) { return x.name == "blocks.1.att.a2"; });
+                    }),
+                    "blocks.1.att.a2");
+  // A mis-shaped tensor.
+  expect_load_error(edited(base, [](auto& t) {
+                      for (auto& x : t) {
+                        if (x.name == "blocks.0.ffn.value.weight") std::swap(x.shape[0], x.shape[1]);
+                      }
+                    }),
+                    "blocks.0.ffn.value.weight");
+  // An unknown tensor (an unsupported variant such as DeepEmbed).
+  expect_load_error(edited(base, [](auto& t) {
+                      TensorView extra = t.back();
+                      extra.name = "blocks.0.ffn.s_emb.weight";
+                      t.push_back(extra);
+                    }),
+                    "blocks.0.ffn.s_emb.weight");
+  // Heads that do not cover the width.
+  expect_load_error(edited(base, [](auto& t) {
+                      for (auto& x : t) {
+                        if (x.name.find("r_k") != std::string::npos) x.shape = {1, 16};
+                      }
+                    }),
+                    "r_k");
+}
+
+TEST(Rwkv7Errors, OtherGenerationsAreRecognisedButNotRunYet) {
+  RWKV_REQUIRE_SHARED("fixtures/official/v6/rwkv-v6-L2-D128-V256.pth");
+  try {
+    load_model(test::shared_path("fixtures/official/v6/rwkv-v6-L2-D128-V256.pth"));
+    ADD_FAILURE() << "loaded a v6 checkpoint";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("RWKV-6"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
