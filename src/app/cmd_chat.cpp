@@ -68,11 +68,7 @@ void run(const ChatArgs& a) {
       } else if (!clean(line).empty()) {
         session.prefill("User: " + clean(line) + "\n\nAssistant:");
         std::printf("Assistant:");
-        const GenerateResult r = session.generate(opt, [](std::string_view text) {
-          std::fwrite(text.data(), 1, text.size(), stdout);
-          std::fflush(stdout);
-          return true;
-        });
+        const GenerateResult r = session.generate(opt, print_streamed);
         // Close the turn in the state if the model did not.
         if (r.reason != StopReason::StopString) session.prefill("\n\n");
         std::printf("\n");

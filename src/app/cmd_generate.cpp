@@ -30,11 +30,7 @@ void run(const GenerateArgs& a) {
   opt.stop = a.stop;
   if (session.tokenizer().name() == "world") opt.stop_tokens = {0};
   std::fwrite(a.prompt.data(), 1, a.prompt.size(), stdout);
-  const GenerateResult r = session.generate(opt, [](std::string_view text) {
-    std::fwrite(text.data(), 1, text.size(), stdout);
-    std::fflush(stdout);
-    return true;
-  });
+  const GenerateResult r = session.generate(opt, print_streamed);
   std::printf("\n");
   std::fflush(stdout);
   if (!a.state_out.empty()) session.save_state(a.state_out);

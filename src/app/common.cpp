@@ -1,5 +1,7 @@
 #include "app/common.h"
 
+#include <cstdio>
+
 #include "ops/ops.h"
 #include "rwkv/error.h"
 
@@ -34,6 +36,12 @@ std::shared_ptr<const Tokenizer> TokenizerOptions::load(const std::string& model
   const bool bytes = kind == "bytes" || (kind == "auto" && model_vocab > 0 && model_vocab <= 256);
   if (bytes) return make_bytes_tokenizer();
   return load_world_tokenizer(find_world_vocab(vocab, model_path));
+}
+
+bool print_streamed(std::string_view text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+  return true;
 }
 
 void add_sampler_options(CLI::App& cmd, SamplerConfig& c) {

@@ -35,6 +35,9 @@ struct TokenizerOptions {
 // --penalty-decay, --seed
 void add_sampler_options(CLI::App& cmd, SamplerConfig& config);
 
+// Streams generated text to stdout as it comes (a Session::generate callback).
+bool print_streamed(std::string_view text);
+
 void register_generate(CLI::App& app);
 void register_chat(CLI::App& app);
 void register_logits(CLI::App& app);
