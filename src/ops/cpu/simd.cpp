@@ -234,6 +234,33 @@ void Wkv7Recurrent(const Wkv7Head& h) {
   }
 }
 
+// out = Σ_i x[i] · ST[i][:] (= S x for ST = Sᵀ), four vectors of outputs at a time in registers.
+HWY_INLINE void S0TimesVector(const float* ST, const float* x, float* out, size_t N) {
+  const DF d;
+  const size_t NL = hn::Lanes(d);
+  size_t j = 0;
+  for (; j + 4 * NL <= N; j += 4 * NL) {
+    VF a0 = hn::Zero(d), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < N; ++i) {
+      const VF xi = hn::Set(d, x[i]);
+      const float* row = ST + i * N + j;
+      a0 = hn::MulAdd(xi, hn::LoadU(d, row), a0);
+      a1 = hn::MulAdd(xi, hn::LoadU(d, row + NL), a1);
+      a2 = hn::MulAdd(xi, hn::LoadU(d, row + 2 * NL), a2);
+      a3 = hn::MulAdd(xi, hn::LoadU(d, row + 3 * NL), a3);
+    }
+    hn::StoreU(a0, d, out + j);
+    hn::StoreU(a1, d, out + j + NL);
+    hn::StoreU(a2, d, out + j + 2 * NL);
+    hn::StoreU(a3, d, out + j + 3 * NL);
+  }
+  for (; j < N; j += NL) {
+    VF a = hn::Zero(d);
+    for (size_t i = 0; i < N; ++i) a = hn::MulAdd(hn::Set(d, x[i]), hn::LoadU(d, ST + i * N + j), a);
+    hn::StoreU(a, d, out + j);
+  }
+}
+
 // Chunked WKV-7 for one head (spec §4.5), chunks of kWkvChunk tokens. Decays are factorised
 // relative to the chunk start (see ref::wkv7_chunked); everything else is dots and axpys over
 // contiguous N-vectors. Needs N % lanes == 0.
@@ -243,23 +270,26 @@ void Wkv7Chunked(const Wkv7Head& h) {
   const size_t N = size_t(h.N);
   constexpr int C = kWkvChunk;
   thread_local std::vector<float> buf;
-  buf.resize(7 * C * N + 2 * N);
+  buf.resize(7 * C * N + 2 * N + N * N);
   float *rt = buf.data(), *at = rt + C * N, *kt = at + C * N, *bt = kt + C * N, *vv = bt + C * N,
-        *sa = vv + C * N, *yy = sa + C * N, *G = yy + C * N, *eg = G + N;
+        *sa = vv + C * N, *yy = sa + C * N, *G = yy + C * N, *eg = G + N, *S0T = eg + N;
   float A_rk[C][C], A_rb[C][C], A_ak[C][C], A_ab[C][C];
   for (int t0 = 0; t0 < h.T; t0 += C) {
     const int L = std::min(C, h.T - t0);
-    // Decay-scaled copies of this chunk's inputs.
+    // Decay-scaled copies of this chunk's inputs. eg holds e^{G_t}; e^{Ĝ_t} = e^{G_{t−1}} is the
+    // previous token's, and e^{−G_t} its reciprocal: one exp per element.
+    for (size_t i = 0; i < N; i += NL) hn::StoreU(hn::Set(d, 1.f), d, eg + i);
     for (size_t i = 0; i < N; i += NL) hn::StoreU(hn::Zero(d), d, G + i);
     for (int t = 0; t < L; ++t) {
       const size_t o = size_t(t0 + t) * size_t(h.stride), l = size_t(t) * N;
       for (size_t i = 0; i < N; i += NL) {
-        const VF g_excl = hn::LoadU(d, G + i);
-        const VF g = hn::Add(g_excl, hn::LoadU(d, h.w + o + i));
+        const VF g = hn::Add(hn::LoadU(d, G + i), hn::LoadU(d, h.w + o + i));
         hn::StoreU(g, d, G + i);
-        const VF e_neg = hn::Exp(d, hn::Neg(g));
-        hn::StoreU(hn::Mul(hn::LoadU(d, h.r + o + i), hn::Exp(d, g)), d, rt + l + i);
-        hn::StoreU(hn::Mul(hn::LoadU(d, h.a + o + i), hn::Exp(d, g_excl)), d, at + l + i);
+        const VF e_excl = hn::LoadU(d, eg + i), e = hn::Exp(d, g);
+        const VF e_neg = hn::Div(hn::Set(d, 1.f), e);
+        hn::StoreU(e, d, eg + i);
+        hn::StoreU(hn::Mul(hn::LoadU(d, h.r + o + i), e), d, rt + l + i);
+        hn::StoreU(hn::Mul(hn::LoadU(d, h.a + o + i), e_excl), d, at + l + i);
         hn::StoreU(hn::Mul(hn::LoadU(d, h.k + o + i), e_neg), d, kt + l + i);
         hn::StoreU(hn::Mul(hn::LoadU(d, h.b + o + i), e_neg), d, bt + l + i);
         hn::StoreU(hn::LoadU(d, h.v + o + i), d, vv + l + i);
@@ -274,13 +304,13 @@ void Wkv7Chunked(const Wkv7Head& h) {
         A_ab[t][s] = s < t ? Dot(at + t * N, bt + s * N, N) : 0.f;
       }
     }
-    // The incoming state's share: sa_t ← S₀ ã_t, y_t ← S₀ r̃_t.
-    for (size_t j = 0; j < N; ++j) {
-      const float* Sj = h.S + j * N;
-      for (int t = 0; t < L; ++t) {
-        sa[t * N + j] = Dot(Sj, at + t * N, N);
-        yy[t * N + j] = Dot(Sj, rt + t * N, N);
-      }
+    // The incoming state's share: sa_t ← S₀ ã_t, y_t ← S₀ r̃_t, as sums of rows of S₀ᵀ so that
+    // accumulators stay in registers and no horizontal sums are needed.
+    for (size_t j = 0; j < N; ++j)
+      for (size_t i = 0; i < N; ++i) S0T[i * N + j] = h.S[j * N + i];
+    for (int t = 0; t < L; ++t) {
+      S0TimesVector(S0T, at + t * N, sa + t * N, N);
+      S0TimesVector(S0T, rt + t * N, yy + t * N, N);
     }
     // Forward substitution for sa_t = S_{t−1} a_t, then the outputs.
     for (int t = 0; t < L; ++t) {
@@ -297,8 +327,7 @@ void Wkv7Chunked(const Wkv7Head& h) {
       }
       std::copy(y, y + N, h.y + size_t(t0 + t) * size_t(h.stride));
     }
-    // State after the chunk.
-    for (size_t i = 0; i < N; i += NL) hn::StoreU(hn::Exp(d, hn::LoadU(d, G + i)), d, eg + i);
+    // State after the chunk (eg = e^{G_last}).
     for (size_t j = 0; j < N; ++j) {
       float* Sj = h.S + j * N;
       for (size_t i = 0; i < N; i += NL) {
