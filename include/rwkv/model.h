@@ -51,6 +51,8 @@ struct StatePiece {
   size_t numel = 0;
 };
 
+// A Model holds scratch activations: call it from one thread at a time (a server runs batches
+// of states through one model; separate threads need separate models).
 class Model {
  public:
   virtual ~Model() = default;
