@@ -189,3 +189,38 @@ TEST(Session, StreamsWholeUtf8Characters) {
 
 }  // namespace
 }  // namespace rwkv
+
+namespace rwkv {
+namespace {
+
+// A tokenizer with fewer ids than the model has rows, like World (65530 of 65536).
+class SmallTokenizer : public Tokenizer {
+ public:
+  std::string name() const override { return "small"; }
+  std::vector<int> encode(std::string_view bytes) const override {
+    std::vector<int> ids;
+    for (unsigned char c : bytes) ids.push_back(c % 100);
+    return ids;
+  }
+  std::string decode(int id) const override {
+    if (id < 0 || id >= 100) fail("id ", id, " outside the small vocabulary");
+    return std::string(1, char('a' + id % 26));
+  }
+  int vocab_size() const override { return 100; }
+};
+
+TEST(Session, NeverSamplesIdsPastTheTokenizersVocabulary) {
+  SamplerConfig c;
+  c.temperature = 2;
+  c.top_p = 1;
+  Session s(small_model(9), std::make_shared<SmallTokenizer>(), c);
+  s.prefill("abc");
+  GenerateOptions opt;
+  opt.max_tokens = 300;
+  const auto r = s.generate(opt);
+  ASSERT_EQ(r.tokens.size(), 300u);
+  for (int t : r.tokens) EXPECT_LT(t, 100);
+}
+
+}  // namespace
+}  // namespace rwkv

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "rwkv/error.h"
 #include "rwkv/state.h"
@@ -74,6 +75,9 @@ GenerateResult Session::generate(const GenerateOptions& options,
     return !on_text || on_text(piece);
   };
   for (int i = 0; i < options.max_tokens; ++i) {
+    // Rows past the tokenizer's vocabulary (World pads 65530 ids to 65536) are not text.
+    std::fill(logits_.begin() + std::min<ptrdiff_t>(tokenizer_->vocab_size(), ptrdiff_t(logits_.size())),
+              logits_.end(), -INFINITY);
     const int token = sampler_.sample(logits_);
     sampler_.accept(token);
     result.tokens.push_back(token);
