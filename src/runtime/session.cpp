@@ -66,7 +66,6 @@ GenerateResult Session::generate(const GenerateOptions& options,
   GenerateResult result;
   const auto start = std::chrono::steady_clock::now();
   Utf8Stream utf8;
-  std::string pending;  // decoded text not yet streamed
   size_t streamed = 0;  // bytes of result.text already given to on_text
   auto emit = [&](size_t upto) {
     if (upto <= streamed) return true;
@@ -76,8 +75,8 @@ GenerateResult Session::generate(const GenerateOptions& options,
   };
   for (int i = 0; i < options.max_tokens; ++i) {
     // Rows past the tokenizer's vocabulary (World pads 65530 ids to 65536) are not text.
-    std::fill(logits_.begin() + std::min<ptrdiff_t>(tokenizer_->vocab_size(), ptrdiff_t(logits_.size())),
-              logits_.end(), -INFINITY);
+    const ptrdiff_t text_ids = std::min<ptrdiff_t>(tokenizer_->vocab_size(), ptrdiff_t(logits_.size()));
+    std::fill(logits_.begin() + text_ids, logits_.end(), -INFINITY);
     const int token = sampler_.sample(logits_);
     sampler_.accept(token);
     result.tokens.push_back(token);
