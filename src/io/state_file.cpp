@@ -4,6 +4,7 @@
 #include <bit>
 #include <cstring>
 
+#include "core/hash.h"
 #include "rwkv/error.h"
 #include "rwkv/file_io.h"
 
@@ -35,12 +36,6 @@ enum : size_t {
   kOffReserved = 68,
   kOffChecksum = 72,
 };
-
-uint64_t fnv1a64(const uint8_t* p, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
-  return h;
-}
 
 template <typename T>
 void put(uint8_t* header, size_t offset, T value) {

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <unordered_set>
 
+#include "core/hash.h"
 #include "rwkv/error.h"
 
 namespace rwkv::model {
@@ -46,12 +47,6 @@ void token_shift(const float* x, float* delta, int B, int T, int C, float* const
   }
 }
 
-uint64_t fnv1a64(const void* data, size_t n, uint64_t h) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
 WeightLoader::WeightLoader(std::shared_ptr<const Checkpoint> ckpt, const LoadOptions& options)
     : ckpt_(std::move(ckpt)), options_(options) {}
 
@@ -87,12 +82,9 @@ ops::Matrix WeightLoader::mat(const std::string& name, int rows, int cols) {
   ops::Matrix m{want, rows, cols, t.data};
   if (want != t.dtype) {
     const size_t n = size_t(rows) * size_t(cols);
-    auto buf = std::make_unique<uint8_t[]>(n * dtype_size(want));
-    std::vector<float> tmp(n);
-    convert_to_f32(t.dtype, t.data, tmp.data(), n);
-    convert_from_f32(want, tmp.data(), buf.get(), n);
-    m.data = buf.get();
-    owned_.push_back(std::move(buf));
+    std::vector<float> values(n);
+    convert_to_f32(t.dtype, t.data, values.data(), n);
+    m.data = own(want, values.data(), n);
   }
   matrix_bytes_ += m.nbytes();
   return m;
@@ -104,14 +96,19 @@ ops::Matrix WeightLoader::lora(const std::string& name, int in, int out) {
   const size_t n = size_t(in) * size_t(out);
   std::vector<float> src(n), transposed(n);
   convert_to_f32(t.dtype, t.data, src.data(), n);
-  for (int i = 0; i < in; ++i)
-    for (int o = 0; o < out; ++o) transposed[size_t(o) * size_t(in) + size_t(i)] = src[size_t(i) * size_t(out) + size_t(o)];
-  auto buf = std::make_unique<uint8_t[]>(n * dtype_size(want));
-  convert_from_f32(want, transposed.data(), buf.get(), n);
-  ops::Matrix m{want, out, in, buf.get()};
-  owned_.push_back(std::move(buf));
+  for (size_t i = 0; i < size_t(in); ++i) {
+    for (size_t o = 0; o < size_t(out); ++o) transposed[o * size_t(in) + i] = src[i * size_t(out) + o];
+  }
+  ops::Matrix m{want, out, in, own(want, transposed.data(), n)};
   matrix_bytes_ += m.nbytes();
   return m;
+}
+
+const void* WeightLoader::own(DType dtype, const float* values, size_t n) {
+  auto buf = std::make_unique<uint8_t[]>(n * dtype_size(dtype));
+  convert_from_f32(dtype, values, buf.get(), n);
+  owned_.push_back(std::move(buf));
+  return owned_.back().get();
 }
 
 void WeightLoader::mark_ignored(const std::string& name) { used_.push_back(name); }
@@ -129,7 +126,7 @@ void WeightLoader::check_all_used() const {
 // Names, shapes and the first values of the embedding and head, rounded to bf16 so that the
 // fp32 and bf16 files of one model (same values) share states.
 uint64_t WeightLoader::fingerprint() const {
-  uint64_t h = fnv1a64(nullptr, 0);
+  uint64_t h = kFnv1a64Basis;
   for (const TensorView& t : ckpt_->tensors()) {
     h = fnv1a64(t.name.data(), t.name.size(), h);
     h = fnv1a64(t.shape.data(), t.shape.size() * sizeof(int64_t), h);

@@ -50,6 +50,8 @@ class WeightLoader {
  private:
   const TensorView& get(const std::string& name, std::vector<int64_t> expected_numel_or_shape,
                         bool exact_shape);
+  // n fp32 values converted to dtype in a buffer the loader owns.
+  const void* own(DType dtype, const float* values, size_t n);
   std::shared_ptr<const Checkpoint> ckpt_;
   LoadOptions options_;
   std::vector<std::string> used_;
@@ -60,7 +62,5 @@ class WeightLoader {
   // Owned buffers (converted or transposed weights) move into the model with the checkpoint.
   std::vector<std::unique_ptr<uint8_t[]>> take_owned() { return std::move(owned_); }
 };
-
-uint64_t fnv1a64(const void* data, size_t n, uint64_t h = 1469598103934665603ull);
 
 }  // namespace rwkv::model

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/hash.h"
 #include "rwkv/error.h"
 #include "rwkv/init.h"
 
@@ -24,12 +25,6 @@ uint64_t splitmix64(uint64_t x) {
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   return x ^ (x >> 31);
-}
-
-uint64_t fnv1a64(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char ch : s) h = (h ^ ch) * 0x100000001b3ull;
-  return h;
 }
 
 // One stream per tensor, keyed by its name, so a tensor's values depend on the seed and its name
