@@ -13,7 +13,7 @@ namespace {
 
 void MatVec(benchmark::State& state, DType dtype) {
   const int rows = int(state.range(0)), cols = int(state.range(1)), M = int(state.range(2));
-  std::vector<uint8_t> w(size_t(rows) * size_t(cols) * dtype_size(dtype), 0x3c);
+  std::vector<uint8_t> w(dtype_nbytes(dtype, size_t(rows) * size_t(cols)), 0x3c);
   std::vector<float> x(size_t(M) * size_t(cols), 0.5f), y(size_t(M) * size_t(rows));
   const Matrix W{dtype, rows, cols, w.data()};
   for (auto _ : state) {

@@ -290,7 +290,7 @@ TEST(CheckpointRoundTrip, SafetensorsKeepsNamesOrderDtypesShapesAndBytes) {
   expect_same_tensors(ckpt.tensors(), set.views);
   for (const TensorView& t : ckpt.tensors()) {  // in place or copied, always aligned
     if (t.nbytes() == 0) continue;
-    EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype), 0u) << t.name;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data) % dtype_block_bytes(t.dtype), 0u) << t.name;
   }
 }
 

@@ -76,7 +76,7 @@ std::shared_ptr<const Checkpoint> random_v7_checkpoint(const V7Dims& d, uint32_t
     const size_t n = size_t(t.numel());
     std::vector<float> v(n);
     for (size_t i = 0; i < n; ++i) v[i] = gen(i % size_t(shape.back()));
-    storage->emplace_back(n * dtype_size(dtype));
+    storage->emplace_back(dtype_nbytes(dtype, n));
     convert_from_f32(dtype, v.data(), storage->back().data(), n);
     t.data = storage->back().data();
     tensors.push_back(t);

@@ -20,7 +20,7 @@ struct TensorView {
     for (int64_t d : shape) n *= d;
     return n;
   }
-  size_t nbytes() const { return size_t(numel()) * dtype_size(dtype); }
+  size_t nbytes() const { return dtype_nbytes(dtype, size_t(numel())); }
   int64_t dim(int i) const { return shape.at(size_t(i < 0 ? int(shape.size()) + i : i)); }
   // "(768, 64)" for messages.
   std::string shape_str() const;

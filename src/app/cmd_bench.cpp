@@ -63,7 +63,9 @@ void run(const BenchArgs& a) {
   // Matrix FLOPs per prefill token: every matrix but embedding and head (only the last token).
   const double head_params = double(info.vocab_size) * info.n_embd;
   const double matrix_params =
-      bytes_per_token / double(dtype_size(model->weight_dtype())) - head_params;
+      bytes_per_token * double(dtype_block_elems(model->weight_dtype())) /
+          double(dtype_block_bytes(model->weight_dtype())) -
+      head_params;
   const double prefill_gflops = 2 * matrix_params * prefill_tps / 1e9;
   const double gemm_peak = ops::cpu::measure_sgemm_gflops(512, info.n_embd * 4, info.n_embd);
   nlohmann::json j = {{"model", a.model.path},

@@ -1,5 +1,9 @@
 #include "rwkv/dtype.h"
 
+#include <algorithm>
+#include <cctype>
+
+#include "core/quant.h"
 #include "rwkv/error.h"
 
 namespace rwkv {
@@ -9,15 +13,25 @@ const char* dtype_name(DType t) {
     case DType::F32: return "fp32";
     case DType::F16: return "fp16";
     case DType::BF16: return "bf16";
+    case DType::Q4_0: return "q4_0";
+    case DType::Q4_1: return "q4_1";
+    case DType::Q5_0: return "q5_0";
+    case DType::Q5_1: return "q5_1";
+    case DType::Q8_0: return "q8_0";
   }
   return "?";
 }
 
-DType parse_dtype(const std::string& name) {
+DType parse_dtype(const std::string& text) {
+  std::string name = text;
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
   if (name == "fp32" || name == "f32" || name == "float32") return DType::F32;
   if (name == "fp16" || name == "f16" || name == "float16") return DType::F16;
   if (name == "bf16" || name == "bfloat16") return DType::BF16;
-  fail("unknown dtype '", name, "' (expected fp32, fp16 or bf16)");
+  for (DType q : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0}) {
+    if (name == dtype_name(q)) return q;
+  }
+  fail("unknown dtype '", text, "' (expected fp32, fp16, bf16, q4_0, q4_1, q5_0, q5_1 or q8_0)");
 }
 
 float f16_to_f32(uint16_t h) {
@@ -75,6 +89,7 @@ void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
     case DType::F32: std::memcpy(dst, src, n * 4); return;
     case DType::BF16: for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(h[i]); return;
     case DType::F16: for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]); return;
+    default: quant::dequantize(from, src, dst, n / quant::kBlock); return;
   }
 }
 
@@ -85,6 +100,7 @@ void convert_from_f32(DType to, const float* src, void* dst, size_t n) {
     case DType::F32: std::memcpy(dst, src, n * 4); return;
     case DType::BF16: for (size_t i = 0; i < n; ++i) h[i] = f32_to_bf16(src[i]); return;
     case DType::F16: for (size_t i = 0; i < n; ++i) h[i] = f32_to_f16(src[i]); return;
+    default: quant::quantize(to, src, dst, n / quant::kBlock); return;
   }
 }
 

@@ -124,6 +124,9 @@ void check_tensors_to_save(const std::string& path, const std::vector<TensorView
     if (!valid_utf8(t.name)) fail(path, ": tensor name '", t.name, "' is not valid UTF-8");
     if (!names.insert(t.name).second) fail(path, ": duplicate tensor name '", t.name, "'");
     const std::string what = cat(path, ": tensor '", t.name, "'");
+    if (is_quantized(t.dtype)) {
+      fail(what, ": ", dtype_name(t.dtype), " tensors cannot be saved in this format");
+    }
     if (checked_numel(t.shape, what) > 0 && !t.data) fail(what, ": no data");
   }
 }

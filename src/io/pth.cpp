@@ -36,6 +36,7 @@ const char* storage_global(DType dtype) {
     case DType::F32: return "FloatStorage";
     case DType::F16: return "HalfStorage";
     case DType::BF16: return "BFloat16Storage";
+    default: break;  // quantized: refused by check_tensors_to_save
   }
   return "?";
 }

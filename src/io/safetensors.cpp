@@ -43,6 +43,7 @@ const char* file_dtype_name(DType dtype) {
     case DType::F32: return "F32";
     case DType::F16: return "F16";
     case DType::BF16: return "BF16";
+    default: break;  // quantized: refused by check_tensors_to_save
   }
   return "?";
 }

@@ -105,7 +105,7 @@ ops::Matrix WeightLoader::lora(const std::string& name, int in, int out) {
 }
 
 const void* WeightLoader::own(DType dtype, const float* values, size_t n) {
-  auto buf = std::make_unique<uint8_t[]>(n * dtype_size(dtype));
+  auto buf = std::make_unique<uint8_t[]>(dtype_nbytes(dtype, n));
   convert_from_f32(dtype, values, buf.get(), n);
   owned_.push_back(std::move(buf));
   return owned_.back().get();

@@ -196,7 +196,7 @@ class Builder {
   explicit Builder(const InitConfig& config) : config_(config) {}
 
   void add(const std::string& name, std::vector<int64_t> shape, const std::vector<float>& v) {
-    auto bytes = std::make_shared<std::vector<uint8_t>>(v.size() * dtype_size(config_.dtype));
+    auto bytes = std::make_shared<std::vector<uint8_t>>(dtype_nbytes(config_.dtype, v.size()));
     convert_from_f32(config_.dtype, v.data(), bytes->data(), v.size());
     out_.tensors.push_back(TensorView{name, config_.dtype, std::move(shape), bytes->data()});
     out_.storage.push_back(std::move(bytes));

@@ -223,7 +223,7 @@ class Rwkv7 final : public Model {
     act_.ensure(M, C, info_.dim_ffn, max_lora_);
     // Embedding row, then ln0.
     for (int m = 0; m < M; ++m) {
-      const size_t row_bytes = size_t(C) * dtype_size(w_.emb.dtype);
+      const size_t row_bytes = dtype_nbytes(w_.emb.dtype, size_t(C));
       convert_to_f32(w_.emb.dtype,
                      static_cast<const uint8_t*>(w_.emb.data) + size_t(tokens[m]) * row_bytes,
                      act_.x + size_t(m) * size_t(C), size_t(C));

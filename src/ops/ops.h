@@ -10,12 +10,14 @@
 namespace rwkv::ops {
 
 // A weight matrix in nn.Linear layout: (rows = out, cols = in), row-major, stored dtype.
+// Quantized matrices hold whole blocks per row (cols a multiple of 32).
 struct Matrix {
   DType dtype = DType::F32;
   int rows = 0;
   int cols = 0;
   const void* data = nullptr;
-  size_t nbytes() const { return size_t(rows) * size_t(cols) * dtype_size(dtype); }
+  size_t row_bytes() const { return dtype_nbytes(dtype, size_t(cols)); }
+  size_t nbytes() const { return size_t(rows) * row_bytes(); }
 };
 
 // One head of one sequence for the RWKV-7 WKV (spec §2.4, §4.5). Inputs are T rows with a row
@@ -37,6 +39,44 @@ struct Wkv7Head {
   float* S = nullptr;
 };
 
+// One sequence of the RWKV-4 WKV (spec §2.1, §3.1) over `channels` channels. k, v, y are T rows
+// with a row stride (elements). The state is numerator aa, denominator bb (both scaled by e^{−pp})
+// and exponent offset pp per channel, updated in place. w = −exp(time_decay) (≤ 0), u = time_first.
+//   wkv_t = (e^{pp−q}·aa + e^{u+k−q}·v) / (e^{pp−q}·bb + e^{u+k−q}),  q = max(pp, u+k)
+// then aa, bb, pp absorb e^{k}, e^{k}·v with decay e^{w}. Every exponent evaluated is ≤ 0.
+// The parallel form of RWKV-4 is this same scan over T (channels independent, spec §4.1).
+struct Wkv4Seq {
+  int T = 0;
+  int channels = 0;
+  int stride = 0;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  const float* w = nullptr;  // (channels)
+  const float* u = nullptr;  // (channels)
+  float* y = nullptr;
+  float* aa = nullptr;       // (channels) each
+  float* bb = nullptr;
+  float* pp = nullptr;
+};
+
+// One head of one sequence for the RWKV-5/6 WKV (spec §2.2, §2.3, §4.3). r, w, k, v, y are T rows
+// with a row stride over a [T, C] buffer, offset to this head. S is N×N, key-major (S[i][j]:
+// i = key, j = value), updated in place. w is the log-decay λ = log d (≤ 0) per token and channel
+// (RWKV-5 repeats its constant decay on every row); u is the bonus (N).
+//   y_j = Σ_i r_i (u_i k_i v_j + S_ij) ;  S_ij ← e^{w_i} S_ij + k_i v_j
+struct Wkv6Head {
+  int T = 0;
+  int N = 0;
+  int stride = 0;
+  const float* r = nullptr;
+  const float* w = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  const float* u = nullptr;
+  float* y = nullptr;
+  float* S = nullptr;
+};
+
 struct Kernels {
   const char* name;
   // y[M, W.rows] = x[M, W.cols] · Wᵀ (overwrites y).
@@ -45,6 +85,11 @@ struct Kernels {
   void (*wkv7_recurrent)(const Wkv7Head& head);
   // Parallel (chunked) WKV over the T rows; equal to wkv7_recurrent up to fp32 rounding.
   void (*wkv7_parallel)(const Wkv7Head& head);
+  // RWKV-4 WKV scan (both forms).
+  void (*wkv4)(const Wkv4Seq& seq);
+  // RWKV-5/6 WKV, one token after another / chunked (§4.3); equal up to fp32 rounding.
+  void (*wkv6_recurrent)(const Wkv6Head& head);
+  void (*wkv6_parallel)(const Wkv6Head& head);
 };
 
 const Kernels& ref_kernels();
@@ -55,12 +100,19 @@ void linear(const Matrix& W, const float* x, int M, float* y);
 void wkv7_recurrent(const Wkv7Head& head);
 // The chunked form of spec §4.5 in plain loops, chunk length `chunk`.
 void wkv7_chunked(const Wkv7Head& head, int chunk);
+void wkv4(const Wkv4Seq& seq);
+void wkv6_recurrent(const Wkv6Head& head);
+// The chunked form of spec §4.3 in plain loops, chunk length `chunk`.
+void wkv6_chunked(const Wkv6Head& head, int chunk);
 }  // namespace ref
 
 namespace cpu {
 void linear(const Matrix& W, const float* x, int M, float* y);
 void wkv7_recurrent(const Wkv7Head& head);
 void wkv7_chunked(const Wkv7Head& head);
+void wkv4(const Wkv4Seq& seq);
+void wkv6_recurrent(const Wkv6Head& head);
+void wkv6_chunked(const Wkv6Head& head);
 // Threads used by the CPU kernels (OpenMP and OpenBLAS). 0 = all cores.
 void set_num_threads(int n);
 int num_threads();

@@ -42,14 +42,13 @@ const float* weights_f32(const Matrix& W) {
   thread_local std::vector<float> converted;
   const size_t n = size_t(W.rows) * size_t(W.cols);
   if (converted.size() < n) converted.resize(n);
-  const size_t esize = dtype_size(W.dtype);
-  const size_t block = 1 << 16;
+  const size_t block = 1 << 16;  // a multiple of every quantized block
   const auto* src = static_cast<const uint8_t*>(W.data);
   float* dst = converted.data();
 #pragma omp parallel for schedule(static)
   for (size_t b = 0; b < (n + block - 1) / block; ++b) {
     const size_t i0 = b * block, len = std::min(block, n - i0);
-    simd_to_f32(W.dtype, src + i0 * esize, dst + i0, len);
+    simd_to_f32(W.dtype, src + dtype_nbytes(W.dtype, i0), dst + i0, len);
   }
   return dst;
 }
@@ -97,14 +96,19 @@ const char* simd_target() { return simd_target_name(); }
 namespace rwkv::ops {
 
 static void ref_wkv7_parallel(const Wkv7Head& h) { ref::wkv7_chunked(h, cpu::kWkvChunk); }
+static void ref_wkv6_parallel(const Wkv6Head& h) { ref::wkv6_chunked(h, cpu::kWkvChunk); }
 
 const Kernels& ref_kernels() {
-  static const Kernels k{"ref", &ref::linear, &ref::wkv7_recurrent, &ref_wkv7_parallel};
+  static const Kernels k{"ref",       &ref::linear,         &ref::wkv7_recurrent,
+                         &ref_wkv7_parallel, &ref::wkv4,    &ref::wkv6_recurrent,
+                         &ref_wkv6_parallel};
   return k;
 }
 
 const Kernels& cpu_kernels() {
-  static const Kernels k{"cpu", &cpu::linear, &cpu::wkv7_recurrent, &cpu::wkv7_chunked};
+  static const Kernels k{"cpu",       &cpu::linear,      &cpu::wkv7_recurrent,
+                         &cpu::wkv7_chunked, &cpu::wkv4, &cpu::wkv6_recurrent,
+                         &cpu::wkv6_chunked};
   return k;
 }
 

@@ -259,11 +259,28 @@ void MatVecRowsW(const void* w, int cols, const float* x, int M, float* y, int r
   }
 }
 
+// Quantized rows: decode a row, then dot products.
+void MatVecRowsScalar(const Matrix& W, const float* x, int M, float* y, int r0, int r1) {
+  thread_local std::vector<float> row;
+  row.resize(size_t(W.cols));
+  for (int o = r0; o < r1; ++o) {
+    convert_to_f32(W.dtype, static_cast<const uint8_t*>(W.data) + size_t(o) * W.row_bytes(),
+                   row.data(), row.size());
+    for (int m = 0; m < M; ++m) {
+      const float* xm = x + size_t(m) * size_t(W.cols);
+      float sum = 0;
+      for (int i = 0; i < W.cols; ++i) sum += row[size_t(i)] * xm[i];
+      y[size_t(m) * size_t(W.rows) + size_t(o)] = sum;
+    }
+  }
+}
+
 void MatVecRows(const Matrix& W, const float* x, int M, float* y, int r0, int r1) {
   switch (W.dtype) {
     case DType::F32: return MatVecRowsW<F32W>(W.data, W.cols, x, M, y, W.rows, r0, r1);
     case DType::BF16: return MatVecRowsBF16(W.data, W.cols, x, M, y, W.rows, r0, r1);
     case DType::F16: return MatVecRowsW<F16W>(W.data, W.cols, x, M, y, W.rows, r0, r1);
+    default: return MatVecRowsScalar(W, x, M, y, r0, r1);
   }
 }
 
@@ -282,6 +299,7 @@ void ToF32(DType dtype, const void* src, float* dst, size_t n) {
     case DType::F32: return ToF32W<F32W>(src, dst, n);
     case DType::BF16: return ToF32W<BF16W>(src, dst, n);
     case DType::F16: return ToF32W<F16W>(src, dst, n);
+    default: return convert_to_f32(dtype, src, dst, n);
   }
 }
 

@@ -8,8 +8,7 @@ namespace rwkv::ops::ref {
 void linear(const Matrix& W, const float* x, int M, float* y) {
   std::vector<float> row(size_t(W.cols));
   for (int o = 0; o < W.rows; ++o) {
-    convert_to_f32(W.dtype, static_cast<const uint8_t*>(W.data) +
-                                size_t(o) * size_t(W.cols) * dtype_size(W.dtype),
+    convert_to_f32(W.dtype, static_cast<const uint8_t*>(W.data) + size_t(o) * W.row_bytes(),
                    row.data(), size_t(W.cols));
     for (int m = 0; m < M; ++m) {
       const float* xm = x + size_t(m) * size_t(W.cols);

@@ -1,0 +1,182 @@
+#include "core/quant.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace rwkv::quant {
+namespace {
+
+uint32_t load_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Blocks may sit at any byte offset in a file: copy each one out before reading it.
+template <class Block>
+Block load_block(const void* src, size_t i) {
+  Block b;
+  std::memcpy(&b, static_cast<const uint8_t*>(src) + i * sizeof(Block), sizeof(Block));
+  return b;
+}
+
+template <class Block>
+void store_block(void* dst, size_t i, const Block& b) {
+  std::memcpy(static_cast<uint8_t*>(dst) + i * sizeof(Block), &b, sizeof(Block));
+}
+
+// Element j < 16: low nibble of qs[j] plus bit j of qh; j + 16: high nibble plus bit j + 16.
+template <class Block>
+void unpack5(const Block& b, int q[32]) {
+  const uint32_t qh = load_u32(b.qh);
+  for (int j = 0; j < 16; ++j) {
+    q[j] = (b.qs[j] & 0x0f) | int(((qh >> j) & 1u) << 4);
+    q[j + 16] = (b.qs[j] >> 4) | int(((qh >> (j + 16)) & 1u) << 4);
+  }
+}
+
+template <class Block>
+void pack5(const int q[32], Block& b) {
+  uint32_t qh = 0;
+  for (int j = 0; j < 16; ++j) {
+    b.qs[j] = uint8_t((q[j] & 0x0f) | ((q[j + 16] & 0x0f) << 4));
+    qh |= uint32_t((q[j] >> 4) & 1) << j;
+    qh |= uint32_t((q[j + 16] >> 4) & 1) << (j + 16);
+  }
+  std::memcpy(b.qh, &qh, 4);
+}
+
+// The value of largest magnitude (sign kept), and the minimum and maximum of a block.
+float signed_absmax(const float* x) {
+  float amax = 0, max = 0;
+  for (size_t j = 0; j < kBlock; ++j) {
+    if (std::fabs(x[j]) > amax) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  }
+  return max;
+}
+
+void min_max(const float* x, float& min, float& max) {
+  min = max = x[0];
+  for (size_t j = 1; j < kBlock; ++j) {
+    min = std::min(min, x[j]);
+    max = std::max(max, x[j]);
+  }
+}
+
+}  // namespace
+
+void dequantize(DType type, const void* src, float* dst, size_t n_blocks) {
+  for (size_t i = 0; i < n_blocks; ++i) {
+    float* y = dst + i * kBlock;
+    int q[32];
+    switch (type) {
+      case DType::Q4_0: {
+        const auto b = load_block<BlockQ4_0>(src, i);
+        const float d = f16_to_f32(b.d);
+        for (int j = 0; j < 16; ++j) {
+          y[j] = d * float((b.qs[j] & 0x0f) - 8);
+          y[j + 16] = d * float((b.qs[j] >> 4) - 8);
+        }
+        break;
+      }
+      case DType::Q4_1: {
+        const auto b = load_block<BlockQ4_1>(src, i);
+        const float d = f16_to_f32(b.d), m = f16_to_f32(b.m);
+        for (int j = 0; j < 16; ++j) {
+          y[j] = d * float(b.qs[j] & 0x0f) + m;
+          y[j + 16] = d * float(b.qs[j] >> 4) + m;
+        }
+        break;
+      }
+      case DType::Q5_0: {
+        const auto b = load_block<BlockQ5_0>(src, i);
+        const float d = f16_to_f32(b.d);
+        unpack5(b, q);
+        for (int j = 0; j < 32; ++j) y[j] = d * float(q[j] - 16);
+        break;
+      }
+      case DType::Q5_1: {
+        const auto b = load_block<BlockQ5_1>(src, i);
+        const float d = f16_to_f32(b.d), m = f16_to_f32(b.m);
+        unpack5(b, q);
+        for (int j = 0; j < 32; ++j) y[j] = d * float(q[j]) + m;
+        break;
+      }
+      case DType::Q8_0: {
+        const auto b = load_block<BlockQ8_0>(src, i);
+        const float d = f16_to_f32(b.d);
+        for (int j = 0; j < 32; ++j) y[j] = d * float(b.qs[j]);
+        break;
+      }
+      default: return;
+    }
+  }
+}
+
+void quantize(DType type, const float* src, void* dst, size_t n_blocks) {
+  for (size_t i = 0; i < n_blocks; ++i) {
+    const float* x = src + i * kBlock;
+    int q[32];
+    switch (type) {
+      case DType::Q4_0: {
+        const float d = signed_absmax(x) / -8, id = d != 0 ? 1 / d : 0;
+        BlockQ4_0 b;
+        b.d = f32_to_f16(d);
+        for (int j = 0; j < 32; ++j) q[j] = std::min(15, int(int8_t(x[j] * id + 8.5f)));
+        for (int j = 0; j < 16; ++j) b.qs[j] = uint8_t(q[j] | (q[j + 16] << 4));
+        store_block(dst, i, b);
+        break;
+      }
+      case DType::Q4_1: {
+        float min, max;
+        min_max(x, min, max);
+        const float d = (max - min) / 15, id = d != 0 ? 1 / d : 0;
+        BlockQ4_1 b;
+        b.d = f32_to_f16(d);
+        b.m = f32_to_f16(min);
+        for (int j = 0; j < 32; ++j) q[j] = std::min(15, int(int8_t((x[j] - min) * id + 0.5f)));
+        for (int j = 0; j < 16; ++j) b.qs[j] = uint8_t(q[j] | (q[j + 16] << 4));
+        store_block(dst, i, b);
+        break;
+      }
+      case DType::Q5_0: {
+        const float d = signed_absmax(x) / -16, id = d != 0 ? 1 / d : 0;
+        BlockQ5_0 b;
+        b.d = f32_to_f16(d);
+        for (int j = 0; j < 32; ++j) q[j] = std::min(31, int(int8_t(x[j] * id + 16.5f)));
+        pack5(q, b);
+        store_block(dst, i, b);
+        break;
+      }
+      case DType::Q5_1: {
+        float min, max;
+        min_max(x, min, max);
+        const float d = (max - min) / 31, id = d != 0 ? 1 / d : 0;
+        BlockQ5_1 b;
+        b.d = f32_to_f16(d);
+        b.m = f32_to_f16(min);
+        for (int j = 0; j < 32; ++j) q[j] = std::min(31, int(uint8_t((x[j] - min) * id + 0.5f)));
+        pack5(q, b);
+        store_block(dst, i, b);
+        break;
+      }
+      case DType::Q8_0: {
+        float amax = 0;
+        for (size_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
+        const float d = amax / 127, id = d != 0 ? 1 / d : 0;
+        BlockQ8_0 b;
+        b.d = f32_to_f16(d);
+        for (int j = 0; j < 32; ++j) b.qs[j] = int8_t(std::lround(x[j] * id));
+        store_block(dst, i, b);
+        break;
+      }
+      default: return;
+    }
+  }
+}
+
+}  // namespace rwkv::quant
