@@ -9,7 +9,7 @@
 #include "io/formats.h"
 #include "rwkv/error.h"
 
-// Both formats store little-endian bytes that the readers hand out in place.
+// All formats store little-endian bytes that the readers hand out in place.
 static_assert(std::endian::native == std::endian::little,
               "checkpoint I/O needs a little-endian host");
 
@@ -30,12 +30,14 @@ Checkpoint Checkpoint::open(const std::string& path) {
   std::shared_ptr<MappedFile> file = MappedFile::open(path);
   if (file->size() >= 4 && std::memcmp(file->data(), "PK\x03\x04", 4) == 0)
     return io::read_pth(std::move(file));
+  if (io::looks_like_rwkvcpp(*file)) return io::read_rwkvcpp(std::move(file));
   if (io::looks_like_safetensors(*file)) return io::read_safetensors(std::move(file));
   if (file->size() == 0) fail(path, ": file is empty");
   if (file->data()[0] == 0x80)  // a pickle PROTO opcode: torch.save before torch 1.6
     fail(path, ": legacy (pre-zip) torch.save format is not supported; re-save it with "
          "torch.save from torch >= 1.6");
-  fail(path, ": not a checkpoint (expected a PyTorch .pth zip archive or a safetensors file)");
+  fail(path, ": not a checkpoint (expected a PyTorch .pth zip archive, a safetensors file or an "
+       "rwkv.cpp model file)");
 }
 
 const TensorView* Checkpoint::find(const std::string& name) const {
@@ -52,6 +54,11 @@ const TensorView& Checkpoint::get(const std::string& name) const {
 namespace io {
 
 namespace {
+
+// Keeps element counts well inside int64 and size_t byte counts (8 bytes per element at most).
+constexpr int64_t kMaxNumel = INT64_MAX / 8;
+
+}  // namespace
 
 // Strict UTF-8 (no overlong forms, surrogates or code points past U+10FFFF): Python's unpickler
 // and JSON both reject anything else, so such names would make unloadable files.
@@ -82,11 +89,6 @@ bool valid_utf8(std::string_view s) {
   }
   return true;
 }
-
-// Keeps element counts well inside int64 and size_t byte counts (8 bytes per element at most).
-constexpr int64_t kMaxNumel = INT64_MAX / 8;
-
-}  // namespace
 
 uint8_t* new_buffer(size_t bytes, Owners& owners, const std::string& what) {
   try {
