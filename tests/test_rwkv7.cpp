@@ -1,124 +1,18 @@
-// RWKV-7 against the official reference (../shared/fixtures/official/v7) and the two forms
-// against each other on random weights.
-#include <nlohmann/json.hpp>
-
+// RWKV-7: the two forms against each other on random weights, and bad checkpoints. (The official
+// fixtures of every generation are checked in test_generations.cpp.)
 #include <functional>
 #include <random>
 
 #include "rwkv/error.h"
-#include "rwkv/file_io.h"
 #include "rwkv/model.h"
 #include "testing.h"
 
 namespace rwkv {
 namespace {
 
-constexpr double kLogitTol = 1e-4, kStateTol = 2e-4;  // fixtures/official/README.md
-
-struct Fixture {
-  nlohmann::json manifest;
-  std::vector<int> tokens, seg2;
-  int split = 0, V = 0;
-  std::string dir;
-  std::vector<float> array(const std::string& name) const {
-    return test::read_f32_file(dir + "/" + manifest["arrays"][name]["file"].get<std::string>());
-  }
-  std::string checkpoint(const std::string& which) const {
-    return dir + "/" + manifest["checkpoint"][which]["file"].get<std::string>();
-  }
-};
-
-Fixture load_fixture() {
-  Fixture f;
-  f.dir = test::shared_path("fixtures/official/v7");
-  f.manifest = nlohmann::json::parse(read_file(f.dir + "/manifest.json"));
-  f.tokens = f.manifest["tokens"].get<std::vector<int>>();
-  f.seg2 = f.manifest["seg2_tokens"].get<std::vector<int>>();
-  f.split = f.manifest["split"].get<int>();
-  f.V = f.manifest["dims"]["vocab_size"].get<int>();
-  return f;
-}
-
 std::vector<float> slice(const std::vector<float>& v, size_t row0, size_t rows, size_t width) {
   return {v.begin() + long(row0 * width), v.begin() + long((row0 + rows) * width)};
 }
-
-struct Case {
-  const char* checkpoint;  // "fp32" or "bf16"
-  Backend backend;
-};
-
-class OfficialV7 : public ::testing::TestWithParam<Case> {};
-
-TEST_P(OfficialV7, MatchesOfficialLogitsAndStatesInBothForms) {
-  RWKV_REQUIRE_SHARED("fixtures/official/v7/manifest.json");
-  const Fixture f = load_fixture();
-  LoadOptions opt;
-  opt.backend = GetParam().backend;
-  auto model = load_model(f.checkpoint(GetParam().checkpoint), opt);
-  const ModelInfo& info = model->info();
-  EXPECT_EQ(info.generation, "x070");
-  EXPECT_EQ(info.n_layer, 2);
-  EXPECT_EQ(info.n_embd, 128);
-  EXPECT_EQ(info.n_head, 2);
-  EXPECT_EQ(info.head_size, 64);
-  EXPECT_EQ(info.vocab_size, 256);
-  EXPECT_EQ(info.dim_ffn, 512);
-  const size_t S = model->state_spec().floats, V = size_t(f.V), T = f.tokens.size();
-  ASSERT_EQ(S, f.manifest["state_total_floats"].get<size_t>());
-
-  // Recurrent form, token by token from the zero state.
-  std::vector<float> state(S), logits(T * V), split_state;
-  model->init_state(state.data());
-  float* states[] = {state.data()};
-  for (size_t t = 0; t < T; ++t) {
-    model->step(&f.tokens[t], 1, states, logits.data() + t * V);
-    if (t + 1 == size_t(f.split)) split_state = state;
-  }
-  const std::string want_logits = GetParam().checkpoint == std::string("bf16")
-                                      ? "logits_step_bf16ckpt" : "logits_step";
-  auto e = test::compare(logits, f.array(want_logits));
-  EXPECT_LE(e.max_abs, kLogitTol) << "step logits";
-  e = test::compare(state, f.array("final_state_step"));
-  EXPECT_LE(e.max_abs, kStateTol) << "step final state";
-  e = test::compare(split_state, f.array("state_split"));
-  EXPECT_LE(e.max_abs, kStateTol) << "state after the split";
-
-  // Parallel form, one call.
-  model->init_state(state.data());
-  std::vector<float> seq_logits(T * V, std::nanf(""));
-  model->forward(f.tokens.data(), 1, int(T), states, seq_logits.data(), LogitsMode::All);
-  e = test::compare(seq_logits, f.array("logits_seq"));
-  EXPECT_LE(e.max_abs, kLogitTol) << "sequence logits";
-  e = test::compare(state, f.array("final_state_step"));
-  EXPECT_LE(e.max_abs, kStateTol) << "sequence final state";
-
-  // Resume from the official split state: step and sequence.
-  const size_t T2 = f.seg2.size();
-  for (bool parallel : {false, true}) {
-    const auto split = f.array("state_split");
-    std::copy(split.begin(), split.end(), state.begin());  // states[] points into `state`
-    std::vector<float> seg_logits(T2 * V, std::nanf(""));
-    if (parallel) {
-      model->forward(f.seg2.data(), 1, int(T2), states, seg_logits.data(), LogitsMode::All);
-    } else {
-      for (size_t t = 0; t < T2; ++t) model->step(&f.seg2[t], 1, states, seg_logits.data() + t * V);
-    }
-    e = test::compare(seg_logits, f.array(parallel ? "logits_seg2_seq" : "logits_seg2_step"));
-    EXPECT_LE(e.max_abs, kLogitTol) << "resumed logits, parallel=" << parallel;
-    e = test::compare(state, f.array("final_state_seg2_step"));
-    EXPECT_LE(e.max_abs, kStateTol) << "resumed state, parallel=" << parallel;
-  }
-  (void)slice;
-}
-
-INSTANTIATE_TEST_SUITE_P(Checkpoints, OfficialV7,
-                         ::testing::Values(Case{"fp32", Backend::Cpu}, Case{"bf16", Backend::Cpu},
-                                           Case{"fp32", Backend::Ref}, Case{"bf16", Backend::Ref}),
-                         [](const auto& info) {
-                           return std::string(info.param.checkpoint) +
-                                  (info.param.backend == Backend::Ref ? "_ref" : "_cpu");
-                         });
 
 // ---- Properties on random weights -------------------------------------------------------------
 
@@ -322,16 +216,6 @@ TEST(Rwkv7Errors, BadCheckpointsAreClearErrors) {
                       }
                     }),
                     "r_k");
-}
-
-TEST(Rwkv7Errors, OtherGenerationsAreRecognisedButNotRunYet) {
-  RWKV_REQUIRE_SHARED("fixtures/official/v6/rwkv-v6-L2-D128-V256.pth");
-  try {
-    load_model(test::shared_path("fixtures/official/v6/rwkv-v6-L2-D128-V256.pth"));
-    ADD_FAILURE() << "loaded a v6 checkpoint";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("RWKV-6"), std::string::npos) << e.what();
-  }
 }
 
 }  // namespace

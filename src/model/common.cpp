@@ -48,7 +48,7 @@ void token_shift(const float* x, float* delta, int B, int T, int C, float* const
 }
 
 WeightLoader::WeightLoader(std::shared_ptr<const Checkpoint> ckpt, const LoadOptions& options)
-    : ckpt_(std::move(ckpt)), options_(options) {}
+    : ckpt_(std::move(ckpt)), options_(options), lora_out_in_(ckpt_->format() == "rwkv.cpp") {}
 
 const TensorView& WeightLoader::get(const std::string& name, std::vector<int64_t> expected,
                                     bool exact_shape) {
@@ -73,35 +73,87 @@ const float* WeightLoader::vec(const std::string& name, int64_t numel) {
 }
 
 DType WeightLoader::matrix_dtype() const {
-  return options_.weight_dtype.value_or(ckpt_->get("head.weight").dtype);
+  DType best = DType::F32;
+  size_t most = 0;
+  for (size_t i = 0; i < std::size(bytes_by_dtype_); ++i) {
+    if (bytes_by_dtype_[i] > most) {
+      most = bytes_by_dtype_[i];
+      best = DType(i);
+    }
+  }
+  return best;
 }
 
 ops::Matrix WeightLoader::mat(const std::string& name, int rows, int cols) {
   const TensorView& t = get(name, {rows, cols}, true);
-  const DType want = options_.weight_dtype.value_or(t.dtype);
-  ops::Matrix m{want, rows, cols, t.data};
-  if (want != t.dtype) {
+  return matrix(t.dtype, t.data, rows, cols);
+}
+
+// The dtype a matrix is kept in: the requested one, except that rows which are not whole
+// quantized blocks keep their stored dtype.
+DType WeightLoader::target_dtype(DType stored, int cols) const {
+  const DType want = options_.weight_dtype.value_or(stored);
+  return cols % int(dtype_block_elems(want)) == 0 ? want : stored;
+}
+
+ops::Matrix WeightLoader::matrix(DType stored, const void* data, int rows, int cols) {
+  const DType want = target_dtype(stored, cols);
+  ops::Matrix m{want, rows, cols, data};
+  if (want != stored) {
     const size_t n = size_t(rows) * size_t(cols);
     std::vector<float> values(n);
-    convert_to_f32(t.dtype, t.data, values.data(), n);
+    convert_to_f32(stored, data, values.data(), n);
     m.data = own(want, values.data(), n);
   }
-  matrix_bytes_ += m.nbytes();
+  count(m);
   return m;
 }
 
-ops::Matrix WeightLoader::lora(const std::string& name, int in, int out) {
-  const TensorView& t = get(name, {in, out}, true);
-  const DType want = options_.weight_dtype.value_or(t.dtype);
-  const size_t n = size_t(in) * size_t(out);
-  std::vector<float> src(n), transposed(n);
-  convert_to_f32(t.dtype, t.data, src.data(), n);
-  for (size_t i = 0; i < size_t(in); ++i) {
-    for (size_t o = 0; o < size_t(out); ++o) transposed[o * size_t(in) + i] = src[i * size_t(out) + o];
-  }
-  ops::Matrix m{want, out, in, own(want, transposed.data(), n)};
+void WeightLoader::count(const ops::Matrix& m) {
   matrix_bytes_ += m.nbytes();
+  bytes_by_dtype_[size_t(m.dtype)] += m.nbytes();
+}
+
+ops::Matrix WeightLoader::lora(const std::string& name, int in, int out) {
+  if (lora_out_in_) return mat(name, out, in);
+  const TensorView& t = get(name, {in, out}, true);
+  return transposed(t.dtype, t.data, in, out);
+}
+
+ops::Matrix WeightLoader::lora_slab(const std::string& name, int index, int count, int in,
+                                    int out) {
+  const size_t slab = size_t(in) * size_t(out);
+  if (lora_out_in_) {
+    const TensorView& t = get(name, {count, out, in}, true);
+    return matrix(t.dtype, static_cast<const uint8_t*>(t.data) +
+                               dtype_nbytes(t.dtype, size_t(index) * slab), out, in);
+  }
+  const TensorView& t = get(name, {count, in, out}, true);
+  return transposed(t.dtype, static_cast<const uint8_t*>(t.data) +
+                                 dtype_nbytes(t.dtype, size_t(index) * slab), in, out);
+}
+
+ops::Matrix WeightLoader::transposed(DType stored, const void* src, int in, int out) {
+  const DType want = target_dtype(stored, in);
+  const size_t n = size_t(in) * size_t(out);
+  std::vector<float> values(n), t(n);
+  convert_to_f32(stored, src, values.data(), n);
+  for (size_t i = 0; i < size_t(in); ++i) {
+    for (size_t o = 0; o < size_t(out); ++o) t[o * size_t(in) + i] = values[i * size_t(out) + o];
+  }
+  ops::Matrix m{want, out, in, own(want, t.data(), n)};
+  count(m);
   return m;
+}
+
+const float* WeightLoader::vec_map(const std::string& name, int64_t numel, float (*f)(float)) {
+  float* v = const_cast<float*>(vec(name, numel));  // our own buffer
+  for (int64_t i = 0; i < numel; ++i) v[i] = f(v[i]);
+  return v;
+}
+
+const float* WeightLoader::keep(const std::vector<float>& values) {
+  return static_cast<const float*>(own(DType::F32, values.data(), values.size()));
 }
 
 const void* WeightLoader::own(DType dtype, const float* values, size_t n) {

@@ -14,6 +14,7 @@
 namespace rwkv::model {
 
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
+inline float silu(float x) { return x * sigmoid(x); }
 
 // LayerNorm of M rows of C (biased variance, eps 1e-5), in → out (may alias).
 void layer_norm(const float* in, float* out, int M, int C, const float* weight, const float* bias,
@@ -35,15 +36,27 @@ class WeightLoader {
 
   // A small fp32 vector: the tensor must have `numel` elements (any shape, e.g. (1,1,C)).
   const float* vec(const std::string& name, int64_t numel);
+  // A vector of `numel` elements with f applied to each (load-time preprocessing, spec §1.4).
+  const float* vec_map(const std::string& name, int64_t numel, float (*f)(float));
+  // 1 − μ for a mix coefficient μ (RWKV-4/5 store the weight of x̂, the models use that of x̂′).
+  const float* one_minus(const std::string& name, int64_t numel) {
+    return vec_map(name, numel, [](float m) { return 1.f - m; });
+  }
+  // Keeps values derived at load time (e.g. per-head decays broadcast over channels).
+  const float* keep(const std::vector<float>& values);
   // An nn.Linear weight (rows=out, cols=in) kept in its stored dtype unless converted.
   ops::Matrix mat(const std::string& name, int rows, int cols);
-  // A LoRA matrix stored (in, out); returned transposed as (out, in) for ops::linear.
+  // A LoRA matrix, as (out, in) for ops::linear. Official files store (in, out) (it is
+  // transposed here); rwkv.cpp files store it transposed already (spec §1.4).
   ops::Matrix lora(const std::string& name, int in, int out);
+  // Slab `index` of a stack of LoRA matrices stored (count, in, out) (rwkv.cpp: (count, out,
+  // in)), as (out, in).
+  ops::Matrix lora_slab(const std::string& name, int index, int count, int in, int out);
   bool has(const std::string& name) const { return ckpt_->find(name) != nullptr; }
   void mark_ignored(const std::string& name);
   // Throws rwkv::Error naming the first tensor nothing used (an unsupported variant).
   void check_all_used() const;
-  DType matrix_dtype() const;  // dtype matrices end up in
+  DType matrix_dtype() const;  // the dtype holding most of the matrices' bytes
   uint64_t fingerprint() const;
   size_t matrix_bytes() const { return matrix_bytes_; }
 
@@ -52,11 +65,19 @@ class WeightLoader {
                         bool exact_shape);
   // n fp32 values converted to dtype in a buffer the loader owns.
   const void* own(DType dtype, const float* values, size_t n);
+  // A (rows, cols) matrix at data, converted to the wanted dtype if that differs.
+  ops::Matrix matrix(DType stored, const void* data, int rows, int cols);
+  // (in, out) values at src, as an (out, in) matrix in the wanted dtype.
+  ops::Matrix transposed(DType stored, const void* src, int in, int out);
   std::shared_ptr<const Checkpoint> ckpt_;
   LoadOptions options_;
+  bool lora_out_in_ = false;
   std::vector<std::string> used_;
   std::vector<std::unique_ptr<uint8_t[]>> owned_;
+  void count(const ops::Matrix& m);
+  DType target_dtype(DType stored, int cols) const;
   size_t matrix_bytes_ = 0;
+  size_t bytes_by_dtype_[8] = {};  // by DType
 
  public:
   // Owned buffers (converted or transposed weights) move into the model with the checkpoint.

@@ -1,5 +1,5 @@
 // Model loading: detect the generation, hand the checkpoint to that generation's loader.
-#include "model/rwkv7.h"
+#include "model/generations.h"
 #include "rwkv/error.h"
 #include "rwkv/model.h"
 
@@ -8,9 +8,12 @@ namespace rwkv {
 std::unique_ptr<Model> load_model(std::shared_ptr<const Checkpoint> checkpoint,
                                   const LoadOptions& options) {
   const ModelInfo info = detect_model(*checkpoint);
-  if (info.generation == "x070") return model::load_rwkv7(std::move(checkpoint), info, options);
-  fail(checkpoint->path(), ": ", info.family, " (generation ", info.generation,
-       ") is recognised but not supported yet; supported: RWKV-7 (x070)");
+  const std::string& g = info.generation;
+  if (g == "x070") return model::load_rwkv7(std::move(checkpoint), info, options);
+  if (g == "x060") return model::load_rwkv6(std::move(checkpoint), info, options);
+  if (g == "5.0" || g == "5.1" || g == "5.2") return model::load_rwkv5(std::move(checkpoint), info, options);
+  if (g == "4") return model::load_rwkv4(std::move(checkpoint), info, options);
+  fail(checkpoint->path(), ": unknown generation '", g, "'");
 }
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {

@@ -1,0 +1,93 @@
+// What every generation shares (spec §2): embedding, ln0, L blocks of time mix + channel mix on
+// a residual stream, ln_out, head; token-id checks; the state's bookkeeping. A generation
+// derives from BlockModel, loads its layers and implements time_mix (and its state layout).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/common.h"
+
+namespace rwkv::model {
+
+// The channel mix (FFN) of RWKV-4/5/6 (with receptance) and RWKV-7 (without), spec §2.1, §2.4:
+//   x_k = x̂ + δ⊙μ_k, x_r = x̂ + δ⊙μ_r ;  out = σ(W_r x_r) ⊙ W_v sqrelu(W_k x_k)
+// Mixes use the RWKV-6/7 convention x̂ + (x̂′ − x̂)⊙μ; RWKV-4/5 loaders store 1 − μ.
+struct ChannelMix {
+  const float *ln_w = nullptr, *ln_b = nullptr;  // ln2
+  const float* mix_k = nullptr;
+  const float* mix_r = nullptr;  // null without receptance (RWKV-7)
+  ops::Matrix key, value, receptance;
+};
+
+// RWKV-5/6/7 state per layer, in the official package's order: att_x_prev (C), att_kv (H, N, N),
+// ffn_x_prev (C). (att_kv is key-major for 5/6 and value-major for 7, spec §2.6.)
+size_t matrix_state_layer_floats(const ModelInfo& info);
+size_t matrix_state_kv_offset(const ModelInfo& info, int layer);
+size_t matrix_state_ffn_offset(const ModelInfo& info, int layer);
+std::vector<StatePiece> matrix_state_layout(const ModelInfo& info);
+
+// The RWKV-5/6 WKV of layer `layer` for B sequences of T rows: (M, A) activations, per-channel
+// bonus u (A); every (sequence, head) pair independently, on threads when worth it.
+struct Wkv6Inputs {
+  const float *r, *w, *k, *v, *u;
+  float* y;
+};
+void matrix_wkv6(const ops::Kernels& kernels, const ModelInfo& info, int layer, int B, int T,
+                 float* const* states, bool parallel, const Wkv6Inputs& in);
+
+class BlockModel : public Model {
+ public:
+  const ModelInfo& info() const override { return info_; }
+  DType weight_dtype() const override { return weight_dtype_; }
+  size_t decode_bytes_per_token() const override { return decode_bytes_; }
+  StateSpec state_spec() const override;
+  void step(const int* tokens, int B, float* const* states, float* logits) override;
+  void forward(const int* tokens, int B, int T, float* const* states, float* logits,
+               LogitsMode mode) override;
+
+ protected:
+  BlockModel(const ModelInfo& info, const LoadOptions& options);
+  // Loads emb, ln0, ln_out and head; call first.
+  void load_common(WeightLoader& load);
+  // Loads the channel mix of layer l ("blocks.l.ffn.*"). RWKV-4/5 store μ (flip = true turns it
+  // into 1 − μ), RWKV-6 and 7 the mix coefficient itself.
+  ChannelMix load_channel_mix(WeightLoader& load, int l, bool flip, bool receptance);
+  // Checks every tensor was used and takes ownership of the weights; call last.
+  void finish_load(WeightLoader& load, std::shared_ptr<const Checkpoint> checkpoint);
+
+  // Floats of one layer's state, and the generation's time mix of layer l over M = B·T rows of
+  // x_ (residual, updated in place). States are in the layout state_layout() describes.
+  virtual size_t layer_floats() const = 0;
+  virtual void time_mix(int l, int B, int T, float* const* states, bool parallel) = 0;
+  // Where layer l's channel-mix token shift lives in a state.
+  virtual size_t ffn_shift_offset(int l) const = 0;
+  // Makes the generation's own activations hold M rows.
+  virtual void reserve(int M) = 0;
+  void run_channel_mix(const ChannelMix& f, int B, int T, float* const* states, size_t offset);
+
+  // Shared activations, (M, C) each (hidden_: (M, F)), valid after reserve_shared(M).
+  float *x_ = nullptr, *xn_ = nullptr, *delta_ = nullptr, *tmp_ = nullptr, *tmp2_ = nullptr;
+  float* hidden_ = nullptr;
+
+  ModelInfo info_;
+  const ops::Kernels* kernels_;
+  std::vector<ChannelMix> ffn_;  // per layer
+
+ private:
+  void run(const int* tokens, int B, int T, float* const* states, float* logits, LogitsMode mode,
+           bool parallel);
+  void check_tokens(const int* tokens, size_t n) const;
+
+  ops::Matrix emb_, head_;
+  const float *ln0_w_ = nullptr, *ln0_b_ = nullptr, *ln_out_w_ = nullptr, *ln_out_b_ = nullptr;
+  int rows_ = 0;
+  std::vector<float> shared_;
+  uint64_t fingerprint_ = 0;
+  DType weight_dtype_ = DType::F32;
+  size_t decode_bytes_ = 0;
+  std::shared_ptr<const Checkpoint> checkpoint_;  // owns the mapped weights
+  std::vector<std::unique_ptr<uint8_t[]>> owned_;
+};
+
+}  // namespace rwkv::model
