@@ -26,7 +26,7 @@ std::string from_hex(const std::string& hex) {
 }
 
 void run(const TokenizeArgs& a) {
-  const auto tok = a.tokenizer.load("", a.tokenizer.kind == "bytes" ? 256 : 0);
+  const auto tok = a.tokenizer.load("", 0);  // no model: --tokenizer, or guessed from --vocab
   const std::vector<int> ids = tok->encode(a.bytes_hex.empty() ? a.text : from_hex(a.bytes_hex));
   std::string json = "[";
   for (size_t i = 0; i < ids.size(); ++i) json += (i ? ", " : "") + std::to_string(ids[i]);

@@ -26,15 +26,27 @@ std::shared_ptr<Model> ModelOptions::load() const {
 }
 
 void TokenizerOptions::add(CLI::App& cmd) {
-  cmd.add_option("--tokenizer", kind, "auto, world or bytes")
-      ->check(CLI::IsMember({"auto", "world", "bytes"}));
-  cmd.add_option("--vocab", vocab, "World vocabulary file (rwkv_vocab_v20230424.txt)");
+  cmd.add_option("--tokenizer", kind,
+                 "auto (by the model's vocabulary size or the --vocab file), world, neox or bytes")
+      ->check(CLI::IsMember({"auto", "world", "neox", "bytes"}));
+  cmd.add_option("--vocab", vocab,
+                 "tokenizer file: rwkv_vocab_v20230424.txt (world) or 20B_tokenizer.json (neox)");
+}
+
+std::string TokenizerOptions::resolved_kind(int model_vocab) const {
+  if (kind != "auto") return kind;
+  if (model_vocab > 0 && model_vocab <= 256) return "bytes";
+  // RWKV-4 Pile / Raven: 50277 ids; RWKV-7 Pile models pad the embedding to 50304 (spec §6.2).
+  if (model_vocab == 50277 || model_vocab == 50304) return "neox";
+  if (vocab.ends_with(".json")) return "neox";
+  return "world";
 }
 
 std::shared_ptr<const Tokenizer> TokenizerOptions::load(const std::string& model_path,
                                                         int model_vocab) const {
-  const bool bytes = kind == "bytes" || (kind == "auto" && model_vocab > 0 && model_vocab <= 256);
-  if (bytes) return make_bytes_tokenizer();
+  const std::string resolved = resolved_kind(model_vocab);
+  if (resolved == "bytes") return make_bytes_tokenizer();
+  if (resolved == "neox") return load_neox_tokenizer(find_neox_vocab(vocab, model_path));
   return load_world_tokenizer(find_world_vocab(vocab, model_path));
 }
 

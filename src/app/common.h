@@ -24,10 +24,15 @@ struct ModelOptions {
 
 // --tokenizer, --vocab
 struct TokenizerOptions {
-  std::string kind = "auto";  // auto | world | bytes
+  std::string kind = "auto";  // auto | world | neox | bytes
   std::string vocab;
   void add(CLI::App& cmd);
-  // auto: bytes for models with ≤ 256 tokens, World otherwise.
+  // The kind that `auto` stands for: bytes for models with ≤ 256 tokens, neox for the
+  // GPT-NeoX vocabulary sizes (50277, or 50304 padded) or a --vocab ending in .json, World
+  // otherwise. `model_vocab` 0 means unknown (rwkv tokenize).
+  std::string resolved_kind(int model_vocab) const;
+  // Loads that tokenizer; World and NeoX find their file from --vocab, beside the model, or
+  // $RWKV_VOCAB / $RWKV_NEOX_VOCAB, and say where the official file comes from if none exists.
   std::shared_ptr<const Tokenizer> load(const std::string& model_path, int model_vocab) const;
 };
 
