@@ -46,7 +46,8 @@ void run(const ChatArgs& a) {
   GenerateOptions opt;
   opt.max_tokens = a.max_tokens;
   opt.stop = {"\n\n", "\nUser:"};
-  if (session.tokenizer().name() == "world") opt.stop_tokens = {0};
+  // World and NeoX both end a text with token 0 (<|endoftext|>).
+  if (session.tokenizer().name() != "bytes") opt.stop_tokens = {0};
   std::fprintf(stderr, "%s", kHelp);
   std::string line;
   while (true) {

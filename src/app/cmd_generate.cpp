@@ -28,7 +28,8 @@ void run(const GenerateArgs& a) {
   GenerateOptions opt;
   opt.max_tokens = a.max_tokens;
   opt.stop = a.stop;
-  if (session.tokenizer().name() == "world") opt.stop_tokens = {0};
+  // World and NeoX both end a text with token 0 (<|endoftext|>).
+  if (session.tokenizer().name() != "bytes") opt.stop_tokens = {0};
   std::fwrite(a.prompt.data(), 1, a.prompt.size(), stdout);
   const GenerateResult r = session.generate(opt, print_streamed);
   std::printf("\n");

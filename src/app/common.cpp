@@ -8,10 +8,13 @@
 namespace rwkv::app {
 
 void ModelOptions::add(CLI::App& cmd, bool model_required) {
-  auto* opt = cmd.add_option("-m,--model", path, "model file (.pth or .safetensors)");
+  auto* opt = cmd.add_option("-m,--model", path,
+                             "model file (.pth, .safetensors or an rwkv.cpp .bin)");
   if (model_required) opt->required();
-  cmd.add_option("--dtype", dtype, "convert weight matrices at load: fp32, bf16 or fp16")
-      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  cmd.add_option("--dtype", dtype,
+                 "convert weight matrices at load: fp32, bf16, fp16, or ggml blocks q8_0, q5_1, "
+                 "q5_0, q4_1, q4_0")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"}));
   cmd.add_option("--backend", backend, "cpu (fast) or ref (plain-loop reference)")
       ->check(CLI::IsMember({"cpu", "ref"}));
   cmd.add_option("-t,--threads", threads, "CPU threads (0 = all cores)");
