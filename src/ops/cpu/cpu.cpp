@@ -14,13 +14,17 @@ namespace {
 // Up to this many input vectors a product reads the weights once with the SIMD matrix-vector
 // kernel (decode: bound by weight bandwidth); beyond it a GEMM wins (prefill: bound by FLOPs).
 constexpr int kMatVecMaxRows = 4;
-// Below this many weight bytes a product runs on one thread (fork/join costs more).
+// Below this many weight bytes and this many weights a product runs on one thread (fork/join
+// costs more). The weight count matters for quantized matrices: their kernels spend about as
+// long per weight as the bf16 one (decode, not bytes, bounds them on one core), so they split
+// at the size a bf16 matrix does (32 Ki weights) although their bytes are 2–3.5× fewer.
 constexpr size_t kParallelMinBytes = 64 * 1024;
+constexpr size_t kParallelMinWeights = 32 * 1024;
 
 int g_threads = 0;
 
 void matvec(const Matrix& W, const float* x, int M, float* y) {
-  if (W.nbytes() < kParallelMinBytes) {
+  if (W.nbytes() < kParallelMinBytes && size_t(W.rows) * size_t(W.cols) < kParallelMinWeights) {
     simd_matvec_rows(W, x, M, y, 0, W.rows);
     return;
   }
