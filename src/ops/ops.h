@@ -45,6 +45,8 @@ struct Wkv7Head {
 //   wkv_t = (e^{pp−q}·aa + e^{u+k−q}·v) / (e^{pp−q}·bb + e^{u+k−q}),  q = max(pp, u+k)
 // then aa, bb, pp absorb e^{k}, e^{k}·v with decay e^{w}. Every exponent evaluated is ≤ 0.
 // The parallel form of RWKV-4 is this same scan over T (channels independent, spec §4.1).
+// pp is a running fp32 sum: it drifts by about T·|pp|·2^-24 over T tokens, as in every fp32
+// implementation (the logits do not depend on pp's absolute value).
 struct Wkv4Seq {
   int T = 0;
   int channels = 0;
@@ -62,7 +64,7 @@ struct Wkv4Seq {
 // One head of one sequence for the RWKV-5/6 WKV (spec §2.2, §2.3, §4.3). r, w, k, v, y are T rows
 // with a row stride over a [T, C] buffer, offset to this head. S is N×N, key-major (S[i][j]:
 // i = key, j = value), updated in place. w is the log-decay λ = log d (≤ 0) per token and channel
-// (RWKV-5 repeats its constant decay on every row); u is the bonus (N).
+// (RWKV-5 repeats its constant decay on every row; −∞, i.e. d = 0, is allowed); u is the bonus (N).
 //   y_j = Σ_i r_i (u_i k_i v_j + S_ij) ;  S_ij ← e^{w_i} S_ij + k_i v_j
 struct Wkv6Head {
   int T = 0;
