@@ -13,6 +13,10 @@
 namespace rwkv {
 namespace {
 
+using test::random_tokens;
+using test::run_steps;
+using test::slice;
+
 // fixtures/official/README.md: an fp32 engine against the fp32-file fixtures, logits ≤ 1e-4 and
 // states ≤ 2e-4 (20× the official code's own step/sequence spread). The bf16 file's logits come
 // from the package's bf16 LayerNorm of the embedding (v4–v6), which moves logits by up to ~0.05
@@ -50,26 +54,6 @@ const char* generation_of(const std::string& version) {
   if (version == "v5.2") return "5.2";
   if (version == "v6") return "x060";
   return "x070";
-}
-
-std::vector<int> random_tokens(size_t n, int V, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<int> t(n);
-  for (int& x : t) x = int(rng() % uint32_t(V));
-  return t;
-}
-
-std::vector<float> slice(const std::vector<float>& v, size_t row0, size_t rows, size_t width) {
-  return {v.begin() + long(row0 * width), v.begin() + long((row0 + rows) * width)};
-}
-
-// Runs tokens through `model` one token at a time; returns logits [T, V], updates state.
-std::vector<float> run_steps(Model& model, const std::vector<int>& tokens, std::vector<float>& state) {
-  const size_t V = size_t(model.info().vocab_size);
-  std::vector<float> logits(tokens.size() * V);
-  float* states[] = {state.data()};
-  for (size_t t = 0; t < tokens.size(); ++t) model.step(&tokens[t], 1, states, logits.data() + t * V);
-  return logits;
 }
 
 struct Case {

@@ -10,27 +10,11 @@
 namespace rwkv {
 namespace {
 
-std::vector<float> slice(const std::vector<float>& v, size_t row0, size_t rows, size_t width) {
-  return {v.begin() + long(row0 * width), v.begin() + long((row0 + rows) * width)};
-}
+using test::random_tokens;
+using test::run_steps;
+using test::slice;
 
 // ---- Properties on random weights -------------------------------------------------------------
-
-std::vector<int> random_tokens(size_t n, int V, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<int> t(n);
-  for (int& x : t) x = int(rng() % uint32_t(V));
-  return t;
-}
-
-// Runs tokens through `model` one token at a time; returns logits [T, V], updates state.
-std::vector<float> run_steps(Model& model, const std::vector<int>& tokens, std::vector<float>& state) {
-  const size_t V = size_t(model.info().vocab_size);
-  std::vector<float> logits(tokens.size() * V);
-  float* states[] = {state.data()};
-  for (size_t t = 0; t < tokens.size(); ++t) model.step(&tokens[t], 1, states, logits.data() + t * V);
-  return logits;
-}
 
 TEST(Rwkv7Forms, ParallelEqualsRecurrentOnLongAndOddSequences) {
   test::V7Dims dims;

@@ -159,3 +159,28 @@ CommandResult run_cli(const std::string& args, const std::string& input) {
 }
 
 }  // namespace rwkv::test
+
+#include "rwkv/model.h"
+
+namespace rwkv::test {
+
+std::vector<int> random_tokens(size_t n, int V, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int> t(n);
+  for (int& x : t) x = int(rng() % uint32_t(V));
+  return t;
+}
+
+std::vector<float> slice(const std::vector<float>& v, size_t row0, size_t rows, size_t width) {
+  return {v.begin() + long(row0 * width), v.begin() + long((row0 + rows) * width)};
+}
+
+std::vector<float> run_steps(Model& model, const std::vector<int>& tokens, std::vector<float>& state) {
+  const size_t V = size_t(model.info().vocab_size);
+  std::vector<float> logits(tokens.size() * V);
+  float* states[] = {state.data()};
+  for (size_t t = 0; t < tokens.size(); ++t) model.step(&tokens[t], 1, states, logits.data() + t * V);
+  return logits;
+}
+
+}  // namespace rwkv::test

@@ -69,3 +69,18 @@ std::string cat_args(const Args&... args) {
 }
 
 }  // namespace rwkv::test
+
+namespace rwkv {
+class Model;
+}
+
+namespace rwkv::test {
+
+// n token ids in [0, V) from a seeded generator.
+std::vector<int> random_tokens(size_t n, int V, uint32_t seed);
+// Rows [row0, row0 + rows) of a row-major matrix of `width` columns.
+std::vector<float> slice(const std::vector<float>& v, size_t row0, size_t rows, size_t width);
+// Runs tokens through `model` one token at a time; returns logits [T, V], updates state.
+std::vector<float> run_steps(Model& model, const std::vector<int>& tokens, std::vector<float>& state);
+
+}  // namespace rwkv::test

@@ -161,6 +161,12 @@ void BlockModel::run(const int* tokens, int B, int T, float* const* states, floa
   kernels_->linear(head_, xn_, rows, logits);
 }
 
+void BlockModel::mixed_linear(const float* mix, const ops::Matrix& W, int M, float* out) {
+  const size_t C = size_t(info_.n_embd), MC = size_t(M) * C;
+  for (size_t i = 0; i < MC; ++i) tmp_[i] = xn_[i] + delta_[i] * mix[i % C];
+  kernels_->linear(W, tmp_, M, out);
+}
+
 void BlockModel::run_channel_mix(const ChannelMix& f, int B, int T, float* const* states,
                                  size_t offset) {
   const int C = info_.n_embd, M = B * T;

@@ -2,6 +2,7 @@
 // a residual stream, ln_out, head; token-id checks; the state's bookkeeping. A generation
 // derives from BlockModel, loads its layers and implements time_mix (and its state layout).
 #pragma once
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -65,6 +66,8 @@ class BlockModel : public Model {
   // Makes the generation's own activations hold M rows.
   virtual void reserve(int M) = 0;
   void run_channel_mix(const ChannelMix& f, int B, int T, float* const* states, size_t offset);
+  // out = W·(x̂ + δ⊙mix) over M rows of xn_/delta_ (uses tmp_).
+  void mixed_linear(const float* mix, const ops::Matrix& W, int M, float* out);
 
   // Shared activations, (M, C) each (hidden_: (M, F)), valid after reserve_shared(M).
   float *x_ = nullptr, *xn_ = nullptr, *delta_ = nullptr, *tmp_ = nullptr, *tmp2_ = nullptr;
@@ -88,6 +91,20 @@ class BlockModel : public Model {
   size_t decode_bytes_ = 0;
   std::shared_ptr<const Checkpoint> checkpoint_;  // owns the mapped weights
   std::vector<std::unique_ptr<uint8_t[]>> owned_;
+};
+
+// RWKV-5/6/7: the matrix-state layout above, all zeros at the start of a sequence.
+class MatrixStateModel : public BlockModel {
+ public:
+  std::vector<StatePiece> state_layout() const override { return matrix_state_layout(info_); }
+  void init_state(float* state) const override {
+    std::fill(state, state + state_spec().floats, 0.f);
+  }
+
+ protected:
+  using BlockModel::BlockModel;
+  size_t layer_floats() const override { return matrix_state_layer_floats(info_); }
+  size_t ffn_shift_offset(int l) const override { return matrix_state_ffn_offset(info_, l); }
 };
 
 }  // namespace rwkv::model

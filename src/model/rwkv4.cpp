@@ -102,15 +102,9 @@ class Rwkv4 final : public BlockModel {
     const size_t state_base = size_t(l) * layer_floats();
     layer_norm(x_, xn_, M, C, y.ln1_w, y.ln1_b);
     token_shift(xn_, delta_, B, T, C, states, state_base);
-    const auto mixed = [&](const float* mix, float* out) {
-      for (size_t i = 0; i < MC; ++i) out[i] = xn_[i] + delta_[i] * mix[i % size_t(C)];
-    };
-    mixed(y.mix_k, tmp_);
-    kernels_->linear(y.key, tmp_, M, k_);
-    mixed(y.mix_v, tmp_);
-    kernels_->linear(y.value, tmp_, M, v_);
-    mixed(y.mix_r, tmp_);
-    kernels_->linear(y.receptance, tmp_, M, r_);
+    mixed_linear(y.mix_k, y.key, M, k_);
+    mixed_linear(y.mix_v, y.value, M, v_);
+    mixed_linear(y.mix_r, y.receptance, M, r_);
     for (int b = 0; b < B; ++b) {
       const size_t o = size_t(b) * size_t(T) * size_t(A);
       float* s = states[b] + state_base + size_t(C);

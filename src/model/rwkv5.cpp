@@ -21,10 +21,10 @@ struct Layer {
   const float *ln_x_w, *ln_x_b;                // (A)
 };
 
-class Rwkv5 final : public BlockModel {
+class Rwkv5 final : public MatrixStateModel {
  public:
   Rwkv5(std::shared_ptr<const Checkpoint> ckpt, const ModelInfo& info, const LoadOptions& options)
-      : BlockModel(info, options) {
+      : MatrixStateModel(info, options) {
     const int C = info_.n_embd, A = info_.dim_att, H = info_.n_head, N = info_.head_size;
     if (H <= 0 || H * N != A) fail(ckpt->path(), ": RWKV-5: ", H, " heads do not divide dim_att ", A);
     // rwkv.cpp bakes exp(−exp(w)) and exp(time_first) into its files (spec §1.4), and its v5
@@ -67,10 +67,6 @@ class Rwkv5 final : public BlockModel {
     finish_load(load, std::move(ckpt));
   }
 
-  std::vector<StatePiece> state_layout() const override { return matrix_state_layout(info_); }
-  void init_state(float* state) const override {
-    std::fill(state, state + state_spec().floats, 0.f);
-  }
 
  private:
   static std::vector<float> per_head_to_channels(const float* v, int H, int N) {
@@ -79,8 +75,6 @@ class Rwkv5 final : public BlockModel {
     return out;
   }
 
-  size_t layer_floats() const override { return matrix_state_layer_floats(info_); }
-  size_t ffn_shift_offset(int l) const override { return matrix_state_ffn_offset(info_, l); }
 
   void reserve(int M) override {
     if (M <= rows_) return;
@@ -100,18 +94,11 @@ class Rwkv5 final : public BlockModel {
     const size_t MC = size_t(M) * size_t(C), MA = size_t(M) * size_t(A);
     layer_norm(x_, xn_, M, C, y.ln1_w, y.ln1_b);
     token_shift(xn_, delta_, B, T, C, states, size_t(l) * layer_floats());
-    const auto mixed = [&](const float* mix, float* out) {
-      for (size_t i = 0; i < MC; ++i) out[i] = xn_[i] + delta_[i] * mix[i % size_t(C)];
-    };
-    mixed(y.mix_k, tmp_);
-    kernels_->linear(y.key, tmp_, M, k_);
-    mixed(y.mix_v, tmp_);
-    kernels_->linear(y.value, tmp_, M, v_);
-    mixed(y.mix_r, tmp_);
-    kernels_->linear(y.receptance, tmp_, M, r_);
+    mixed_linear(y.mix_k, y.key, M, k_);
+    mixed_linear(y.mix_v, y.value, M, v_);
+    mixed_linear(y.mix_r, y.receptance, M, r_);
     if (y.mix_g) {
-      mixed(y.mix_g, tmp_);
-      kernels_->linear(y.gate, tmp_, M, g_);
+      mixed_linear(y.mix_g, y.gate, M, g_);
       for (size_t i = 0; i < MA; ++i) g_[i] = silu(g_[i]);
     }
     for (int m = 0; m < M; ++m) std::memcpy(w_ + size_t(m) * size_t(A), y.log_decay, size_t(A) * 4);

@@ -27,10 +27,10 @@ struct Layer {
   const float *ln_x_w, *ln_x_b;           // (A)
 };
 
-class Rwkv6 final : public BlockModel {
+class Rwkv6 final : public MatrixStateModel {
  public:
   Rwkv6(std::shared_ptr<const Checkpoint> ckpt, const ModelInfo& info, const LoadOptions& options)
-      : BlockModel(info, options) {
+      : MatrixStateModel(info, options) {
     const int C = info_.n_embd, A = info_.dim_att, H = info_.n_head, N = info_.head_size;
     if (H <= 0 || H * N != A) fail(ckpt->path(), ": RWKV-6: ", H, " heads do not divide dim_att ", A);
     for (const auto& [name, width] : info_.lora) (name == "mix" ? d_mix_ : d_decay_) = width;
@@ -65,16 +65,10 @@ class Rwkv6 final : public BlockModel {
     finish_load(load, std::move(ckpt));
   }
 
-  std::vector<StatePiece> state_layout() const override { return matrix_state_layout(info_); }
-  void init_state(float* state) const override {
-    std::fill(state, state + state_spec().floats, 0.f);
-  }
 
  private:
   static constexpr float kGroupNormEps = 64e-5f;
 
-  size_t layer_floats() const override { return matrix_state_layer_floats(info_); }
-  size_t ffn_shift_offset(int l) const override { return matrix_state_ffn_offset(info_, l); }
 
   void reserve(int M) override {
     if (M <= rows_) return;

@@ -45,10 +45,10 @@ struct Activations {
   }
 };
 
-class Rwkv7 final : public BlockModel {
+class Rwkv7 final : public MatrixStateModel {
  public:
   Rwkv7(std::shared_ptr<const Checkpoint> ckpt, const ModelInfo& info, const LoadOptions& options)
-      : BlockModel(info, options) {
+      : MatrixStateModel(info, options) {
     WeightLoader load(ckpt, options);
     load_weights(load);
     finish_load(load, std::move(ckpt));
@@ -63,10 +63,8 @@ class Rwkv7 final : public BlockModel {
     std::fill(state, state + state_spec().floats, 0.f);
   }
 
-  size_t layer_floats() const override { return matrix_state_layer_floats(info_); }
   size_t att_x_offset(int l) const { return size_t(l) * layer_floats(); }
   size_t att_kv_offset(int l) const { return matrix_state_kv_offset(info_, l); }
-  size_t ffn_shift_offset(int l) const override { return matrix_state_ffn_offset(info_, l); }
 
   void reserve(int M) override { act_.ensure(M, info_.n_embd, max_lora_); }
 
