@@ -149,25 +149,14 @@ void add_channel_mix(Builder& out, const Dims& d, int i, const std::string& f) {
   out.add_constant(f + "value.weight", {C, d.F}, 0.f);
 }
 
-void add_block(Builder& out, const Dims& d, int i) {
-  const std::string b = "blocks." + std::to_string(i) + ".";
-  add_layer_norm(out, b + "ln1", d.C);
-  add_layer_norm(out, b + "ln2", d.C);
-  if (i == 0) add_layer_norm(out, b + "ln0", d.C);
-  add_time_mix(out, d, i, b + "att.");
-  add_channel_mix(out, d, i, b + "ffn.");
-}
-
 }  // namespace
 
 OwnedTensors init_rwkv5(const InitConfig& config) {
   const Dims d = validate(config);
-  Builder out(config);
-  out.add_uniform("emb.weight", {d.V, d.C}, embedding_bound(d));
-  for (int i = 0; i < d.L; ++i) add_block(out, d, i);
-  add_layer_norm(out, "ln_out", d.C);
-  out.add_orthogonal("head.weight", d.V, d.C, head_gain(d.V, d.C));
-  return out.take();
+  return build_model(
+      config, d.V, d.C, d.L, embedding_bound(d),
+      [&](Builder& out, int i, const std::string& p) { add_time_mix(out, d, i, p); },
+      [&](Builder& out, int i, const std::string& p) { add_channel_mix(out, d, i, p); });
 }
 
 }  // namespace rwkv

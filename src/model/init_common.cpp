@@ -193,6 +193,23 @@ double head_gain(int vocab, int n_embd) {
   return vocab > n_embd ? 0.5 * std::sqrt(double(vocab) / n_embd) : 0.5;
 }
 
+OwnedTensors build_model(const InitConfig& config, int V, int C, int L, double emb_bound,
+                         const AddPart& time_mix, const AddPart& channel_mix) {
+  Builder out(config);
+  out.add_uniform("emb.weight", {V, C}, emb_bound);
+  for (int i = 0; i < L; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    add_layer_norm(out, b + "ln1", C);
+    add_layer_norm(out, b + "ln2", C);
+    if (i == 0) add_layer_norm(out, b + "ln0", C);
+    time_mix(out, i, b + "att.");
+    channel_mix(out, i, b + "ffn.");
+  }
+  add_layer_norm(out, "ln_out", C);
+  out.add_orthogonal("head.weight", V, C, head_gain(V, C));
+  return out.take();
+}
+
 }  // namespace rwkv::init_detail
 
 // ---- generation names and the dispatcher ---------------------------------------------------

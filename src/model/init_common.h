@@ -78,4 +78,11 @@ double eagle_bonus(int n, int A, double r01);
 // head.weight's orthogonal gain in every RWKV-LM trainer: 0.5·√(V/C) if V > C, else 0.5.
 double head_gain(int vocab, int n_embd);
 
+// A whole model in the official key order: emb.weight uniform(±emb_bound); blocks 0 … L−1, each
+// ln1, ln2 (and ln0 in block 0), then the generation's "blocks.i.att." and "blocks.i.ffn."
+// tensors; ln_out; head.weight orthogonal with head_gain.
+using AddPart = std::function<void(Builder& out, int layer, const std::string& prefix)>;
+OwnedTensors build_model(const InitConfig& config, int V, int C, int L, double emb_bound,
+                         const AddPart& time_mix, const AddPart& channel_mix);
+
 }  // namespace rwkv::init_detail
