@@ -67,14 +67,12 @@ class Rwkv5 final : public MatrixStateModel {
     finish_load(load, std::move(ckpt));
   }
 
-
  private:
   static std::vector<float> per_head_to_channels(const float* v, int H, int N) {
     std::vector<float> out(size_t(H) * size_t(N));
     for (size_t i = 0; i < out.size(); ++i) out[i] = v[i / size_t(N)];
     return out;
   }
-
 
   void reserve(int M) override {
     if (M <= rows_) return;

@@ -65,10 +65,8 @@ class Rwkv6 final : public MatrixStateModel {
     finish_load(load, std::move(ckpt));
   }
 
-
  private:
   static constexpr float kGroupNormEps = 64e-5f;
-
 
   void reserve(int M) override {
     if (M <= rows_) return;
