@@ -97,11 +97,23 @@ struct Kernels {
 const Kernels& ref_kernels();
 const Kernels& cpu_kernels();
 
+// Gradients of one head's WKV-7 (spec §4.4). The head's S is the state BEFORE its T rows (left
+// unchanged); dy has the rows' stride; dS_out = ∂L/∂S_T (N×N, null = 0). Outputs have the rows'
+// stride (dr, dw, dk, dv, da, db; dw is w.r.t. the log-decay w) and dS0 = ∂L/∂S_0 (N×N).
+struct Wkv7Grads {
+  const float* dy = nullptr;
+  const float* dS_out = nullptr;
+  float *dr = nullptr, *dw = nullptr, *dk = nullptr, *dv = nullptr, *da = nullptr, *db = nullptr;
+  float* dS0 = nullptr;
+};
+
 namespace ref {
 void linear(const Matrix& W, const float* x, int M, float* y);
 void wkv7_recurrent(const Wkv7Head& head);
 // The chunked form of spec §4.5 in plain loops, chunk length `chunk`.
 void wkv7_chunked(const Wkv7Head& head, int chunk);
+// Exact per-step backward of wkv7_recurrent: recomputes and keeps every state, fp64 sums.
+void wkv7_backward(const Wkv7Head& head, const Wkv7Grads& grads);
 void wkv4(const Wkv4Seq& seq);
 void wkv6_recurrent(const Wkv6Head& head);
 // The chunked form of spec §4.3 in plain loops, chunk length `chunk`.
