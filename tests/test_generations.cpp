@@ -179,46 +179,12 @@ constexpr double kFormTol = 2e-4;
 
 TEST_P(Forms, ParallelEqualsRecurrentAtOddLengthsAndAcrossChunks) {
   RWKV_REQUIRE_SHARED(std::string("fixtures/official/") + GetParam() + "/manifest.json");
-  auto model = load();
-  const int V = model->info().vocab_size;
-  const size_t S = model->state_spec().floats;
-  for (int T : {1, 2, 15, 16, 17, 33, 100}) {
-    const auto tokens = random_tokens(size_t(T), V, uint32_t(T));
-    std::vector<float> s_step(S), s_seq(S);
-    model->init_state(s_step.data());
-    model->init_state(s_seq.data());
-    const auto want = run_steps(*model, tokens, s_step);
-    std::vector<float> got(size_t(T) * size_t(V), std::nanf(""));
-    float* states[] = {s_seq.data()};
-    model->forward(tokens.data(), 1, T, states, got.data(), LogitsMode::All);
-    EXPECT_LE(test::compare(got, want).max_abs, kFormTol) << "T=" << T;
-    EXPECT_LE(test::compare(s_seq, s_step).max_abs, kFormTol) << "T=" << T;
-    std::vector<float> last(static_cast<size_t>(V));
-    model->init_state(s_seq.data());
-    model->forward(tokens.data(), 1, T, states, last.data(), LogitsMode::Last);
-    EXPECT_LE(test::compare(last, slice(want, size_t(T - 1), 1, size_t(V))).max_abs, kFormTol);
-  }
+  test::expect_parallel_equals_recurrent(*load(), {1, 2, 15, 16, 17, 33, 100}, kFormTol);
 }
 
 TEST_P(Forms, SplitAndCarryStateAtArbitraryPoints) {
   RWKV_REQUIRE_SHARED(std::string("fixtures/official/") + GetParam() + "/manifest.json");
-  auto model = load();
-  const size_t V = size_t(model->info().vocab_size), S = model->state_spec().floats;
-  const int T = 77;
-  const auto tokens = random_tokens(T, int(V), 99);
-  std::vector<float> whole_state(S);
-  model->init_state(whole_state.data());
-  const auto want = run_steps(*model, tokens, whole_state);
-  for (int cut : {1, 16, 17, 31, 50, 76}) {
-    std::vector<float> state(S), got(size_t(T) * V);
-    model->init_state(state.data());
-    float* states[] = {state.data()};
-    model->forward(tokens.data(), 1, cut, states, got.data(), LogitsMode::All);
-    model->forward(tokens.data() + cut, 1, T - cut, states, got.data() + size_t(cut) * V,
-                   LogitsMode::All);
-    EXPECT_LE(test::compare(got, want).max_abs, kFormTol) << "cut=" << cut;
-    EXPECT_LE(test::compare(state, whole_state).max_abs, kFormTol) << "cut=" << cut;
-  }
+  test::expect_split_and_carry(*load(), 77, {1, 16, 17, 31, 50, 76}, kFormTol);
 }
 
 TEST_P(Forms, BatchedSequencesAreIndependent) {

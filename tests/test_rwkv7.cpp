@@ -20,45 +20,13 @@ TEST(Rwkv7Forms, ParallelEqualsRecurrentOnLongAndOddSequences) {
   test::V7Dims dims;
   dims.head_size = 16;
   auto model = load_model(test::random_v7_checkpoint(dims, 7));
-  const size_t V = size_t(dims.vocab), S = model->state_spec().floats;
-  for (int T : {1, 2, 15, 16, 17, 63, 100, 1024}) {
-    const auto tokens = random_tokens(size_t(T), dims.vocab, uint32_t(T));
-    std::vector<float> s_step(S), s_seq(S);
-    model->init_state(s_step.data());
-    model->init_state(s_seq.data());
-    const auto want = run_steps(*model, tokens, s_step);
-    std::vector<float> got(size_t(T) * V, std::nanf(""));
-    float* states[] = {s_seq.data()};
-    model->forward(tokens.data(), 1, T, states, got.data(), LogitsMode::All);
-    EXPECT_LE(test::compare(got, want).max_abs, 2e-4) << "T=" << T;
-    EXPECT_LE(test::compare(s_seq, s_step).max_abs, 2e-4) << "T=" << T;
-    // Only the last logits.
-    std::vector<float> last(V);
-    model->init_state(s_seq.data());
-    model->forward(tokens.data(), 1, T, states, last.data(), LogitsMode::Last);
-    EXPECT_LE(test::compare(last, slice(want, size_t(T - 1), 1, V)).max_abs, 2e-4) << "T=" << T;
-  }
+  test::expect_parallel_equals_recurrent(*model, {1, 2, 15, 16, 17, 63, 100, 1024}, 2e-4);
 }
 
 TEST(Rwkv7Forms, SplitAndCarryStateAtArbitraryPoints) {
   test::V7Dims dims;
   auto model = load_model(test::random_v7_checkpoint(dims, 8));
-  const size_t V = size_t(dims.vocab), S = model->state_spec().floats;
-  const int T = 77;
-  const auto tokens = random_tokens(T, dims.vocab, 99);
-  std::vector<float> whole_state(S);
-  model->init_state(whole_state.data());
-  const auto want = run_steps(*model, tokens, whole_state);
-  for (int cut : {1, 16, 31, 32, 50, 76}) {
-    std::vector<float> state(S), got(size_t(T) * V);
-    model->init_state(state.data());
-    float* states[] = {state.data()};
-    model->forward(tokens.data(), 1, cut, states, got.data(), LogitsMode::All);
-    model->forward(tokens.data() + cut, 1, T - cut, states, got.data() + size_t(cut) * V,
-                   LogitsMode::All);
-    EXPECT_LE(test::compare(got, want).max_abs, 2e-4) << "cut=" << cut;
-    EXPECT_LE(test::compare(state, whole_state).max_abs, 2e-4) << "cut=" << cut;
-  }
+  test::expect_split_and_carry(*model, 77, {1, 16, 31, 32, 50, 76}, 2e-4);
 }
 
 TEST(Rwkv7Forms, BatchedSequencesAreIndependent) {

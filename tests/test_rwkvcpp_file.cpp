@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -279,21 +278,7 @@ TEST(RwkvCppTiny, DetectModelReadsTheGenerationAndHyperParameters) {
 // ---------------------------------------------------------------------------------------------
 // Round trips through save_rwkvcpp.
 
-// Tensors with deterministic values; the views point into owned storage.
-struct TensorSet {
-  std::deque<std::vector<uint64_t>> storage;
-  std::vector<TensorView> views;
-
-  void add(const std::string& name, DType dtype, std::vector<int64_t> shape, int seed) {
-    TensorView t{name, dtype, std::move(shape), nullptr};
-    std::vector<float> values(size_t(t.numel()));
-    for (size_t i = 0; i < values.size(); ++i) values[i] = std::sin(float(i) * 0.37f + float(seed));
-    storage.emplace_back((t.nbytes() + 7) / 8);
-    t.data = storage.back().data();
-    convert_from_f32(dtype, values.data(), storage.back().data(), values.size());
-    views.push_back(std::move(t));
-  }
-};
+using test::TensorSet;
 
 // A small model: 2 layers, C = 32, V = 16; odd-length names leave tensors misaligned.
 TensorSet small_model(DType matrix = DType::Q5_1) {

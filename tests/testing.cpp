@@ -183,4 +183,55 @@ std::vector<float> run_steps(Model& model, const std::vector<int>& tokens, std::
   return logits;
 }
 
+void expect_parallel_equals_recurrent(Model& model, std::initializer_list<int> lengths,
+                                      double tol) {
+  const int V = model.info().vocab_size;
+  const size_t S = model.state_spec().floats;
+  for (int T : lengths) {
+    const auto tokens = random_tokens(size_t(T), V, uint32_t(T));
+    std::vector<float> s_step(S), s_seq(S);
+    model.init_state(s_step.data());
+    model.init_state(s_seq.data());
+    const auto want = run_steps(model, tokens, s_step);
+    std::vector<float> got(size_t(T) * size_t(V), std::nanf(""));
+    float* states[] = {s_seq.data()};
+    model.forward(tokens.data(), 1, T, states, got.data(), LogitsMode::All);
+    EXPECT_LE(compare(got, want).max_abs, tol) << "T=" << T;
+    EXPECT_LE(compare(s_seq, s_step).max_abs, tol) << "T=" << T;
+    // Only the last logits.
+    std::vector<float> last(static_cast<size_t>(V));
+    model.init_state(s_seq.data());
+    model.forward(tokens.data(), 1, T, states, last.data(), LogitsMode::Last);
+    EXPECT_LE(compare(last, slice(want, size_t(T - 1), 1, size_t(V))).max_abs, tol) << "T=" << T;
+  }
+}
+
+void expect_split_and_carry(Model& model, int T, std::initializer_list<int> cuts, double tol) {
+  const size_t V = size_t(model.info().vocab_size), S = model.state_spec().floats;
+  const auto tokens = random_tokens(size_t(T), int(V), 99);
+  std::vector<float> whole_state(S);
+  model.init_state(whole_state.data());
+  const auto want = run_steps(model, tokens, whole_state);
+  for (int cut : cuts) {
+    std::vector<float> state(S), got(size_t(T) * V);
+    model.init_state(state.data());
+    float* states[] = {state.data()};
+    model.forward(tokens.data(), 1, cut, states, got.data(), LogitsMode::All);
+    model.forward(tokens.data() + cut, 1, T - cut, states, got.data() + size_t(cut) * V,
+                  LogitsMode::All);
+    EXPECT_LE(compare(got, want).max_abs, tol) << "cut=" << cut;
+    EXPECT_LE(compare(state, whole_state).max_abs, tol) << "cut=" << cut;
+  }
+}
+
+void TensorSet::add(const std::string& name, DType dtype, std::vector<int64_t> shape, int seed) {
+  TensorView t{name, dtype, std::move(shape), nullptr};
+  std::vector<float> values(size_t(t.numel()));
+  for (size_t i = 0; i < values.size(); ++i) values[i] = std::sin(float(i) * 0.37f + float(seed));
+  storage.emplace_back((t.nbytes() + 7) / 8);
+  t.data = storage.back().data();  // null for an empty tensor, which save_* must accept
+  if (t.data) convert_from_f32(dtype, values.data(), storage.back().data(), values.size());
+  views.push_back(std::move(t));
+}
+
 }  // namespace rwkv::test

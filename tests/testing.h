@@ -70,6 +70,11 @@ std::string cat_args(const Args&... args) {
 
 }  // namespace rwkv::test
 
+#include <deque>
+#include <initializer_list>
+
+#include "rwkv/tensor.h"
+
 namespace rwkv {
 class Model;
 }
@@ -82,5 +87,20 @@ std::vector<int> random_tokens(size_t n, int V, uint32_t seed);
 std::vector<float> slice(const std::vector<float>& v, size_t row0, size_t rows, size_t width);
 // Runs tokens through `model` one token at a time; returns logits [T, V], updates state.
 std::vector<float> run_steps(Model& model, const std::vector<int>& tokens, std::vector<float>& state);
+
+// The two forms agree: for each length T, one forward() over T random tokens from the start
+// state gives the logits (all, and last-only) and state of T step() calls, within `tol`.
+void expect_parallel_equals_recurrent(Model& model, std::initializer_list<int> lengths, double tol);
+// forward() over T random tokens split at each cut, carrying the state across the two calls,
+// gives the logits and state of the recurrent run, within `tol`.
+void expect_split_and_carry(Model& model, int T, std::initializer_list<int> cuts, double tol);
+
+// Tensors with deterministic values (sines of the index and a seed); the views point into owned
+// storage (none for an empty tensor).
+struct TensorSet {
+  std::deque<std::vector<uint64_t>> storage;
+  std::vector<TensorView> views;
+  void add(const std::string& name, DType dtype, std::vector<int64_t> shape, int seed);
+};
 
 }  // namespace rwkv::test
