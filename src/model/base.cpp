@@ -76,19 +76,22 @@ void BlockModel::load_common(WeightLoader& load) {
   head_ = load.mat("head.weight", V, C);
 }
 
-ChannelMix BlockModel::load_channel_mix(WeightLoader& load, int l, bool flip, bool receptance) {
+ChannelMix BlockModel::load_channel_mix(WeightLoader& load, int l, FfnMix naming) {
   const int C = info_.n_embd, F = info_.dim_ffn;
   const std::string p = cat("blocks.", l, "."), f = p + "ffn.";
   ChannelMix m;
   m.ln_w = load.vec(p + "ln2.weight", C);
   m.ln_b = load.vec(p + "ln2.bias", C);
-  const auto mix = [&](const std::string& name) {
-    return flip ? load.one_minus(name, C) : load.vec(name, C);
+  const bool receptance = naming != FfnMix::kX;
+  const std::string prefix = naming == FfnMix::kTimeMix   ? "time_mix_"
+                             : naming == FfnMix::kTimeMaa ? "time_maa_"
+                                                          : "x_";
+  const auto mix = [&](const char* target) {
+    const std::string name = f + prefix + target;
+    return naming == FfnMix::kTimeMix ? load.one_minus(name, C) : load.vec(name, C);
   };
-  m.mix_k = mix(f + (receptance && load.has(f + "time_mix_k") ? "time_mix_k"
-                     : receptance                              ? "time_maa_k"
-                                                               : "x_k"));
-  if (receptance) m.mix_r = mix(f + (load.has(f + "time_mix_r") ? "time_mix_r" : "time_maa_r"));
+  m.mix_k = mix("k");
+  if (receptance) m.mix_r = mix("r");
   m.key = load.mat(f + "key.weight", F, C);
   m.value = load.mat(f + "value.weight", C, F);
   if (receptance) m.receptance = load.mat(f + "receptance.weight", C, C);

@@ -51,9 +51,12 @@ class BlockModel : public Model {
   BlockModel(const ModelInfo& info, const LoadOptions& options);
   // Loads emb, ln0, ln_out and head; call first.
   void load_common(WeightLoader& load);
-  // Loads the channel mix of layer l ("blocks.l.ffn.*"). RWKV-4/5 store μ (flip = true turns it
-  // into 1 − μ), RWKV-6 and 7 the mix coefficient itself.
-  ChannelMix load_channel_mix(WeightLoader& load, int l, bool flip, bool receptance);
+  // How each generation names and stores its channel-mix coefficients ("blocks.l.ffn.*"):
+  //   kTimeMix  RWKV-4/5: time_mix_k/_r hold μ, the weight of x̂ (stored here as 1 − μ)
+  //   kTimeMaa  RWKV-6:   time_maa_k/_r, the weight of x̂′ itself
+  //   kX        RWKV-7:   x_k only (no receptance)
+  enum class FfnMix { kTimeMix, kTimeMaa, kX };
+  ChannelMix load_channel_mix(WeightLoader& load, int l, FfnMix naming);
   // Checks every tensor was used and takes ownership of the weights; call last.
   void finish_load(WeightLoader& load, std::shared_ptr<const Checkpoint> checkpoint);
 

@@ -77,7 +77,7 @@ class WeightLoader {
   void count(const ops::Matrix& m);
   DType target_dtype(DType stored, int cols) const;
   size_t matrix_bytes_ = 0;
-  size_t bytes_by_dtype_[8] = {};  // by DType
+  size_t bytes_by_dtype_[size_t(DType::Q8_0) + 1] = {};  // by DType
 
  public:
   // Owned buffers (converted or transposed weights) move into the model with the checkpoint.

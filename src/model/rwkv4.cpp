@@ -45,7 +45,7 @@ class Rwkv4 final : public BlockModel {
       y.receptance = load.mat(a + "receptance.weight", A, C);
       y.output = load.mat(a + "output.weight", C, A);
       layers_.push_back(y);
-      ffn_.push_back(load_channel_mix(load, l, /*flip=*/true, /*receptance=*/true));
+      ffn_.push_back(load_channel_mix(load, l, FfnMix::kTimeMix));
     }
     finish_load(load, std::move(ckpt));
   }

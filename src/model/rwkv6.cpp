@@ -60,7 +60,7 @@ class Rwkv6 final : public MatrixStateModel {
       y.ln_x_w = load.vec(a + "ln_x.weight", A);
       y.ln_x_b = load.vec(a + "ln_x.bias", A);
       layers_.push_back(y);
-      ffn_.push_back(load_channel_mix(load, l, /*flip=*/false, /*receptance=*/true));
+      ffn_.push_back(load_channel_mix(load, l, FfnMix::kTimeMaa));
     }
     finish_load(load, std::move(ckpt));
   }

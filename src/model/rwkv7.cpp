@@ -132,7 +132,7 @@ class Rwkv7 final : public MatrixStateModel {
       y.value = load.mat(a + "value.weight", C, C);
       y.output = load.mat(a + "output.weight", C, C);
       layers_.push_back(y);
-      ffn_.push_back(load_channel_mix(load, l, /*flip=*/false, /*receptance=*/false));
+      ffn_.push_back(load_channel_mix(load, l, FfnMix::kX));
     }
   }
 
