@@ -1,0 +1,71 @@
+// Forward and backward of the per-row ops that training needs (spec §2.4, §4, §4.6), written
+// once as plain loops: they are their own reference. Templated on the scalar: float for
+// training, double for finite-difference checks (explicitly instantiated for both).
+//
+// Conventions:
+// - Buffers are row-major; M rows (M = B·T), C (or K, N, V) columns.
+// - Every *_backward ACCUMULATES (+=) into its gradient outputs (dx, dweight, ...), so a tensor
+//   read by several consumers, or a parameter shared by all rows, sums its gradients in place.
+//   Callers zero the buffers once per step. Gradient outputs may be null when not wanted.
+// - Statistics (mean, rstd) saved by a forward are what its backward reads.
+#pragma once
+
+namespace rwkv::ops::train {
+
+// LayerNorm over rows of C (biased variance): out = (x − mean)·rstd·weight + bias.
+// mean, rstd: (M). out may not alias x.
+template <class R>
+void layer_norm_forward(const R* x, int M, int C, const R* weight, const R* bias, R eps, R* out,
+                        R* mean, R* rstd);
+template <class R>
+void layer_norm_backward(const R* dout, const R* x, int M, int C, const R* weight, const R* mean,
+                         const R* rstd, R* dx, R* dweight, R* dbias);
+
+// GroupNorm of each row's H groups of N channels (C = H·N), each by its own mean and biased
+// variance, then the per-channel affine (RWKV's ln_x, spec §2.4). mean, rstd: (M, H).
+template <class R>
+void group_norm_forward(const R* x, int M, int H, int N, const R* weight, const R* bias, R eps,
+                        R* out, R* mean, R* rstd);
+template <class R>
+void group_norm_backward(const R* dout, const R* x, int M, int H, int N, const R* weight,
+                         const R* mean, const R* rstd, R* dx, R* dweight, R* dbias);
+
+// Token shift over B sequences of T rows of C: delta[b,t] = x[b,t−1] − x[b,t], where
+// x[b,−1] = prev[b] (prev: (B, C); null means zeros, the start of a document).
+template <class R>
+void token_shift_forward(const R* x, const R* prev, int B, int T, int C, R* delta);
+// dx[b,t] += ddelta[b,t+1] − ddelta[b,t] (t+1 < T);  dprev[b] += ddelta[b,0].
+template <class R>
+void token_shift_backward(const R* ddelta, int B, int T, int C, R* dx, R* dprev);
+
+// L2 normalisation of each row's H groups of N: out = x / max(‖x‖₂, eps) (F.normalize).
+template <class R>
+void l2_normalize_forward(const R* x, int M, int H, int N, R eps, R* out);
+template <class R>
+void l2_normalize_backward(const R* dout, const R* x, int M, int H, int N, R eps, R* dx);
+
+// nn.Linear without bias: y[M,N] = x[M,K]·Wᵀ with W (N, K) row-major (official `.weight`).
+// y is overwritten. Backward: dx[M,K] += dy·W ; dW[N,K] += dyᵀ·x. OpenBLAS (s/d gemm).
+template <class R>
+void linear_forward(const R* x, const R* W, int M, int K, int N, R* y);
+template <class R>
+void linear_backward(const R* dy, const R* x, const R* W, int M, int K, int N, R* dx, R* dW);
+
+// Plain product y[M,N] = x[M,K]·A with A (K, N) row-major (official LoRA tensors w1, w2, ...).
+// y is overwritten. Backward: dx += dy·Aᵀ ; dA += xᵀ·dy.
+template <class R>
+void matmul_forward(const R* x, const R* A, int M, int K, int N, R* y);
+template <class R>
+void matmul_backward(const R* dy, const R* x, const R* A, int M, int K, int N, R* dx, R* dA);
+
+// Cross-entropy of M rows of V logits against targets (a target < 0 skips its row: no loss, zero
+// gradient). Returns Σ over rows of −log softmax(logits)[target], summed in double, and the
+// number of counted rows in *count. Writes (overwrites) dlogits = scale·(softmax − onehot) for
+// counted rows, 0 for skipped ones; with l2wrap > 0 it adds L2Wrap (spec §4.6): at each counted
+// row's first argmax, dlogits += l2wrap·max_logit (the loss value is unchanged). dlogits may
+// alias logits.
+template <class R>
+double cross_entropy(const R* logits, const int* targets, int M, int V, R scale, R l2wrap,
+                     R* dlogits, int* count);
+
+}  // namespace rwkv::ops::train
