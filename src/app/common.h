@@ -50,5 +50,6 @@ void register_tokenize(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_info(CLI::App& app);
 void register_init(CLI::App& app);
+void register_grad(CLI::App& app);
 
 }  // namespace rwkv::app

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   rwkv::app::register_bench(app);
   rwkv::app::register_info(app);
   rwkv::app::register_init(app);
+  rwkv::app::register_grad(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -9,6 +9,7 @@
 //   Callers zero the buffers once per step. Gradient outputs may be null when not wanted.
 // - Statistics (mean, rstd) saved by a forward are what its backward reads.
 #pragma once
+#include <cstddef>
 
 namespace rwkv::ops::train {
 
@@ -67,5 +68,31 @@ void matmul_backward(const R* dy, const R* x, const R* A, int M, int K, int N, R
 template <class R>
 double cross_entropy(const R* logits, const int* targets, int M, int V, R scale, R l2wrap,
                      R* dlogits, int* count);
+
+// WKV-7 of one head of one sequence for training (spec §4.4, §4.5), value-major state as in
+// ops::Wkv7Head: S ← S·diag(e^w) + (S a) bᵀ + v kᵀ ; y = S r. Rows have a stride over [T, C].
+// The forward keeps the state before every `chunk` rows in `checkpoints` ((⌈T/chunk⌉, N, N));
+// the backward recomputes the states inside each chunk from its checkpoint and runs the exact
+// per-step backward of §4.4 through them, newest chunk first (official kernels: chunk 16).
+template <class R>
+struct Wkv7Train {
+  int T = 0, N = 0, stride = 0, chunk = 16;
+  const R *r = nullptr, *w = nullptr, *k = nullptr, *v = nullptr, *a = nullptr, *b = nullptr;
+  R* y = nullptr;            // forward output (T rows)
+  R* S = nullptr;            // forward: S₀ in, S_T out (N×N)
+  R* checkpoints = nullptr;  // (⌈T/chunk⌉, N, N), written by forward, read by backward
+};
+template <class R>
+void wkv7_train_forward(const Wkv7Train<R>& head);
+// Overwrites dr, dw (w.r.t. the log-decay w), dk, dv, da, db (rows with the head's stride) and
+// dS0 = ∂L/∂S₀ (N×N; may be null; may alias dS_T). dy has the stride too; dS_T = ∂L/∂S_T
+// (null = 0).
+// scratch: wkv7_train_scratch(chunk, N) elements.
+template <class R>
+void wkv7_train_backward(const Wkv7Train<R>& head, const R* dy, const R* dS_T, R* dr, R* dw,
+                         R* dk, R* dv, R* da, R* db, R* dS0, R* scratch);
+inline size_t wkv7_train_scratch(int chunk, int N) {
+  return size_t(chunk + 2) * size_t(N) * size_t(N) + size_t(chunk) * size_t(N);
+}
 
 }  // namespace rwkv::ops::train
