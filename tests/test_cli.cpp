@@ -25,7 +25,7 @@ std::string token_list(const std::vector<int>& ids) {
 nlohmann::json manifest() { return nlohmann::json::parse(read_file(fixture("manifest.json"))); }
 
 TEST(Cli, HelpForEverySubcommand) {
-  for (const char* cmd : {"generate", "chat", "logits", "tokenize", "bench", "info", "init"}) {
+  for (const char* cmd : {"generate", "chat", "logits", "tokenize", "bench", "info", "init", "grad", "train", "tokenize-data", "eval"}) {
     const auto r = run_cli(std::string(cmd) + " --help");
     EXPECT_EQ(r.exit_code, 0) << cmd;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << cmd << ": " << r.out;

@@ -16,6 +16,9 @@ int main(int argc, char** argv) {
   rwkv::app::register_info(app);
   rwkv::app::register_init(app);
   rwkv::app::register_grad(app);
+  rwkv::app::register_train(app);
+  rwkv::app::register_tokenize_data(app);
+  rwkv::app::register_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

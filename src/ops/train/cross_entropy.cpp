@@ -56,7 +56,8 @@ double cross_entropy(const R* logits, const int* targets, int M, int V, R scale,
       }
       continue;
     }
-    if (target >= V) fail("cross_entropy: target ", target, " of row ", m, " is outside [0, ", V, ")");
+    if (target >= V)
+      fail("cross_entropy: target ", target, " of row ", m, " is outside [0, ", V, ")");
     loss += cross_entropy_row(row, V, target, scale, l2wrap, drow);
     ++counted;
   }
@@ -65,7 +66,8 @@ double cross_entropy(const R* logits, const int* targets, int M, int V, R scale,
 }
 
 // The two scalars the header promises: float for training, double for gradient checks.
-template double cross_entropy<float>(const float*, const int*, int, int, float, float, float*, int*);
+template double cross_entropy<float>(const float*, const int*, int, int, float, float, float*,
+                                     int*);
 template double cross_entropy<double>(const double*, const int*, int, int, double, double, double*,
                                       int*);
 

@@ -156,8 +156,8 @@ template void layer_norm_backward<double>(const double*, const double*, int, int
                                           const double*, const double*, double*, double*, double*);
 template void group_norm_forward<float>(const float*, int, int, int, const float*, const float*,
                                         float, float*, float*, float*);
-template void group_norm_forward<double>(const double*, int, int, int, const double*,
-                                         const double*, double, double*, double*, double*);
+template void group_norm_forward<double>(const double*, int, int, int, const double*, const double*,
+                                         double, double*, double*, double*);
 template void group_norm_backward<float>(const float*, const float*, int, int, int, const float*,
                                          const float*, const float*, float*, float*, float*);
 template void group_norm_backward<double>(const double*, const double*, int, int, int,
@@ -165,7 +165,8 @@ template void group_norm_backward<double>(const double*, const double*, int, int
                                           double*, double*);
 template void l2_normalize_forward<float>(const float*, int, int, int, float, float*);
 template void l2_normalize_forward<double>(const double*, int, int, int, double, double*);
-template void l2_normalize_backward<float>(const float*, const float*, int, int, int, float, float*);
+template void l2_normalize_backward<float>(const float*, const float*, int, int, int, float,
+                                           float*);
 template void l2_normalize_backward<double>(const double*, const double*, int, int, int, double,
                                             double*);
 

@@ -28,8 +28,8 @@ void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, cons
 // Empty shapes never reach BLAS: a zero leading dimension is an error there (xerbla), and an
 // empty sum (k = 0) is still a product of zeros, which the overwrite case must write.
 template <class R>
-void gemm(bool trans_a, bool trans_b, int m, int n, int k, const R* A, int lda, const R* B,
-          int ldb, R beta, R* C, int ldc) {
+void gemm(bool trans_a, bool trans_b, int m, int n, int k, const R* A, int lda, const R* B, int ldb,
+          R beta, R* C, int ldc) {
   if (!C || m == 0 || n == 0) return;
   if (k == 0) {
     if (beta == R(0)) {
