@@ -262,7 +262,8 @@ void Run::go(bool resume, const std::function<void(const StepReport&)>& on_step)
     write_file_atomic(c_.out_dir + "/config.json", text.data(), text.size());
   }
   LrSchedule schedule{c_.lr_init, c_.lr_final, c_.warmup_steps,
-                      c_.exit_tokens > 0 ? c_.exit_tokens : c_.steps * c_.tokens_per_step(),
+                      c_.exit_tokens > 0 ? c_.exit_tokens
+                                         : std::max(c_.steps, c_.warmup_steps + 1) * c_.tokens_per_step(),
                       c_.tokens_per_step()};
   schedule.validate();
   TrainLog log(c_.out_dir + "/log.csv", start_step_);
