@@ -72,7 +72,7 @@ void run(TrainArgs& a, const std::vector<std::string>& explicit_flags) {
   } else if (!a.config_file.empty()) {
     nlohmann::json j = nlohmann::json::parse(read_text(a.config_file));
     for (const std::string& f : explicit_flags) {
-      if (f != "config") j[f] = a.c.to_json()[f];  // flags override the file
+      if (f != "config" && f != "quiet") j[f] = a.c.to_json()[f];  // flags override the file
     }
     c = train::TrainConfig::from_json(j);
   }
