@@ -166,16 +166,19 @@ double evaluate(Rwkv7Train<double>& net, Rwkv7Tape<double>& tape, const std::vec
   return L;
 }
 
-TEST(TrainRwkv7, FiniteDifferencesOfParametersAndInitialState) {
+void expect_finite_differences(bool reset_at_eod) {
   std::shared_ptr<const Checkpoint> keep;
   Rwkv7Train<double> net(tiny_model(keep, 7), "tiny");
   const auto& d = net.dims();
   const int B = 2, T = 7;  // T not a multiple of the chunk
-  net.set_options({.wkv_chunk = 3, .recompute = false});
+  net.set_options({.wkv_chunk = 3, .recompute = false, .reset_at_eod = reset_at_eod});
   std::mt19937 rng(3);
   std::normal_distribution<double> normal(0, 1);
   std::vector<int> tokens(size_t(B) * T);
   for (int& t : tokens) t = int(rng() % unsigned(d.V));
+  if (reset_at_eod) {  // document boundaries inside a chunk, at a chunk start and at row 0
+    tokens[2] = tokens[3] = tokens[size_t(T)] = tokens[size_t(T) + 5] = 0;
+  }
   std::vector<double> state(size_t(B) * d.state_floats());
   for (double& s : state) s = 0.5 * normal(rng);
   Objective obj;
@@ -212,9 +215,11 @@ TEST(TrainRwkv7, FiniteDifferencesOfParametersAndInitialState) {
       diff += (fd - grads[t.offset + i]) * (fd - grads[t.offset + i]);
       norm += fd * fd;
     }
+    // Central differences carry ~1e-16·|L|/h ≈ 1e-10 of rounding per element: tensors with
+    // small gradients (x_w, through the decay LoRA) are judged against that floor.
     const double err = std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12);
     worst = std::max(worst, err);
-    EXPECT_LT(err, 1e-6) << t.name;
+    EXPECT_LT(std::sqrt(diff), 1e-6 * std::sqrt(norm) + 1e-9 * std::sqrt(double(t.numel))) << t.name;
   }
   double diff = 0, norm = 0;
   for (size_t i = 0; i < state.size(); ++i) {
@@ -223,7 +228,27 @@ TEST(TrainRwkv7, FiniteDifferencesOfParametersAndInitialState) {
     norm += fd * fd;
   }
   EXPECT_LT(std::sqrt(diff) / std::sqrt(norm), 1e-6) << "initial state";
-  RecordProperty("worst_parameter_rel_error", std::to_string(worst));
+  ::testing::Test::RecordProperty("worst_parameter_rel_error", std::to_string(worst));
+}
+
+TEST(TrainRwkv7, FiniteDifferencesOfParametersAndInitialState) { expect_finite_differences(false); }
+
+TEST(TrainRwkv7, FiniteDifferencesWithDocumentResets) { expect_finite_differences(true); }
+
+// With reset_at_eod, everything from a token 0 on is what a fresh sequence starting there gives.
+TEST(TrainRwkv7, ResetAtEndOfDocumentStartsAFreshSequence) {
+  std::shared_ptr<const Checkpoint> keep;
+  const auto tensors = tiny_model(keep, 13);
+  Rwkv7Train<double> net(tensors, "tiny");
+  net.set_options({.wkv_chunk = 4, .recompute = false, .reset_at_eod = true});
+  const std::vector<int> doc = {5, 3, 9, 1, 0, 7, 2, 8, 4, 6, 10};  // token 0 at row 4
+  const size_t V = 11, S = net.dims().state_floats();
+  std::vector<double> random_state(S, 0.25), out_whole(S), out_tail(S);
+  Rwkv7Tape<double> tape_whole, tape_tail;
+  const double* whole = net.forward(tape_whole, doc.data(), 1, int(doc.size()), random_state.data(), out_whole.data());
+  const double* tail = net.forward(tape_tail, doc.data() + 4, 1, int(doc.size()) - 4, nullptr, out_tail.data());
+  EXPECT_LT(rel_norm_error(whole + 4 * V, tail, (doc.size() - 4) * V), 1e-13);
+  EXPECT_LT(rel_norm_error(out_whole.data(), out_tail.data(), S), 1e-13);
 }
 
 // Gradients of one pass over T tokens equal those of two passes carrying the state forward and

@@ -117,6 +117,8 @@ void register_train(CLI::App& app) {
   cmd->add_option("--batch", c.batch, "windows per step")->capture_default_str();
   cmd->add_option("--bptt", c.bptt, "sequential: windows per step the gradient flows through")
       ->capture_default_str();
+  cmd->add_flag("--reset-at-eod", c.reset_at_eod,
+               "restart the state at every token 0 (documents do not see each other)");
   cmd->add_option("--steps", c.steps)->capture_default_str();
   cmd->add_option("--warmup-steps", c.warmup_steps)->capture_default_str();
   cmd->add_option("--exit-tokens", c.exit_tokens, "tokens where the cosine ends (0 = at --steps)")

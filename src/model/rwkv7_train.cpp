@@ -319,6 +319,10 @@ const R* Rwkv7Train<R>::forward(Rwkv7Tape<R>& tape, const int* tokens, int B, in
   auto& t = *tape.impl_;
   layout_tape<R>(t, dims_, B, T, options_.wkv_chunk, options_.recompute);
   t.tokens.assign(tokens, tokens + M);
+  t.reset.clear();
+  if (options_.reset_at_eod) {
+    for (size_t m = 0; m < M; ++m) t.reset.push_back(tokens[m] == 0);
+  }
   const size_t S = dims_.state_floats();
   if (state_in) {
     t.state_in.assign(state_in, state_in + size_t(B) * S);

@@ -74,6 +74,10 @@ class Rwkv7Train {
   struct Options {
     int wkv_chunk = 16;      // rows between saved WKV states
     bool recompute = false;  // save only each layer's input; redo the layer in the backward
+    // Restart the state (token shift and WKV) at every input token 0, the end-of-document
+    // token that separates documents in RWKV-LM's data: each document is then trained as if
+    // it started a fresh sequence, and no gradient crosses the boundary.
+    bool reset_at_eod = false;
   };
   void set_options(const Options& options) { options_ = options; }
 

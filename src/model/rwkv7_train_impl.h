@@ -43,6 +43,7 @@ struct Rwkv7Tape<R>::Impl {
   int B = 0, T = 0, M = 0, chunks = 0;
   bool recompute = false;
   std::vector<int> tokens;            // (M)
+  std::vector<unsigned char> reset;   // (M) rows where the state restarts (reset_at_eod)
   std::vector<R> state_in;            // (B, state) the initial states (zeros if none given)
   std::vector<R> state_out;           // (B, state) forward's final states
   std::vector<R> dstate;              // (B, state) backward: ∂/∂(final) in, ∂/∂(initial) out
@@ -55,6 +56,7 @@ struct Rwkv7Tape<R>::Impl {
   R *x_last, *xo, *out_mean, *out_rstd;  // (M, C) last block output, ln_out output; (M), (M)
   R* logits;                          // (M, V)
   Rwkv7Scratch<R> s;
+  const unsigned char* reset_rows() const { return reset.empty() ? nullptr : reset.data(); }
   size_t allocated_for = 0;           // key of the current layout
 };
 

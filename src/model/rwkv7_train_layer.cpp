@@ -92,7 +92,7 @@ void Rwkv7Train<R>::layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>&
   ot::layer_norm_forward<R>(c.x_in, M, C, y.ln1_w, y.ln1_b, R(kLayerNormEps), c.h, c.ln1_mean,
                             c.ln1_rstd);
   gather_state(t.state_in.data(), SF, so.att_x, B, C, s.prev);
-  ot::token_shift_forward<R>(c.h, s.prev, B, T, C, delta);
+  ot::token_shift_forward<R>(c.h, s.prev, B, T, C, delta, t.reset_rows());
   mix(c.h, delta, y.x_r, M, C, x);
   ot::linear_forward<R>(x, y.receptance, M, C, C, c.r);
   mix(c.h, delta, y.x_k, M, C, x);
@@ -146,7 +146,8 @@ void Rwkv7Train<R>::layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>&
       std::copy_n(t.state_in.data() + size_t(bb) * SF + so.kv + size_t(h) * NN, NN, S);
       ot::Wkv7Train<R> head{T, N, C, options_.wkv_chunk, c.r + o, c.logw + o, c.k2 + o, c.v + o,
                             a + o, b + o, c.y + o, S,
-                            c.checkpoints + (size_t(bb) * H + h) * size_t(t.chunks) * NN};
+                            c.checkpoints + (size_t(bb) * H + h) * size_t(t.chunks) * NN,
+                            t.reset_rows() ? t.reset_rows() + size_t(bb) * T : nullptr};
       ot::wkv7_train_forward(head);
     }
   }
@@ -172,7 +173,7 @@ void Rwkv7Train<R>::layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>&
   ot::layer_norm_forward<R>(c.x_mid, M, C, y.ln2_w, y.ln2_b, R(kLayerNormEps), c.h2, c.ln2_mean,
                             c.ln2_rstd);
   gather_state(t.state_in.data(), SF, so.ffn_x, B, C, s.prev);
-  ot::token_shift_forward<R>(c.h2, s.prev, B, T, C, delta);
+  ot::token_shift_forward<R>(c.h2, s.prev, B, T, C, delta, t.reset_rows());
   mix(c.h2, delta, y.ffn_x_k, M, C, x);
   ot::linear_forward<R>(x, y.ffn_key, M, C, d.F, c.ffn_pre);
   const size_t MF = size_t(M) * d.F;
@@ -213,7 +214,7 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
   };
   const auto shift_backward = [&](size_t offset, R* ddelta, R* dh) {
     zero(s.prev, size_t(B) * C);
-    ot::token_shift_backward<R>(ddelta, B, T, C, dh, s.prev);
+    ot::token_shift_backward<R>(ddelta, B, T, C, dh, s.prev, t.reset_rows());
     for (int bb = 0; bb < B; ++bb) {
       std::copy_n(s.prev + size_t(bb) * C, C, dstate + size_t(bb) * SF + offset);
     }
@@ -229,7 +230,7 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
   ot::linear_backward<R>(dx, s.dffn, y.ffn_value, M, d.F, C, s.dffn, nullptr);
   for (size_t i = 0; i < MF; ++i) s.dffn[i] *= R(2) * std::max(c.ffn_pre[i], R(0));
   gather_state(t.state_in.data(), SF, so.ffn_x, B, C, s.prev);
-  ot::token_shift_forward<R>(c.h2, s.prev, B, T, C, delta);
+  ot::token_shift_forward<R>(c.h2, s.prev, B, T, C, delta, t.reset_rows());
   mix(c.h2, delta, y.ffn_x_k, M, C, x);
   zero(s.dmix, MC);
   ot::linear_backward<R>(s.dffn, x, y.ffn_key, M, C, d.F, s.dmix, gy.ffn_key);
@@ -266,7 +267,8 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
       R* dS = dstate + size_t(bb) * SF + so.kv + size_t(h) * NN;
       ot::Wkv7Train<R> head{T, N, C, options_.wkv_chunk, c.r + o, c.logw + o, c.k2 + o, c.v + o,
                             a + o, b + o, nullptr, nullptr,
-                            c.checkpoints + (size_t(bb) * H + h) * size_t(t.chunks) * NN};
+                            c.checkpoints + (size_t(bb) * H + h) * size_t(t.chunks) * NN,
+                            t.reset_rows() ? t.reset_rows() + size_t(bb) * T : nullptr};
       R* scratch = s.wkv + (size_t(bb) * H + h) * ot::wkv7_train_scratch(options_.wkv_chunk, N);
       ot::wkv7_train_backward(head, s.tmp + o, dS, s.dr + o, s.dlogw + o, s.dk2 + o, s.dv + o,
                               s.da + o, s.db + o, dS, scratch);
@@ -320,7 +322,7 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
 
   // ---- the projections and LoRAs back to the mixes, each mix back to h and δ ----
   gather_state(t.state_in.data(), SF, so.att_x, B, C, s.prev);
-  ot::token_shift_forward<R>(c.h, s.prev, B, T, C, delta);
+  ot::token_shift_forward<R>(c.h, s.prev, B, T, C, delta, t.reset_rows());
   zero(s.dh, MC);
   zero(s.ddelta, MC);
   R* dl = s.dlora;

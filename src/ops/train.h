@@ -32,12 +32,16 @@ void group_norm_backward(const R* dout, const R* x, int M, int H, int N, const R
                          const R* mean, const R* rstd, R* dx, R* dweight, R* dbias);
 
 // Token shift over B sequences of T rows of C: delta[b,t] = x[b,t−1] − x[b,t], where
-// x[b,−1] = prev[b] (prev: (B, C); null means zeros, the start of a document).
+// x[b,−1] = prev[b] (prev: (B, C); null means zeros, the start of a document). reset (B·T,
+// optional): a nonzero entry starts a new document at that row, whose previous token is zeros.
 template <class R>
-void token_shift_forward(const R* x, const R* prev, int B, int T, int C, R* delta);
-// dx[b,t] += ddelta[b,t+1] − ddelta[b,t] (t+1 < T);  dprev[b] += ddelta[b,0].
+void token_shift_forward(const R* x, const R* prev, int B, int T, int C, R* delta,
+                         const unsigned char* reset = nullptr);
+// dx[b,t] += ddelta[b,t+1] − ddelta[b,t] (t+1 < T);  dprev[b] += ddelta[b,0] (each term only
+// where the forward used that previous row).
 template <class R>
-void token_shift_backward(const R* ddelta, int B, int T, int C, R* dx, R* dprev);
+void token_shift_backward(const R* ddelta, int B, int T, int C, R* dx, R* dprev,
+                          const unsigned char* reset = nullptr);
 
 // L2 normalisation of each row's H groups of N: out = x / max(‖x‖₂, eps) (F.normalize).
 template <class R>
@@ -81,6 +85,9 @@ struct Wkv7Train {
   R* y = nullptr;            // forward output (T rows)
   R* S = nullptr;            // forward: S₀ in, S_T out (N×N)
   R* checkpoints = nullptr;  // (⌈T/chunk⌉, N, N), written by forward, read by backward
+  // (T) or null: a nonzero entry restarts S from zero before that row (a new document); no
+  // gradient flows into the state before it.
+  const unsigned char* reset = nullptr;
 };
 template <class R>
 void wkv7_train_forward(const Wkv7Train<R>& head);
@@ -92,7 +99,7 @@ template <class R>
 void wkv7_train_backward(const Wkv7Train<R>& head, const R* dy, const R* dS_T, R* dr, R* dw,
                          R* dk, R* dv, R* da, R* db, R* dS0, R* scratch);
 inline size_t wkv7_train_scratch(int chunk, int N) {
-  return size_t(chunk + 2) * size_t(N) * size_t(N) + size_t(chunk) * size_t(N);
+  return size_t(chunk + 3) * size_t(N) * size_t(N) + size_t(chunk) * size_t(N);
 }
 
 }  // namespace rwkv::ops::train

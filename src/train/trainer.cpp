@@ -20,11 +20,12 @@ namespace rwkv::train {
 // ---- configuration -------------------------------------------------------------------------
 
 // Every field once, for to_json and from_json.
-#define RWKV_TRAIN_FIELDS(X)                                                                    \
-  X(init_from) X(layers) X(embd) X(head_size) X(vocab) X(ffn) X(data) X(tokenizer) X(vocab_file) \
-  X(order) X(ctx_len) X(batch) X(bptt) X(steps) X(warmup_steps) X(exit_tokens) X(lr_init)        \
-  X(lr_final) X(beta1) X(beta2) X(adam_eps) X(weight_decay) X(grad_clip) X(l2wrap) X(seed)       \
-  X(out_dir) X(save_every) X(save_dtype) X(wkv_chunk) X(recompute) X(threads)
+#define RWKV_TRAIN_FIELDS(X)                                                                  \
+  X(init_from) X(layers) X(embd) X(head_size) X(vocab) X(ffn) X(data) X(tokenizer)             \
+  X(vocab_file) X(order) X(ctx_len) X(batch) X(bptt) X(reset_at_eod) X(steps) X(warmup_steps)  \
+  X(exit_tokens) X(lr_init) X(lr_final) X(beta1) X(beta2) X(adam_eps) X(weight_decay)          \
+  X(grad_clip) X(l2wrap) X(seed) X(out_dir) X(save_every) X(save_dtype) X(wkv_chunk)           \
+  X(recompute) X(threads)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -242,7 +243,7 @@ void Run::go(bool resume, const std::function<void(const StepReport&)>& on_step)
   std::filesystem::create_directories(c_.out_dir, ec);
   if (ec) fail(c_.out_dir, ": cannot create the output directory: ", ec.message());
   net_ = make_model(c_);
-  net_->set_options({c_.wkv_chunk, c_.recompute});
+  net_->set_options({c_.wkv_chunk, c_.recompute, c_.reset_at_eod});
   const size_t total = net_->table().total;
   m_.assign(total, 0.f);
   v_.assign(total, 0.f);

@@ -33,6 +33,8 @@ struct TrainConfig {
   // gradient flows through the state across the `bptt` windows of one step, not beyond.
   std::string order = "random";
   int ctx_len = 256, batch = 4, bptt = 1;
+  // Restart the state at every token 0 (end of document): documents do not see each other.
+  bool reset_at_eod = false;
   // Optimisation (official defaults of the v7 demo, spec §5.1).
   int64_t steps = 1000, warmup_steps = 10, exit_tokens = 0;  // 0: the cosine ends at `steps`
   double lr_init = 6e-4, lr_final = 6e-5;

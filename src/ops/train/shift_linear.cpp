@@ -44,7 +44,8 @@ void gemm(bool trans_a, bool trans_b, int m, int n, int k, const R* A, int lda, 
 }  // namespace
 
 template <class R>
-void token_shift_forward(const R* x, const R* prev, int B, int T, int C, R* delta) {
+void token_shift_forward(const R* x, const R* prev, int B, int T, int C, R* delta,
+                         const unsigned char* reset) {
   check_dims("token_shift_forward", B, T, C);
   const size_t c = size_t(C);
   for (size_t b = 0; b < size_t(B); ++b) {
@@ -52,10 +53,11 @@ void token_shift_forward(const R* x, const R* prev, int B, int T, int C, R* delt
       const size_t o = (b * size_t(T) + t) * c;
       const R* x_cur = x + o;
       R* d = delta + o;
-      if (t > 0) {
+      const bool restart = reset && reset[b * size_t(T) + t];
+      if (t > 0 && !restart) {
         const R* x_prev = x_cur - c;
         for (size_t i = 0; i < c; ++i) d[i] = x_prev[i] - x_cur[i];
-      } else if (prev) {
+      } else if (t == 0 && prev && !restart) {
         const R* x_prev = prev + b * c;
         for (size_t i = 0; i < c; ++i) d[i] = x_prev[i] - x_cur[i];
       } else {  // start of a document: the previous token is zeros
@@ -66,7 +68,8 @@ void token_shift_forward(const R* x, const R* prev, int B, int T, int C, R* delt
 }
 
 template <class R>
-void token_shift_backward(const R* ddelta, int B, int T, int C, R* dx, R* dprev) {
+void token_shift_backward(const R* ddelta, int B, int T, int C, R* dx, R* dprev,
+                          const unsigned char* reset) {
   check_dims("token_shift_backward", B, T, C);
   const size_t c = size_t(C);
   for (size_t b = 0; b < size_t(B); ++b) {
@@ -76,14 +79,14 @@ void token_shift_backward(const R* ddelta, int B, int T, int C, R* dx, R* dprev)
       for (size_t t = 0; t < size_t(T); ++t) {
         const R* dd = ddelta + seq + t * c;
         R* g = dx + seq + t * c;
-        if (t + 1 < size_t(T)) {
+        if (t + 1 < size_t(T) && !(reset && reset[b * size_t(T) + t + 1])) {
           for (size_t i = 0; i < c; ++i) g[i] += dd[c + i] - dd[i];
         } else {
           for (size_t i = 0; i < c; ++i) g[i] -= dd[i];
         }
       }
     }
-    if (dprev && T > 0) {
+    if (dprev && T > 0 && !(reset && reset[b * size_t(T)])) {
       for (size_t i = 0; i < c; ++i) dprev[b * c + i] += ddelta[seq + i];
     }
   }
@@ -116,10 +119,14 @@ void matmul_backward(const R* dy, const R* x, const R* A, int M, int K, int N, R
 }
 
 // The two scalars the header promises: float for training, double for gradient checks.
-template void token_shift_forward<float>(const float*, const float*, int, int, int, float*);
-template void token_shift_forward<double>(const double*, const double*, int, int, int, double*);
-template void token_shift_backward<float>(const float*, int, int, int, float*, float*);
-template void token_shift_backward<double>(const double*, int, int, int, double*, double*);
+template void token_shift_forward<float>(const float*, const float*, int, int, int, float*,
+                                         const unsigned char*);
+template void token_shift_forward<double>(const double*, const double*, int, int, int, double*,
+                                          const unsigned char*);
+template void token_shift_backward<float>(const float*, int, int, int, float*, float*,
+                                          const unsigned char*);
+template void token_shift_backward<double>(const double*, int, int, int, double*, double*,
+                                           const unsigned char*);
 template void linear_forward<float>(const float*, const float*, int, int, int, float*);
 template void linear_forward<double>(const double*, const double*, int, int, int, double*);
 template void linear_backward<float>(const float*, const float*, const float*, int, int, int,

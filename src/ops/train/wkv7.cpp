@@ -55,6 +55,7 @@ void wkv7_train_forward(const Wkv7Train<R>& h) {
   for (int t = 0; t < h.T; ++t) {
     if (t % h.chunk == 0) std::memcpy(h.checkpoints + size_t(t / h.chunk) * NN, h.S, NN * sizeof(R));
     const size_t o = size_t(t) * st;
+    if (h.reset && h.reset[t]) std::fill(h.S, h.S + NN, R(0));
     decays(h.w + o, N, d);
     step(h.S, h.S, N, d, h.k + o, h.v + o, h.a + o, h.b + o, sa);
     read_out(h.S, N, h.r + o, h.y + o);
@@ -69,6 +70,8 @@ void wkv7_train_backward(const Wkv7Train<R>& h, const R* dy, const R* dS_T, R* d
   R* states = scratch;                                   // (chunk + 1, N, N): S before each row, S after the last
   R* sas = states + size_t(chunk + 1) * NN;              // (chunk, N)
   R* dS = sas + size_t(chunk) * size_t(N);               // (N, N): ∂L/∂S_t
+  R* zeros = dS + NN;                                    // (N, N): S_{t−1} of a reset row
+  std::fill(zeros, zeros + NN, R(0));
   R d[1024], dsa[1024];
   if (dS_T) {
     std::memcpy(dS, dS_T, NN * sizeof(R));
@@ -81,13 +84,14 @@ void wkv7_train_backward(const Wkv7Train<R>& h, const R* dy, const R* dS_T, R* d
     std::memcpy(states, h.checkpoints + size_t(c) * NN, NN * sizeof(R));
     for (int s = 0; s < len; ++s) {
       const size_t o = size_t(t0 + s) * st;
+      const R* prev = h.reset && h.reset[t0 + s] ? zeros : states + size_t(s) * NN;
       decays(h.w + o, N, d);
-      step(states + size_t(s) * NN, states + size_t(s + 1) * NN, N, d, h.k + o, h.v + o, h.a + o,
-           h.b + o, sas + size_t(s) * size_t(N));
+      step(prev, states + size_t(s + 1) * NN, N, d, h.k + o, h.v + o, h.a + o, h.b + o,
+           sas + size_t(s) * size_t(N));
     }
     for (int s = len - 1; s >= 0; --s) {
       const size_t o = size_t(t0 + s) * st;
-      const R* S_prev = states + size_t(s) * NN;
+      const R* S_prev = h.reset && h.reset[t0 + s] ? zeros : states + size_t(s) * NN;
       const R* S_now = states + size_t(s + 1) * NN;
       const R *r = h.r + o, *k = h.k + o, *v = h.v + o, *a = h.a + o, *b = h.b + o;
       const R* sa = sas + size_t(s) * size_t(N);
@@ -137,6 +141,7 @@ void wkv7_train_backward(const Wkv7Train<R>& h, const R* dy, const R* dS_T, R* d
           dst[j] = dst[j] * d[j] + gi * a[j];
         }
       }
+      if (h.reset && h.reset[t0 + s]) std::fill(dS, dS + NN, R(0));  // S_{t−1} was not used
     }
   }
   if (dS0) std::memcpy(dS0, dS, NN * sizeof(R));
