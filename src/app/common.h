@@ -52,6 +52,7 @@ void register_info(CLI::App& app);
 void register_init(CLI::App& app);
 void register_grad(CLI::App& app);
 void register_train(CLI::App& app);
+void register_bench_train(CLI::App& app);
 void register_tokenize_data(CLI::App& app);
 void register_eval(CLI::App& app);
 

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   rwkv::app::register_init(app);
   rwkv::app::register_grad(app);
   rwkv::app::register_train(app);
+  rwkv::app::register_bench_train(app);
   rwkv::app::register_tokenize_data(app);
   rwkv::app::register_eval(app);
   try {

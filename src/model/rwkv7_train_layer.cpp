@@ -47,8 +47,17 @@ void gather_state(const R* states, size_t state_floats, size_t offset, int B, in
 // out = h + δ⊙μ over M rows (one token-shift mix).
 template <class R>
 void mix(const R* h, const R* delta, const R* mu, size_t M, size_t C, R* out) {
+#pragma omp parallel for schedule(static)
   for (size_t m = 0; m < M; ++m) {
     for (size_t c = 0; c < C; ++c) out[m * C + c] = h[m * C + c] + delta[m * C + c] * mu[c];
+  }
+}
+
+// Σ over rows of a⊙b, added into out (C).
+template <class R>
+void add_column_products(const R* a, const R* b, size_t M, size_t C, R* out) {
+  for (size_t m = 0; m < M; ++m) {
+    for (size_t c = 0; c < C; ++c) out[c] += a[m * C + c] * b[m * C + c];
   }
 }
 
@@ -56,14 +65,15 @@ void mix(const R* h, const R* delta, const R* mu, size_t M, size_t C, R* out) {
 template <class R>
 void mix_backward(const R* dout, const R* delta, const R* mu, size_t M, size_t C, R* dh,
                   R* ddelta, R* dmu) {
+#pragma omp parallel for schedule(static)
   for (size_t m = 0; m < M; ++m) {
     for (size_t c = 0; c < C; ++c) {
       const size_t i = m * C + c;
       dh[i] += dout[i];
       ddelta[i] += dout[i] * mu[c];
-      dmu[c] += dout[i] * delta[i];
     }
   }
+  add_column_products(dout, delta, M, C, dmu);
 }
 
 // Σ over rows of x, added into out (C).
@@ -102,11 +112,13 @@ void Rwkv7Train<R>::layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>&
   if (l > 0) ot::matmul_forward<R>(x, y.v1, M, C, d.d_value, c.v_h);
   mix(c.h, delta, y.x_w, M, C, x);
   ot::matmul_forward<R>(x, y.w1, M, C, d.d_decay, c.w_h);
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < size_t(M) * d.d_decay; ++i) c.w_h[i] = std::tanh(c.w_h[i]);
   mix(c.h, delta, y.x_a, M, C, x);
   ot::matmul_forward<R>(x, y.a1, M, C, d.d_iclr, c.a_h);
   mix(c.h, delta, y.x_g, M, C, x);
   ot::matmul_forward<R>(x, y.g1, M, C, d.d_gate, c.g_h);
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < size_t(M) * d.d_gate; ++i) c.g_h[i] = sigmoid(c.g_h[i]);
 
   ot::matmul_forward<R>(c.w_h, y.w2, M, d.d_decay, C, c.logw);
@@ -119,6 +131,7 @@ void Rwkv7Train<R>::layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>&
     ot::matmul_forward<R>(c.v_h, y.v2, M, d.d_value, C, c.v_gate);
   }
   R* kk = s.dmix;
+#pragma omp parallel for schedule(static)
   for (size_t m = 0; m < size_t(M); ++m) {
     for (size_t ch = 0; ch < size_t(C); ++ch) {
       const size_t i = m * C + ch;
@@ -134,6 +147,7 @@ void Rwkv7Train<R>::layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>&
   }
   ot::l2_normalize_forward<R>(kk, M, H, N, R(kNormEps), c.kn);
   R *a = s.da, *b = s.db;
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < MC; ++i) {
     a[i] = -c.kn[i];
     b[i] = c.kn[i] * c.alpha[i];
@@ -154,6 +168,7 @@ void Rwkv7Train<R>::layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>&
   ot::group_norm_forward<R>(c.y, M, H, N, y.ln_x_w, y.ln_x_b, R(kGroupNormEps), c.z, c.gn_mean,
                             c.gn_rstd);
   // Bonus (spec §2.4): z += (Σ_j r_j k_j ρ_j)·v per head, with the modified k and mixed v.
+#pragma omp parallel for schedule(static)
   for (size_t m = 0; m < size_t(M); ++m) {
     for (int h = 0; h < H; ++h) {
       const size_t o = m * C + size_t(h) * N;
@@ -162,8 +177,10 @@ void Rwkv7Train<R>::layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>&
       for (int j = 0; j < N; ++j) c.z[o + j] += sum * c.v[o + j];
     }
   }
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < MC; ++i) x[i] = c.z[i] * c.g[i];
   ot::linear_forward<R>(x, y.output, M, C, C, c.x_mid);
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < MC; ++i) c.x_mid[i] += c.x_in[i];
   for (int bb = 0; bb < B; ++bb) {
     std::copy_n(c.h + (size_t(bb) * T + T - 1) * C, C, t.state_out.data() + size_t(bb) * SF + so.att_x);
@@ -177,11 +194,13 @@ void Rwkv7Train<R>::layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>&
   mix(c.h2, delta, y.ffn_x_k, M, C, x);
   ot::linear_forward<R>(x, y.ffn_key, M, C, d.F, c.ffn_pre);
   const size_t MF = size_t(M) * d.F;
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < MF; ++i) {
     const R r = std::max(c.ffn_pre[i], R(0));
     s.dffn[i] = r * r;
   }
   ot::linear_forward<R>(s.dffn, y.ffn_value, M, d.F, C, x_out);
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < MC; ++i) x_out[i] += c.x_mid[i];
   for (int bb = 0; bb < B; ++bb) {
     std::copy_n(c.h2 + (size_t(bb) * T + T - 1) * C, C, t.state_out.data() + size_t(bb) * SF + so.ffn_x);
@@ -221,6 +240,7 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
   };
 
   // ---- channel mix ----
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < MF; ++i) {
     const R r = std::max(c.ffn_pre[i], R(0));
     s.dffn[i] = r * r;
@@ -228,6 +248,7 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
   ot::linear_backward<R>(dx, s.dffn, y.ffn_value, M, d.F, C, nullptr, gy.ffn_value);
   zero(s.dffn, MF);
   ot::linear_backward<R>(dx, s.dffn, y.ffn_value, M, d.F, C, s.dffn, nullptr);
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < MF; ++i) s.dffn[i] *= R(2) * std::max(c.ffn_pre[i], R(0));
   gather_state(t.state_in.data(), SF, so.ffn_x, B, C, s.prev);
   ot::token_shift_forward<R>(c.h2, s.prev, B, T, C, delta, t.reset_rows());
@@ -243,9 +264,11 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
                              gy.ln2_b);
 
   // ---- time mix: output, gate, bonus, ln_x ----
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < MC; ++i) x[i] = c.z[i] * c.g[i];
   zero(s.dz, MC);
   ot::linear_backward<R>(dx, x, y.output, M, C, C, s.dz, gy.output);
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < MC; ++i) {
     s.dg[i] = s.dz[i] * c.z[i];
     s.dz[i] *= c.g[i];
@@ -256,6 +279,7 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
 
   // ---- WKV ----
   R *a = s.tmp2, *b = s.dmix;
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < MC; ++i) {
     a[i] = -c.kn[i];
     b[i] = c.kn[i] * c.alpha[i];
@@ -274,7 +298,10 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
                               s.da + o, s.db + o, dS, scratch);
     }
   }
-  // Bonus: z += sb·v with sb = Σ_j r_j k2_j ρ_j per head.
+  // Bonus: z += sb·v with sb = Σ_j r_j k2_j ρ_j per head; dsb = Σ_j dz_j v_j is kept (in tmp,
+  // free after the WKV) for ρ's gradient, summed over rows below.
+  R* dsb_rows = s.tmp;  // (M, H)
+#pragma omp parallel for schedule(static)
   for (size_t m = 0; m < size_t(M); ++m) {
     for (int h = 0; h < H; ++h) {
       const size_t o = m * C + size_t(h) * N;
@@ -284,12 +311,19 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
         sb += c.r[o + j] * c.k2[o + j] * rk[j];
         dsb += s.dz[o + j] * c.v[o + j];
       }
+      dsb_rows[m * H + size_t(h)] = dsb;
       for (int j = 0; j < N; ++j) {
         s.dv[o + j] += s.dz[o + j] * sb;
         s.dr[o + j] += dsb * c.k2[o + j] * rk[j];
         s.dk2[o + j] += dsb * c.r[o + j] * rk[j];
-        gy.r_k[size_t(h) * N + j] += dsb * c.r[o + j] * c.k2[o + j];
       }
+    }
+  }
+  for (size_t m = 0; m < size_t(M); ++m) {
+    for (int h = 0; h < H; ++h) {
+      const size_t o = m * C + size_t(h) * N;
+      const R dsb = dsb_rows[m * H + size_t(h)];
+      for (int j = 0; j < N; ++j) gy.r_k[size_t(h) * N + j] += dsb * c.r[o + j] * c.k2[o + j];
     }
   }
 
@@ -299,11 +333,17 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
   for (size_t m = 0; m < size_t(M); ++m) {
     for (size_t ch = 0; ch < size_t(C); ++ch) {
       const size_t i = m * C + ch;
+      gy.k_a[ch] += s.dk2[i] * c.k_raw[i] * (c.alpha[i] - R(1));
+    }
+  }
+#pragma omp parallel for schedule(static)
+  for (size_t m = 0; m < size_t(M); ++m) {
+    for (size_t ch = 0; ch < size_t(C); ++ch) {
+      const size_t i = m * C + ch;
       const R alpha = c.alpha[i], k = c.k_raw[i];
       s.dalpha[i] = s.db[i] * c.kn[i] + s.dk2[i] * k * y.k_a[ch];
       dkn[i] = s.db[i] * alpha - s.da[i];
       s.dk[i] = s.dk2[i] * (R(1) + (alpha - R(1)) * y.k_a[ch]);
-      gy.k_a[ch] += s.dk2[i] * k * (alpha - R(1));
       kk[i] = k * y.k_k[ch];
       // d/dz of −e^{−1/2}σ(z), with σ = −logw/e^{−1/2}
       const R sig = -c.logw[i] / R(kDecayScale);
@@ -312,13 +352,11 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
   }
   zero(s.dmix, MC);
   ot::l2_normalize_backward<R>(dkn, kk, M, H, N, R(kNormEps), s.dmix);
+#pragma omp parallel for schedule(static)
   for (size_t m = 0; m < size_t(M); ++m) {
-    for (size_t ch = 0; ch < size_t(C); ++ch) {
-      const size_t i = m * C + ch;
-      s.dk[i] += s.dmix[i] * y.k_k[ch];
-      gy.k_k[ch] += s.dmix[i] * c.k_raw[i];
-    }
+    for (size_t ch = 0; ch < size_t(C); ++ch) s.dk[m * C + ch] += s.dmix[m * C + ch] * y.k_k[ch];
   }
+  add_column_products(s.dmix, c.k_raw, M, C, gy.k_k);
 
   // ---- the projections and LoRAs back to the mixes, each mix back to h and δ ----
   gather_state(t.state_in.data(), SF, so.att_x, B, C, s.prev);
@@ -345,6 +383,7 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
                 });
   mix_backward(s.dmix, delta, y.x_w, M, C, s.dh, s.ddelta, gy.x_w);
   // ICLR: α = σ(a0 + (x_a·a1)·a2).
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < MC; ++i) s.dalpha[i] *= c.alpha[i] * (R(1) - c.alpha[i]);
   add_column_sums(s.dalpha, M, C, gy.a0);
   lora_backward(s.dalpha, c.a_h, y.a2, gy.a2, d.d_iclr, y.a1, gy.a1, y.x_a, nullptr);
@@ -357,10 +396,12 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
   mix_backward(s.dmix, delta, y.x_g, M, C, s.dh, s.ddelta, gy.x_g);
   // Value: v = v_raw + (v_first − v_raw)⊙σ(v0 + (x_v·v1)·v2) in layers ≥ 1; v_first = v in 0.
   if (l == 0) {
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < MC; ++i) s.dv[i] += t.dv_first[i];
     mix(c.h, delta, y.x_v, M, C, x);
     zero(s.dmix, MC);
   } else {
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < MC; ++i) {
       const R gate = c.v_gate[i];
       t.dv_first[i] += s.dv[i] * gate;
