@@ -2,7 +2,8 @@
 # Installs the Debian 12 packages the build and tests need. Idempotent: installs only what is missing.
 set -euo pipefail
 pkgs=(cmake ninja-build g++ make pkg-config libopenblas-openmp-dev libhwy-dev nlohmann-json3-dev
-      libcli11-dev libgtest-dev libbenchmark-dev libpcre2-dev libutf8proc-dev)
+      libcli11-dev libgtest-dev libbenchmark-dev libpcre2-dev libutf8proc-dev
+      fortunes)  # fortunes: the corpus of the embedded demo model (scripts/train-demo-model.sh)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "model/rwkv7_train_impl.h"
+#include "ops/cpu/wkv7_train.h"
 #include "ops/train.h"
 
 namespace rwkv::model {
@@ -84,6 +86,19 @@ void add_column_sums(const R* x, size_t M, size_t C, R* out) {
   }
 }
 
+// The WKV of head h of sequence bb over the cache's rows (stride C), with WKV inputs a and b.
+template <class R>
+ops::train::Wkv7Train<R> wkv_head(const typename Rwkv7Tape<R>::Impl& t,
+                                  const Rwkv7LayerCache<R>& c, const R* a, const R* b, int bb,
+                                  int h, int C, int N, int chunk, R* y, R* S) {
+  const size_t o = size_t(bb) * size_t(t.T) * C + size_t(h) * N;
+  const size_t H = size_t(C / N), NN = size_t(N) * N;
+  const unsigned char* reset = t.reset_rows();
+  return {t.T, N, C, chunk, c.r + o, c.logw + o, c.k2 + o, c.v + o, a + o, b + o,
+          y ? y + o : nullptr, S, c.checkpoints + (size_t(bb) * H + h) * size_t(t.chunks) * NN,
+          reset ? reset + size_t(bb) * t.T : nullptr};
+}
+
 }  // namespace
 
 template <class R>
@@ -155,14 +170,14 @@ void Rwkv7Train<R>::layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>&
 #pragma omp parallel for collapse(2) schedule(static)
   for (int bb = 0; bb < B; ++bb) {
     for (int h = 0; h < H; ++h) {
-      const size_t o = size_t(bb) * T * C + size_t(h) * N;
       R* S = t.state_out.data() + size_t(bb) * SF + so.kv + size_t(h) * NN;
       std::copy_n(t.state_in.data() + size_t(bb) * SF + so.kv + size_t(h) * NN, NN, S);
-      ot::Wkv7Train<R> head{T, N, C, options_.wkv_chunk, c.r + o, c.logw + o, c.k2 + o, c.v + o,
-                            a + o, b + o, c.y + o, S,
-                            c.checkpoints + (size_t(bb) * H + h) * size_t(t.chunks) * NN,
-                            t.reset_rows() ? t.reset_rows() + size_t(bb) * T : nullptr};
-      ot::wkv7_train_forward(head);
+      const auto head = wkv_head<R>(t, c, a, b, bb, h, C, N, options_.wkv_chunk, c.y, S);
+      if constexpr (std::is_same_v<R, float>) {
+        ops::cpu::wkv7_train_forward(head);  // SIMD twin of the template (same contract)
+      } else {
+        ot::wkv7_train_forward(head);
+      }
     }
   }
   ot::group_norm_forward<R>(c.y, M, H, N, y.ln_x_w, y.ln_x_b, R(kGroupNormEps), c.z, c.gn_mean,
@@ -288,14 +303,16 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
   for (int bb = 0; bb < B; ++bb) {
     for (int h = 0; h < H; ++h) {
       const size_t o = size_t(bb) * T * C + size_t(h) * N;
-      R* dS = dstate + size_t(bb) * SF + so.kv + size_t(h) * NN;
-      ot::Wkv7Train<R> head{T, N, C, options_.wkv_chunk, c.r + o, c.logw + o, c.k2 + o, c.v + o,
-                            a + o, b + o, nullptr, nullptr,
-                            c.checkpoints + (size_t(bb) * H + h) * size_t(t.chunks) * NN,
-                            t.reset_rows() ? t.reset_rows() + size_t(bb) * T : nullptr};
+      R* dS = dstate + size_t(bb) * SF + so.kv + size_t(h) * NN;  // ∂/∂S_T in, ∂/∂S_0 out
+      const auto head = wkv_head<R>(t, c, a, b, bb, h, C, N, options_.wkv_chunk, nullptr, nullptr);
       R* scratch = s.wkv + (size_t(bb) * H + h) * ot::wkv7_train_scratch(options_.wkv_chunk, N);
-      ot::wkv7_train_backward(head, s.tmp + o, dS, s.dr + o, s.dlogw + o, s.dk2 + o, s.dv + o,
-                              s.da + o, s.db + o, dS, scratch);
+      if constexpr (std::is_same_v<R, float>) {
+        ops::cpu::wkv7_train_backward(head, s.tmp + o, dS, s.dr + o, s.dlogw + o, s.dk2 + o,
+                                      s.dv + o, s.da + o, s.db + o, dS, scratch);
+      } else {
+        ot::wkv7_train_backward(head, s.tmp + o, dS, s.dr + o, s.dlogw + o, s.dk2 + o, s.dv + o,
+                                s.da + o, s.db + o, dS, scratch);
+      }
     }
   }
   // Bonus: z += sb·v with sb = Σ_j r_j k2_j ρ_j per head; dsb = Σ_j dz_j v_j is kept (in tmp,
