@@ -250,3 +250,34 @@ TEST(TrainCli, FineTunesAnOfficialCheckpoint) {
 
 }  // namespace
 }  // namespace rwkv
+
+namespace rwkv {
+namespace {
+
+// PyTorch, when installed (Debian's python3-torch), reads the trainer's checkpoint as the plain
+// name → tensor dict official releases are, with the official dtypes and shapes.
+TEST(TrainCli, CheckpointLoadsInPyTorch) {
+  if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "no PyTorch (/usr/bin/python3 with torch)";
+  }
+  const std::string dir = test::temp_dir() + "/torch";
+  ASSERT_EQ(run_cli(train_args(write_corpus(test::temp_dir()), dir, "--steps 2")).exit_code, 0);
+  const std::string script =
+      "import torch, sys\n"
+      "d = torch.load(sys.argv[1], map_location='cpu')\n"
+      "assert type(d) is dict, type(d)\n"
+      "assert all(t.dtype == torch.bfloat16 for t in d.values())\n"
+      "print(len(d), tuple(d['emb.weight'].shape), tuple(d['blocks.1.att.r_k'].shape),\n"
+      "      tuple(d['blocks.0.att.x_r'].shape), 'blocks.0.att.v0' in d, 'blocks.1.att.v0' in d)\n";
+  std::ofstream(dir + "/check.py") << script;
+  const std::string out = dir + "/torch.txt";
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + quote(dir + "/check.py") + " " + quote(dir + "/model.pth") +
+                         " >" + quote(out) + " 2>&1").c_str()),
+            0)
+      << read_bytes(out);
+  // 2 layers: 4 model-level + 32 (layer 0: ln0, no v0/v1/v2) + 33 (layer 1) tensors.
+  EXPECT_EQ(read_bytes(out), "69 (256, 32) (2, 16) (1, 1, 32) False True\n");
+}
+
+}  // namespace
+}  // namespace rwkv
