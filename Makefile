@@ -16,7 +16,7 @@ configure: setup
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
-# Creates an untrained RWKV-7 model with the engine itself and generates from it.
+# Generates from the embedded model (models/fortunes-rwkv7.pth, trained by the engine itself).
 demo: build
 	@bash scripts/demo.sh $(BUILD)
 

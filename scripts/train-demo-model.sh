@@ -19,7 +19,7 @@ done
 start=$(date +%s)
 "$build/rwkv" train --data "$work/fortunes" --out "$work/run" \
   --layers 4 --embd 256 --head-size 64 --vocab-size 256 \
-  --ctx 256 --batch 8 --steps 2500 --order magic_prime --reset-at-eod \
+  --ctx 256 --batch 8 --steps 1500 --order magic_prime --reset-at-eod \
   --lr-init 2e-3 --lr-final 1e-4 --warmup-steps 50 --weight-decay 0.001 --grad-clip 1.0 \
   --save-every 250 --save-dtype bf16 --seed 7 --threads 2
 echo "training took $(( $(date +%s) - start )) s"

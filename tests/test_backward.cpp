@@ -81,7 +81,7 @@ TEST(Wkv7Backward, OracleForwardIsTheReferenceKernel) {
 // double oracle: step 1e-4 gives truncation ~1e-8·|L'''| and rounding ~1e-12, far below the
 // 1e-5 bound; a wrong term shows up at O(1).
 TEST(Wkv7Backward, MatchesFiniteDifferencesForEveryInputAndTheInitialState) {
-  for (const auto [T, N] : {std::pair{1, 1}, {1, 3}, {5, 4}, {17, 3}, {9, 8}}) {
+  for (const auto& [T, N] : {std::pair{1, 1}, {1, 3}, {5, 4}, {17, 3}, {9, 8}}) {
     Wkv7Case c(T, N, uint32_t(T * 100 + N));
     const size_t rows = c.r.size();
     std::vector<float> dr(rows), dw(rows), dk(rows), dv(rows), da(rows), db(rows), dS0(c.S0.size());

@@ -18,8 +18,9 @@ void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
 
 template <class T>
 void put(std::vector<uint8_t>& out, T v) {
-  const auto* b = reinterpret_cast<const uint8_t*>(&v);
-  out.insert(out.end(), b, b + sizeof(T));
+  const size_t at = out.size();
+  out.resize(at + sizeof(T));
+  std::memcpy(out.data() + at, &v, sizeof(T));
 }
 
 // An index written field by field as RWKV-LM's binidx.py does (struct.pack "<Q", "<B", then

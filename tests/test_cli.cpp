@@ -18,7 +18,10 @@ std::string fixture(const std::string& name) { return shared_path("fixtures/offi
 
 std::string token_list(const std::vector<int>& ids) {
   std::string s;
-  for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(ids[i]);
+  }
   return s;
 }
 

@@ -47,7 +47,7 @@ void run(const ChatArgs& a) {
   opt.max_tokens = a.max_tokens;
   opt.stop = {"\n\n", "\nUser:"};
   // World and NeoX both end a text with token 0 (<|endoftext|>).
-  if (session.tokenizer().name() != "bytes") opt.stop_tokens = {0};
+  opt.stop_tokens = {0};  // end of text (World, NeoX) / end of document (byte-level models)
   std::fprintf(stderr, "%s", kHelp);
   std::string line;
   while (true) {

@@ -29,7 +29,7 @@ void run(const GenerateArgs& a) {
   opt.max_tokens = a.max_tokens;
   opt.stop = a.stop;
   // World and NeoX both end a text with token 0 (<|endoftext|>).
-  if (session.tokenizer().name() != "bytes") opt.stop_tokens = {0};
+  opt.stop_tokens = {0};  // end of text (World, NeoX) / end of document (byte-level models)
   std::fwrite(a.prompt.data(), 1, a.prompt.size(), stdout);
   const GenerateResult r = session.generate(opt, print_streamed);
   std::printf("\n");
