@@ -3,6 +3,7 @@
 // run exactly where its last checkpoint left it.
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -81,9 +82,14 @@ void run(TrainArgs& a, const std::vector<std::string>& explicit_flags) {
   std::fprintf(stderr, "training on %zu tokens (%s), %d×%d tokens per step, %lld steps → %s\n",
                data.size(), data.source().c_str(), c.batch, c.ctx_len * c.bptt,
                static_cast<long long>(c.steps), c.out_dir.c_str());
+  // A terminal gets the line redrawn every step; a log file one line every 5 s (and the last).
+  auto last_line = std::chrono::steady_clock::now() - std::chrono::hours(1);
   train::train(c, data, !a.resume.empty(), [&](const train::StepReport& r) {
     if (a.quiet) return;
     const bool last = r.row.step + 1 == r.total_steps;
+    const auto now = std::chrono::steady_clock::now();
+    if (!tty && !last && now - last_line < std::chrono::seconds(5)) return;
+    last_line = now;
     std::fprintf(stderr, "%sstep %lld/%lld | loss %.4f | %.0f tok/s | lr %.3g | ETA %s%s",
                  tty ? "\r\033[K" : "", static_cast<long long>(r.row.step + 1),
                  static_cast<long long>(r.total_steps), r.row.loss, r.row.tokens_per_s, r.row.lr,
