@@ -86,6 +86,16 @@ void add_column_sums(const R* x, size_t M, size_t C, R* out) {
   }
 }
 
+// The WKV's a = −κ̂ and b = κ̂⊙α (spec §2.4) over the cache's M·C values.
+template <class R>
+void wkv_inputs(const Rwkv7LayerCache<R>& c, size_t MC, R* a, R* b) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < MC; ++i) {
+    a[i] = -c.kn[i];
+    b[i] = c.kn[i] * c.alpha[i];
+  }
+}
+
 // The WKV of head h of sequence bb over the cache's rows (stride C), with WKV inputs a and b.
 template <class R>
 ops::train::Wkv7Train<R> wkv_head(const typename Rwkv7Tape<R>::Impl& t,
@@ -162,11 +172,7 @@ void Rwkv7Train<R>::layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>&
   }
   ot::l2_normalize_forward<R>(kk, M, H, N, R(kNormEps), c.kn);
   R *a = s.da, *b = s.db;
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < MC; ++i) {
-    a[i] = -c.kn[i];
-    b[i] = c.kn[i] * c.alpha[i];
-  }
+  wkv_inputs(c, MC, a, b);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int bb = 0; bb < B; ++bb) {
     for (int h = 0; h < H; ++h) {
@@ -293,12 +299,8 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
                              gy.ln_x_b);
 
   // ---- WKV ----
-  R *a = s.tmp2, *b = s.dmix;
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < MC; ++i) {
-    a[i] = -c.kn[i];
-    b[i] = c.kn[i] * c.alpha[i];
-  }
+  R *a = s.tmp2, *b = s.dmix;  // recomputed rather than kept: O(M·C)
+  wkv_inputs(c, MC, a, b);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int bb = 0; bb < B; ++bb) {
     for (int h = 0; h < H; ++h) {
