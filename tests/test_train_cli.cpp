@@ -136,6 +136,29 @@ TEST(TrainCli, ResumeIsExactWithStatePassingAndBptt) {
   expect_exact_resume("sequential", "--order sequential --bptt 2");
 }
 
+// In magic_prime order, window ii = 1 + step·B + row: 2 micro-batches of 2 windows visit the
+// windows one batch of 4 does, so the losses agree up to the summation order.
+TEST(TrainCli, GradientAccumulationMatchesTheLargerBatch) {
+  const std::string corpus = write_corpus(test::temp_dir());
+  const std::string big = test::temp_dir() + "/accum-big", small = test::temp_dir() + "/accum-small";
+  const std::string common = "--order magic_prime --steps 6 --lr-init 3e-3 --warmup-steps 0";
+  ASSERT_EQ(run_cli(cat_args("train --data", quote(corpus), "--out", quote(big), kTiny, common)).exit_code, 0);
+  std::string tiny_batch2 = kTiny;
+  tiny_batch2.replace(tiny_batch2.find("--batch 4"), 9, "--batch 2");
+  auto r = run_cli(cat_args("train --data", quote(corpus), "--out", quote(small), tiny_batch2, common,
+                            "--grad-accum 2"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto a = train::read_log_csv(big + "/log.csv"), b = train::read_log_csv(small + "/log.csv");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].tokens, b[i].tokens);
+    EXPECT_NEAR(a[i].loss, b[i].loss, 1e-4 * a[i].loss) << "step " << i;
+  }
+  r = run_cli(cat_args("train --data", quote(corpus), "--out", quote(small + "2"), kTiny,
+                       "--order sequential --grad-accum 2"));
+  EXPECT_NE(r.err.find("grad_accum"), std::string::npos) << r.err;
+}
+
 TEST(TrainCli, CheckpointLoadsBackBitIdentically) {
   const std::string corpus = write_corpus(test::temp_dir());
   for (const char* dtype : {"fp32", "bf16"}) {

@@ -80,7 +80,7 @@ void run(TrainArgs& a, const std::vector<std::string>& explicit_flags) {
   const train::TokenData data = load_data(c);
   const bool tty = isatty(STDERR_FILENO);
   std::fprintf(stderr, "training on %zu tokens (%s), %d×%d tokens per step, %lld steps → %s\n",
-               data.size(), data.source().c_str(), c.batch, c.ctx_len * c.bptt,
+               data.size(), data.source().c_str(), c.batch * c.grad_accum, c.ctx_len * c.bptt,
                static_cast<long long>(c.steps), c.out_dir.c_str());
   // A terminal gets the line redrawn every step; a log file one line every 5 s (and the last).
   auto last_line = std::chrono::steady_clock::now() - std::chrono::hours(1);
@@ -122,6 +122,8 @@ void register_train(CLI::App& app) {
   cmd->add_option("--ctx", c.ctx_len, "tokens per window")->capture_default_str();
   cmd->add_option("--batch", c.batch, "windows per step")->capture_default_str();
   cmd->add_option("--bptt", c.bptt, "sequential: windows per step the gradient flows through")
+      ->capture_default_str();
+  cmd->add_option("--grad-accum", c.grad_accum, "micro-batches per optimizer step")
       ->capture_default_str();
   cmd->add_flag("--reset-at-eod", c.reset_at_eod,
                "restart the state at every token 0 (documents do not see each other)");

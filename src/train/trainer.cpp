@@ -22,7 +22,7 @@ namespace rwkv::train {
 // Every field once, for to_json and from_json.
 #define RWKV_TRAIN_FIELDS(X)                                                                  \
   X(init_from) X(layers) X(embd) X(head_size) X(vocab) X(ffn) X(data) X(tokenizer)             \
-  X(vocab_file) X(order) X(ctx_len) X(batch) X(bptt) X(reset_at_eod) X(steps) X(warmup_steps)  \
+  X(vocab_file) X(order) X(ctx_len) X(batch) X(bptt) X(grad_accum) X(reset_at_eod) X(steps) X(warmup_steps)  \
   X(exit_tokens) X(lr_init) X(lr_final) X(beta1) X(beta2) X(adam_eps) X(weight_decay)          \
   X(grad_clip) X(l2wrap) X(seed) X(out_dir) X(save_every) X(save_dtype) X(wkv_chunk)           \
   X(recompute) X(threads)
@@ -66,6 +66,10 @@ void TrainConfig::validate() const {
     fail("training: order must be random, magic_prime or sequential, not '", order, "'");
   }
   if (bptt > 1 && order != "sequential") fail("training: bptt > 1 needs order sequential");
+  if (grad_accum < 1) fail("training: grad_accum must be ≥ 1, got ", grad_accum);
+  if (grad_accum > 1 && order == "sequential") {
+    fail("training: grad_accum > 1 needs order random or magic_prime (sequential rows carry state)");
+  }
   if (save_dtype != "bf16" && save_dtype != "fp32") fail("training: save_dtype must be bf16 or fp32");
   if (save_every < 0) fail("training: save_every must be ≥ 0");
   if (wkv_chunk < 1) fail("training: wkv_chunk must be ≥ 1");
@@ -185,10 +189,19 @@ double Run::step(int64_t step, double lr, double* grad_norm) {
   std::vector<int> inputs(size_t(B) * T), targets(size_t(B) * T);
   double loss = 0;
   if (!sequential_) {
-    sampler_->batch(step, inputs.data(), targets.data());
-    net_->forward(*tapes_[0], inputs.data(), B, T, nullptr, nullptr);
-    loss = net_->loss(*tapes_[0], targets.data(), c_.l2wrap);
-    net_->backward(*tapes_[0], nullptr, nullptr);
+    // backward() adds into the gradients: micro-batch i of step s is sampler step s·A + i, its
+    // logits' gradient weighted 1/A so that the sum is the mean over all A·B windows.
+    const int A = c_.grad_accum;
+    for (int i = 0; i < A; ++i) {
+      sampler_->batch(step * A + i, inputs.data(), targets.data());
+      net_->forward(*tapes_[0], inputs.data(), B, T, nullptr, nullptr);
+      loss += net_->loss(*tapes_[0], targets.data(), c_.l2wrap) / A;
+      if (A > 1) {
+        float* g = tapes_[0]->dlogits();
+        for (size_t j = 0, n = size_t(B) * T * size_t(net_->dims().V); j < n; ++j) g[j] /= float(A);
+      }
+      net_->backward(*tapes_[0], nullptr, nullptr);
+    }
   } else {
     // W windows per row with the state carried through them, the gradient flowing back through
     // the state across them; the final state is carried to the next step, detached.

@@ -33,6 +33,9 @@ struct TrainConfig {
   // gradient flows through the state across the `bptt` windows of one step, not beyond.
   std::string order = "random";
   int ctx_len = 256, batch = 4, bptt = 1;
+  // Micro-batches of `batch` windows whose gradients add up before each optimizer step (random
+  // and magic_prime orders): the step sees batch·grad_accum windows in batch windows' memory.
+  int grad_accum = 1;
   // Restart the state at every token 0 (end of document): documents do not see each other.
   bool reset_at_eod = false;
   // Optimisation (official defaults of the v7 demo, spec §5.1).
@@ -53,7 +56,7 @@ struct TrainConfig {
   nlohmann::json to_json() const;
   static TrainConfig from_json(const nlohmann::json& j);  // unknown keys → rwkv::Error
   void validate() const;
-  int64_t tokens_per_step() const { return int64_t(ctx_len) * batch * bptt; }
+  int64_t tokens_per_step() const { return int64_t(ctx_len) * batch * bptt * grad_accum; }
 };
 
 struct StepReport {
