@@ -7,7 +7,7 @@ build=${1:-build}
 model=models/fortunes-rwkv7.pth
 "$build/rwkv" info "$model"
 echo
-for prompt in "Q: What is a computer?" "The secret of life is"; do
+for prompt in "Q: Why did the programmer" "Never trust a" "The secret of life is"; do
   echo "--- prompt: $prompt"
   "$build/rwkv" generate --model "$model" --tokenizer bytes --prompt "$prompt" \
     --max-tokens 240 --temperature 0.8 --top-p 0.9 --seed 1 --stop $'\n%\n'
