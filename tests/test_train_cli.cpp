@@ -29,11 +29,6 @@ using test::cat_args;
 using test::quote;
 using test::run_cli;
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 // A corpus a small model can learn exactly: one sentence with a counter, repeated.
 std::string write_corpus(const std::string& dir) {
   std::string text;
@@ -125,7 +120,7 @@ void expect_exact_resume(const std::string& name, const std::string& extra) {
   const auto r = run_cli(cat_args("train --resume", quote(broken), "-q"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(losses(broken), losses(whole));
-  EXPECT_EQ(read_bytes(broken + "/model.pth"), read_bytes(whole + "/model.pth"));
+  EXPECT_EQ(read_file(broken + "/model.pth"), read_file(whole + "/model.pth"));
 }
 
 TEST(TrainCli, KilledAndResumedRunMatchesUninterruptedRun) {
@@ -188,7 +183,7 @@ TEST(TrainCli, ConfigFileFlagsWinAndUnknownKeysFail) {
                             quote(corpus), "--out", quote(dir), "--steps 4 -q"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(train::read_log_csv(dir + "/log.csv").size(), 4u);
-  const auto saved = nlohmann::json::parse(read_bytes(dir + "/config.json"));
+  const auto saved = nlohmann::json::parse(read_file(dir + "/config.json"));
   EXPECT_EQ(saved["layers"], 1);
   EXPECT_EQ(saved["ctx_len"], 16);
   std::ofstream(test::temp_dir() + "/bad.json") << R"({"layerz": 1})";
@@ -235,17 +230,17 @@ TEST(TrainCli, FailedSaveKeepsThePreviousCheckpoint) {
   const std::string corpus = write_corpus(test::temp_dir());
   const std::string dir = test::temp_dir() + "/fullDisk";
   ASSERT_EQ(run_cli(train_args(corpus, dir, "--steps 2")).exit_code, 0);
-  const std::string model = read_bytes(dir + "/model.pth");
-  const std::string state = read_bytes(dir + "/train_state.bin");
+  const std::string model = read_file(dir + "/model.pth");
+  const std::string state = read_file(dir + "/train_state.bin");
   // A file-size limit makes the next save fail like a full disk (EFBIG; SIGXFSZ ignored).
   const std::string cmd = "sh -c " + quote("trap '' XFSZ; ulimit -f 64; exec " + std::string(RWKV_CLI) +
                                            " train --resume " + quote(dir) + " --steps 4 -q") +
                           " >/dev/null 2>" + quote(dir + "/err.txt");
   EXPECT_NE(std::system(cmd.c_str()), 0);
-  const std::string err = read_bytes(dir + "/err.txt");
+  const std::string err = read_file(dir + "/err.txt");
   EXPECT_NE(err.find("error"), std::string::npos) << err;
-  EXPECT_EQ(read_bytes(dir + "/model.pth"), model);
-  EXPECT_EQ(read_bytes(dir + "/train_state.bin"), state);
+  EXPECT_EQ(read_file(dir + "/model.pth"), model);
+  EXPECT_EQ(read_file(dir + "/train_state.bin"), state);
   // With room again, the run resumes from the intact checkpoint.
   ASSERT_EQ(run_cli(cat_args("train --resume", quote(dir), "--steps 4 -q")).exit_code, 0);
   EXPECT_EQ(train::read_log_csv(dir + "/log.csv").size(), 4u);
@@ -297,9 +292,9 @@ TEST(TrainCli, CheckpointLoadsInPyTorch) {
   ASSERT_EQ(std::system(("/usr/bin/python3 " + quote(dir + "/check.py") + " " + quote(dir + "/model.pth") +
                          " >" + quote(out) + " 2>&1").c_str()),
             0)
-      << read_bytes(out);
+      << read_file(out);
   // 2 layers: 4 model-level + 32 (layer 0: ln0, no v0/v1/v2) + 33 (layer 1) tensors.
-  EXPECT_EQ(read_bytes(out), "69 (256, 32) (2, 16) (1, 1, 32) False True\n");
+  EXPECT_EQ(read_file(out), "69 (256, 32) (2, 16) (1, 1, 32) False True\n");
 }
 
 }  // namespace

@@ -20,10 +20,6 @@ struct BenchArgs {
   bool json = false;
 };
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 void run(const BenchArgs& a) {
   auto model = a.model.load();
   const ModelInfo& info = model->info();

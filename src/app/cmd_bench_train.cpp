@@ -24,10 +24,6 @@ struct BenchTrainArgs {
   bool recompute = false, json = false;
 };
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 std::unique_ptr<model::Rwkv7Train<float>> make(const BenchTrainArgs& a) {
   if (!a.model.empty()) {
     const Checkpoint ckpt = Checkpoint::open(a.model);

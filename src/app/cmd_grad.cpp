@@ -3,7 +3,6 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "app/common.h"
@@ -47,14 +46,7 @@ std::vector<int> read_rows(const nlohmann::json& j, const char* key, const std::
 }
 
 Batch read_batch(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail(path, ": cannot open the batch file");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": not valid JSON: ", e.what());
-  }
+  const nlohmann::json j = read_json_file(path);
   Batch batch;
   int B2 = 0, T2 = 0;
   batch.inputs = read_rows(j, "input_ids", path, batch.B, batch.T);

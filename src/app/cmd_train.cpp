@@ -6,7 +6,6 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include "app/common.h"
 #include "rwkv/error.h"
@@ -23,12 +22,6 @@ struct TrainArgs {
   bool quiet = false;
 };
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, ": cannot open");
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 // A binidx dataset (PREFIX, PREFIX.bin or PREFIX.idx), or a text file tokenized whole.
 train::TokenData load_data(const train::TrainConfig& c) {
   if (c.data.empty()) fail("training: --data is required");
@@ -36,12 +29,12 @@ train::TokenData load_data(const train::TrainConfig& c) {
   const std::string& p = c.data;
   const auto ends = [&](const char* s) { return p.size() > 4 && p.compare(p.size() - 4, 4, s) == 0; };
   if (ends(".bin") || ends(".idx") || fs::exists(p + ".idx")) return train::TokenData::open(p);
-  const std::string text = read_text(p);
-  const auto tokenizer = c.tokenizer == "bytes" ? make_bytes_tokenizer()
-                                                : load_world_tokenizer(find_world_vocab(c.vocab_file, ""));
   if (c.tokenizer != "bytes" && c.tokenizer != "world") {
     fail("training: --tokenizer must be bytes or world, not '", c.tokenizer, "'");
   }
+  const std::string text = read_file(p);
+  const auto tokenizer = c.tokenizer == "bytes" ? make_bytes_tokenizer()
+                                                : load_world_tokenizer(find_world_vocab(c.vocab_file, ""));
   std::vector<int> tokens = tokenizer->encode(text);
   if (tokens.empty()) fail(p, ": no text to train on");
   return train::TokenData(std::move(tokens));
@@ -61,8 +54,7 @@ void run(TrainArgs& a, const std::vector<std::string>& explicit_flags) {
   train::TrainConfig c = a.c;
   if (!a.resume.empty()) {
     // The run's own config; flags given now may extend it (e.g. more --steps).
-    const nlohmann::json saved = nlohmann::json::parse(read_text(a.resume + "/config.json"));
-    c = train::TrainConfig::from_json(saved);
+    c = train::TrainConfig::from_json(read_json_file(a.resume + "/config.json"));
     for (const std::string& f : explicit_flags) {
       if (f == "steps") c.steps = a.c.steps;
       else if (f == "save_every") c.save_every = a.c.save_every;
@@ -71,7 +63,7 @@ void run(TrainArgs& a, const std::vector<std::string>& explicit_flags) {
     }
     c.out_dir = a.resume;
   } else if (!a.config_file.empty()) {
-    nlohmann::json j = nlohmann::json::parse(read_text(a.config_file));
+    nlohmann::json j = read_json_file(a.config_file);
     for (const std::string& f : explicit_flags) {
       if (f != "config" && f != "quiet") j[f] = a.c.to_json()[f];  // flags override the file
     }

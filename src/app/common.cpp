@@ -4,6 +4,7 @@
 
 #include "ops/ops.h"
 #include "rwkv/error.h"
+#include "rwkv/file_io.h"
 
 namespace rwkv::app {
 
@@ -51,6 +52,15 @@ std::shared_ptr<const Tokenizer> TokenizerOptions::load(const std::string& model
   if (resolved == "bytes") return make_bytes_tokenizer();
   if (resolved == "neox") return load_neox_tokenizer(find_neox_vocab(vocab, model_path));
   return load_world_tokenizer(find_world_vocab(vocab, model_path));
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+  const std::string text = read_file(path);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": not valid JSON: ", e.what());
+  }
 }
 
 bool print_streamed(std::string_view text) {

@@ -2,7 +2,9 @@
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "rwkv/model.h"
@@ -42,6 +44,14 @@ void add_sampler_options(CLI::App& cmd, SamplerConfig& config);
 
 // Streams generated text to stdout as it comes (a Session::generate callback).
 bool print_streamed(std::string_view text);
+
+// A whole JSON file; rwkv::Error naming the file when it cannot be read or parsed.
+nlohmann::json read_json_file(const std::string& path);
+
+// Wall-clock seconds since t0 (benchmarks).
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 void register_generate(CLI::App& app);
 void register_chat(CLI::App& app);

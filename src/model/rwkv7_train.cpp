@@ -349,7 +349,8 @@ const R* Rwkv7Train<R>::forward(Rwkv7Tape<R>& tape, const int* tokens, int B, in
 }
 
 template <class R>
-double Rwkv7Train<R>::loss(Rwkv7Tape<R>& tape, const int* targets, double l2wrap, int* count) {
+double Rwkv7Train<R>::loss(Rwkv7Tape<R>& tape, const int* targets, double l2wrap, int* count,
+                           double weight) {
   auto& t = *tape.impl_;
   int counted = 0;
   for (int m = 0; m < t.M; ++m) {
@@ -361,9 +362,9 @@ double Rwkv7Train<R>::loss(Rwkv7Tape<R>& tape, const int* targets, double l2wrap
   }
   if (counted == 0) fail("RWKV-7 training: no targets to score");
   int n = 0;
-  const R scale = R(1.0 / counted);
+  const R scale = R(weight / counted);
   const double sum = ot::cross_entropy<R>(t.logits, targets, t.M, dims_.V, scale,
-                                          R(l2wrap / counted), t.logits, &n);
+                                          R(weight * l2wrap / counted), t.logits, &n);
   if (count) *count = n;
   return sum / n;
 }

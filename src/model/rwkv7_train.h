@@ -87,9 +87,11 @@ class Rwkv7Train {
   const R* forward(Rwkv7Tape<R>& tape, const int* tokens, int B, int T, const R* state_in,
                    R* state_out);
   // Mean cross-entropy over the counted targets (< 0: skipped) of the tape's logits, in
-  // double; prepares the logits' gradient (scale = 1/count, and L2Wrap with factor
-  // l2wrap/count when > 0, spec §4.6) for backward(). *count gets the counted rows.
-  double loss(Rwkv7Tape<R>& tape, const int* targets, double l2wrap, int* count = nullptr);
+  // double; prepares the logits' gradient (scale = weight/count, and L2Wrap with factor
+  // weight·l2wrap/count when > 0, spec §4.6) for backward(). *count gets the counted rows.
+  // weight: this call's share of a larger mean (1/A for one of A micro-batches or windows).
+  double loss(Rwkv7Tape<R>& tape, const int* targets, double l2wrap, int* count = nullptr,
+              double weight = 1.0);
   // Accumulates ∂loss/∂params into grads() from the tape's logits gradient (set by loss(), or
   // by the caller through Rwkv7Tape::dlogits()). dstate_out: ∂/∂(final states) (null = 0);
   // dstate_in: receives ∂/∂(initial states) (null = not wanted).

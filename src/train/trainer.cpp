@@ -190,16 +190,12 @@ double Run::step(int64_t step, double lr, double* grad_norm) {
   double loss = 0;
   if (!sequential_) {
     // backward() adds into the gradients: micro-batch i of step s is sampler step s·A + i, its
-    // logits' gradient weighted 1/A so that the sum is the mean over all A·B windows.
+    // loss weighted 1/A so that the sum is the mean over all A·B windows.
     const int A = c_.grad_accum;
     for (int i = 0; i < A; ++i) {
       sampler_->batch(step * A + i, inputs.data(), targets.data());
       net_->forward(*tapes_[0], inputs.data(), B, T, nullptr, nullptr);
-      loss += net_->loss(*tapes_[0], targets.data(), c_.l2wrap) / A;
-      if (A > 1) {
-        float* g = tapes_[0]->dlogits();
-        for (size_t j = 0, n = size_t(B) * T * size_t(net_->dims().V); j < n; ++j) g[j] /= float(A);
-      }
+      loss += net_->loss(*tapes_[0], targets.data(), c_.l2wrap, nullptr, 1.0 / A) / A;
       net_->backward(*tapes_[0], nullptr, nullptr);
     }
   } else {
@@ -223,10 +219,8 @@ double Run::step(int64_t step, double lr, double* grad_norm) {
       }
       net_->forward(*tapes_[size_t(w)], inputs.data(), B, T, states[size_t(w)].data(),
                     states[size_t(w) + 1].data());
-      loss += net_->loss(*tapes_[size_t(w)], targets.data(), c_.l2wrap) / W;
       // Each window's loss is its own mean: weight it 1/W in the step's mean.
-      float* g = tapes_[size_t(w)]->dlogits();
-      for (size_t i = 0, n = size_t(B) * T * size_t(net_->dims().V); i < n; ++i) g[i] /= float(W);
+      loss += net_->loss(*tapes_[size_t(w)], targets.data(), c_.l2wrap, nullptr, 1.0 / W) / W;
     }
     std::vector<float> dstate(size_t(B) * S), dprev(size_t(B) * S);
     for (int w = W - 1; w >= 0; --w) {
