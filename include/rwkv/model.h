@@ -35,12 +35,28 @@ struct ModelInfo {
 // that is not an RWKV checkpoint (naming what is missing).
 ModelInfo detect_model(const Checkpoint& checkpoint);
 
-enum class Backend { Ref, Cpu };
+// Ref: plain loops (CPU); Cpu: SIMD/BLAS/threads; Cuda: an NVIDIA GPU (builds with nvcc only).
+enum class Backend { Ref, Cpu, Cuda };
 enum class LogitsMode { All, Last, None };
 
 struct LoadOptions {
   std::optional<DType> weight_dtype;  // convert matrices at load; default: keep as stored
   Backend backend = Backend::Cpu;
+  int cuda_device = 0;  // which GPU, for Backend::Cuda
+};
+
+// n states of one model, kept where that model computes: host memory for CPU models, GPU memory
+// for CUDA models, so decoding never moves states through the host. A new pool's slots hold the
+// start-of-sequence state. Pools belong to the model that made them (new_state_pool).
+class StatePool {
+ public:
+  virtual ~StatePool() = default;
+  virtual int size() const = 0;
+  virtual size_t floats() const = 0;  // per state (the model's state_spec().floats)
+  // Host copies in and out (the layout of state_layout()); copy() forks within the pool.
+  virtual void write(int slot, const float* state) = 0;
+  virtual void read(int slot, float* state) const = 0;
+  virtual void copy(int dst, int src) = 0;
 };
 
 // One piece of the state, in the official package's list order (spec §2.5).
@@ -72,6 +88,15 @@ class Model {
   // [B, V] (after each sequence's last token) for Last, unused for None.
   virtual void forward(const int* tokens, int B, int T, float* const* states, float* logits,
                        LogitsMode mode) = 0;
+
+  // The same two forms over states in a pool from this model's new_state_pool(): sequence b uses
+  // slot slots[b] (distinct, in range; else rwkv::Error before anything runs). Logits as above,
+  // in host memory. CPU models run them through the pointer forms; CUDA models natively.
+  virtual std::unique_ptr<StatePool> new_state_pool(int n) const;
+  virtual void step_pooled(const int* tokens, int B, StatePool& pool, const int* slots,
+                           float* logits);
+  virtual void forward_pooled(const int* tokens, int B, int T, StatePool& pool, const int* slots,
+                              float* logits, LogitsMode mode);
 };
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options = {});
