@@ -90,6 +90,20 @@ TEST(Cli, BadInputIsAClearErrorWithNonZeroExit) {
   }
 }
 
+TEST(Cli, BadDeviceIsAClearErrorBeforeTheModelIsRead) {
+  // The model file does not exist: the flag is what must be refused, and first.
+  for (const char* device : {"bogus", "cuda:", "cuda:x", "cuda:-1", "cuda:1x", "gpu"}) {
+    const auto r = run_cli(cat_args("logits -m /nonexistent.pth --tokens 1 -o /dev/null --device",
+                                    quote(device)));
+    EXPECT_EQ(r.exit_code, 1) << device;
+    EXPECT_NE(r.err.find("error: --device '" + std::string(device) + "'"), std::string::npos)
+        << device << ": " << r.err;
+  }
+  const auto r = run_cli("bench -m /nonexistent.pth --backend ref --device cuda:1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--backend ref"), std::string::npos) << r.err;
+}
+
 TEST(Cli, TokenizePrintsJsonIds) {
   RWKV_REQUIRE_SHARED(kVocab);
   const std::string vocab = quote(shared_path(kVocab));

@@ -145,6 +145,132 @@ TEST(Session, RefusesAnotherModelsStateAndKeepsItsOwn) {
   EXPECT_EQ(s.state(), before);
 }
 
+// A model that keeps its states away from the host, as a GPU model does, and counts the copies
+// between its pools and the host. It runs only through the pooled forms.
+class DeviceLikeModel : public Model {
+ public:
+  explicit DeviceLikeModel(std::shared_ptr<Model> inner) : inner_(std::move(inner)) {}
+  const ModelInfo& info() const override { return inner_->info(); }
+  StateSpec state_spec() const override { return inner_->state_spec(); }
+  std::vector<StatePiece> state_layout() const override { return inner_->state_layout(); }
+  void init_state(float* state) const override { inner_->init_state(state); }
+  size_t decode_bytes_per_token() const override { return inner_->decode_bytes_per_token(); }
+  DType weight_dtype() const override { return inner_->weight_dtype(); }
+  void step(const int*, int, float* const*, float*) override { ADD_FAILURE() << "pointer step"; }
+  void forward(const int*, int, int, float* const*, float*, LogitsMode) override {
+    ADD_FAILURE() << "pointer forward";
+  }
+  std::unique_ptr<StatePool> new_state_pool(int n) const override {
+    return std::make_unique<Pool>(inner_->new_state_pool(n), copies);
+  }
+  void step_pooled(const int* tokens, int B, StatePool& pool, const int* slots,
+                   float* logits) override {
+    inner_->step_pooled(tokens, B, *dynamic_cast<Pool&>(pool).inner, slots, logits);
+  }
+  void forward_pooled(const int* tokens, int B, int T, StatePool& pool, const int* slots,
+                      float* logits, LogitsMode mode) override {
+    inner_->forward_pooled(tokens, B, T, *dynamic_cast<Pool&>(pool).inner, slots, logits, mode);
+  }
+
+  struct Copies {
+    int downloads = 0, uploads = 0;
+  };
+  std::shared_ptr<Copies> copies = std::make_shared<Copies>();
+
+ private:
+  struct Pool : StatePool {
+    Pool(std::unique_ptr<StatePool> pool, std::shared_ptr<Copies> counts)
+        : inner(std::move(pool)), copies(std::move(counts)) {}
+    int size() const override { return inner->size(); }
+    size_t floats() const override { return inner->floats(); }
+    void write(int slot, const float* state) override {
+      ++copies->uploads;
+      inner->write(slot, state);
+    }
+    void read(int slot, float* state) const override {
+      ++copies->downloads;
+      inner->read(slot, state);
+    }
+    void copy(int dst, int src) override { inner->copy(dst, src); }
+    std::unique_ptr<StatePool> inner;
+    std::shared_ptr<Copies> copies;
+  };
+  std::shared_ptr<Model> inner_;
+};
+
+TEST(Session, KeepsTheStateInTheModelsPoolWhileDecoding) {
+  auto model = small_model(10);
+  auto device = std::make_shared<DeviceLikeModel>(model);
+  const auto& copies = *device->copies;
+  Session host(model, make_bytes_tokenizer(), greedy());
+  Session s(device, make_bytes_tokenizer(), greedy());
+  host.prefill("stay on the device");
+  s.prefill("stay on the device");
+  GenerateOptions opt;
+  opt.max_tokens = 12;
+  EXPECT_EQ(s.generate(opt).tokens, host.generate(opt).tokens);
+  EXPECT_EQ(copies.downloads, 0);
+  EXPECT_EQ(copies.uploads, 0);
+  // A const look at the state downloads it once and sends nothing back.
+  const Session& view = s;
+  EXPECT_EQ(view.state(), host.state());
+  EXPECT_EQ(view.state(), host.state());
+  s.prefill(" on");
+  host.prefill(" on");
+  EXPECT_EQ(s.logits(), host.logits());
+  EXPECT_EQ(copies.downloads, 1);
+  EXPECT_EQ(copies.uploads, 0);
+  // Saving sees the state the pool holds now.
+  const std::string path = test::temp_dir() + "/device.state";
+  s.save_state(path);
+  EXPECT_EQ(copies.downloads, 2);
+  Session loaded(model, make_bytes_tokenizer(), greedy());
+  loaded.load_state(path);
+  EXPECT_EQ(loaded.state(), host.state());
+  // A fork carries the state into a pool of its own; the two go on independently.
+  Session forked = s.fork();
+  s.prefill("A");
+  forked.prefill("B");
+  Session host_b = host.fork();
+  host.prefill("A");
+  host_b.prefill("B");
+  EXPECT_EQ(s.logits(), host.logits());
+  EXPECT_EQ(forked.logits(), host_b.logits());
+  EXPECT_EQ(forked.state(), host_b.state());
+  EXPECT_EQ(s.state(), host.state());
+}
+
+TEST(Session, StateWrittenThroughTheReferenceIsWhereTheNextStepStarts) {
+  for (bool on_device : {false, true}) {
+    SCOPED_TRACE(on_device ? "device-like model" : "CPU model");
+    auto model = small_model(11);
+    std::shared_ptr<Model> runner = model;
+    if (on_device) runner = std::make_shared<DeviceLikeModel>(model);
+    Session a(model, make_bytes_tokenizer(), greedy());
+    a.prefill("first part");
+    Session b(runner, make_bytes_tokenizer(), greedy());
+    b.prefill("something else entirely");
+    b.state() = a.state();
+    a.prefill(", second part");
+    b.prefill(", second part");
+    EXPECT_EQ(b.logits(), a.logits());
+    EXPECT_EQ(b.state(), a.state());
+    // Copy assignment: an independent session with the same state.
+    Session c(runner, make_bytes_tokenizer(), greedy());
+    c = b;
+    c.prefill("!");
+    a.prefill("!");
+    EXPECT_EQ(c.logits(), a.logits());
+    EXPECT_NE(c.state(), b.state());
+    // Reset reaches the pool too.
+    c.reset();
+    c.prefill("x");
+    Session fresh(model, make_bytes_tokenizer(), greedy());
+    fresh.prefill("x");
+    EXPECT_EQ(c.logits(), fresh.logits());
+  }
+}
+
 // Length of the valid UTF-8 sequence starting at text[i], or 0 if none starts there.
 size_t utf8_sequence(const std::string& text, size_t i) {
   const auto c = uint8_t(text[i]);

@@ -33,6 +33,11 @@ class Session {
  public:
   Session(std::shared_ptr<Model> model, std::shared_ptr<const Tokenizer> tokenizer,
           const SamplerConfig& sampler);
+  // A copy has its own state (in a new pool of the same model): see fork().
+  Session(const Session& other);
+  Session& operator=(const Session& other);
+  Session(Session&&) = default;
+  Session& operator=(Session&&) = default;
 
   // Feeds text (or tokens) through the parallel form, `prefill_chunk` tokens per call, carrying
   // the state. Leaves the logits after the last token for the next generate().
@@ -55,18 +60,32 @@ class Session {
 
   Model& model() { return *model_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
-  std::vector<float>& state() { return state_; }
+  // The current state, copied to host memory if the model keeps it elsewhere (a GPU). The
+  // non-const form lets the caller change it: the next prefill or step starts from what the
+  // reference holds then. The vector is a snapshot: after a prefill or generate(), call again.
+  std::vector<float>& state();
+  const std::vector<float>& state() const;
   const std::vector<float>& logits() const { return logits_; }
   bool has_logits() const { return has_logits_; }
   int prefill_chunk = 512;
 
  private:
   void step(int token);
+  // The pool, first brought up to date with state_ if that is newer; marks the pool newer, as
+  // the caller is about to run the model on it.
+  StatePool& pool_for_update();
 
   std::shared_ptr<Model> model_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   Sampler sampler_;
-  std::vector<float> state_;
+  // The state lives in slot 0 of pool_, where the model computes (GPU memory for a CUDA model),
+  // so decoding never moves it through the host; state_ is a host mirror for state(), files and
+  // forks. Whichever side was written last is current; copies happen only when the other side
+  // is asked for.
+  enum class Newer { Neither, Pool, Host };
+  std::unique_ptr<StatePool> pool_;
+  mutable std::vector<float> state_;
+  mutable Newer newer_ = Newer::Pool;
   std::vector<float> logits_;
   bool has_logits_ = false;
 };

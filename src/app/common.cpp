@@ -1,6 +1,8 @@
 #include "app/common.h"
 
+#include <charconv>
 #include <cstdio>
+#include <optional>
 
 #include "ops/ops.h"
 #include "rwkv/error.h"
@@ -18,14 +20,46 @@ void ModelOptions::add(CLI::App& cmd, bool model_required) {
       ->check(CLI::IsMember({"fp32", "bf16", "fp16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"}));
   cmd.add_option("--backend", backend, "cpu (fast) or ref (plain-loop reference)")
       ->check(CLI::IsMember({"cpu", "ref"}));
+  cmd.add_option("--device", device, "where the model runs: cpu, cuda (the first GPU) or cuda:N")
+      ->capture_default_str();
   cmd.add_option("-t,--threads", threads, "CPU threads (0 = all cores)");
 }
 
-std::shared_ptr<Model> ModelOptions::load() const {
-  ops::cpu::set_num_threads(threads);
+namespace {
+
+// The GPU index of "cuda" (0) or "cuda:N"; nullopt for "cpu".
+std::optional<int> parse_cuda_device(const std::string& device) {
+  if (device == "cpu") return std::nullopt;
+  if (device == "cuda") return 0;
+  const std::string index = device.starts_with("cuda:") ? device.substr(5) : "";
+  int n = -1;
+  const auto [end, ec] = std::from_chars(index.data(), index.data() + index.size(), n);
+  if (index.empty() || ec != std::errc() || end != index.data() + index.size() || n < 0) {
+    fail("--device '", device, "': expected cpu, cuda or cuda:N (N a GPU index: 0, 1, ...)");
+  }
+  return n;
+}
+
+}  // namespace
+
+LoadOptions ModelOptions::load_options() const {
   LoadOptions opt;
   if (!dtype.empty()) opt.weight_dtype = parse_dtype(dtype);
   opt.backend = backend == "ref" ? Backend::Ref : Backend::Cpu;
+  if (const std::optional<int> gpu = parse_cuda_device(device)) {
+    // The reference kernels are plain CPU loops; there is no GPU version of them to run.
+    if (opt.backend == Backend::Ref) {
+      fail("--backend ref runs on the CPU only; it cannot run on --device ", device);
+    }
+    opt.backend = Backend::Cuda;
+    opt.cuda_device = *gpu;
+  }
+  return opt;
+}
+
+std::shared_ptr<Model> ModelOptions::load() const {
+  const LoadOptions opt = load_options();  // bad flags fail before the model is read
+  ops::cpu::set_num_threads(threads);
   return load_model(path, opt);
 }
 

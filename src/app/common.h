@@ -14,13 +14,17 @@
 
 namespace rwkv::app {
 
-// --model, --dtype, --backend, --threads
+// --model, --dtype, --backend, --device, --threads
 struct ModelOptions {
   std::string path;
   std::string dtype;  // empty: as stored
   std::string backend = "cpu";
+  std::string device = "cpu";  // cpu, cuda (= cuda:0) or cuda:N
   int threads = 0;
   void add(CLI::App& cmd, bool model_required = true);
+  // --dtype, --backend and --device as LoadOptions; rwkv::Error for a malformed --device or one
+  // that --backend cannot run on.
+  LoadOptions load_options() const;
   std::shared_ptr<Model> load() const;  // also applies --threads
 };
 

@@ -50,9 +50,23 @@ void matrix_wkv6(const ops::Kernels& kernels, const ModelInfo& info, int layer, 
   }
 }
 
+namespace {
+
+// The CPU kernels for a backend. Backend::Cuda has models of its own (load_model picks them);
+// reaching a CPU model with it means no CUDA model took it, and quietly running on the CPU
+// would hide that.
+const ops::Kernels* cpu_side_kernels(const ModelInfo& info, Backend backend) {
+  if (backend == Backend::Cuda) {
+    fail("this build has no CUDA model for RWKV generation ", info.generation,
+         "; run it on the CPU");
+  }
+  return backend == Backend::Ref ? &ops::ref_kernels() : &ops::cpu_kernels();
+}
+
+}  // namespace
+
 BlockModel::BlockModel(const ModelInfo& info, const LoadOptions& options)
-    : info_(info),
-      kernels_(options.backend == Backend::Ref ? &ops::ref_kernels() : &ops::cpu_kernels()) {}
+    : info_(info), kernels_(cpu_side_kernels(info, options.backend)) {}
 
 StateSpec BlockModel::state_spec() const {
   StateSpec s;

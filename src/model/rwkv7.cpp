@@ -4,23 +4,11 @@
 
 #include "model/base.h"
 #include "model/generations.h"
+#include "model/rwkv7_weights.h"
 #include "rwkv/error.h"
 
 namespace rwkv::model {
 namespace {
-
-// e^{−1/2}: the decay is d = exp(−e^{−1/2}·σ(z)) ∈ (0.545, 1) (spec §2.4, §3.4).
-constexpr float kDecayScale = 0.60653066f;
-constexpr float kGroupNormEps = 64e-5f;
-
-struct Layer {
-  const float *ln1_w, *ln1_b;                       // (C)
-  const float *x_r, *x_w, *x_k, *x_v, *x_a, *x_g;   // (C) token-shift mix
-  const float *w0, *a0, *v0, *k_k, *k_a, *r_k;      // (C); v0 null in layer 0
-  const float *ln_x_w, *ln_x_b;                     // (C)
-  ops::Matrix w1, w2, a1, a2, v1, v2, g1, g2;       // LoRA, as (out, in); v1/v2 empty in layer 0
-  ops::Matrix receptance, key, value, output;       // (C, C)
-};
 
 // Activations of one call over M = B·T rows (beside the shared ones). One allocation, reused.
 struct Activations {
@@ -69,69 +57,10 @@ class Rwkv7 final : public MatrixStateModel {
   void reserve(int M) override { act_.ensure(M, info_.n_embd, max_lora_); }
 
   void load_weights(WeightLoader& load) {
-    const int C = info_.n_embd, L = info_.n_layer;
-    if (info_.dim_att != C) fail("RWKV-7: dim_att ", info_.dim_att, " != n_embd ", C);
-    if (info_.n_head * info_.head_size != C) {
-      fail("RWKV-7: r_k shape (", info_.n_head, ", ", info_.head_size, ") does not cover n_embd ", C);
-    }
+    check_rwkv7_dims(info_);
     load_common(load);
-    const auto lora_width = [&](const std::string& name) {
-      for (const auto& [n, w] : info_.lora) {
-        if (n == name) return w;
-      }
-      return 0;
-    };
-    const int Dw = lora_width("decay"), Da = lora_width("iclr"), Dv = lora_width("value"),
-              Dg = lora_width("gate");
-    for (int l = 0; l < L; ++l) {
-      const std::string p = cat("blocks.", l, "."), a = p + "att.";
-      Layer y{};
-      y.ln1_w = load.vec(p + "ln1.weight", C);
-      y.ln1_b = load.vec(p + "ln1.bias", C);
-      if (load.has(a + "x_rwkvag")) {
-        // rwkv.cpp files stack the six mixes as x_rwkvag (6, 1, C) (spec §1.4).
-        const float* mixes = load.vec(a + "x_rwkvag", 6 * int64_t(C));
-        for (const float** f : {&y.x_r, &y.x_w, &y.x_k, &y.x_v, &y.x_a, &y.x_g}) {
-          *f = mixes;
-          mixes += C;
-        }
-      } else {
-        y.x_r = load.vec(a + "x_r", C);
-        y.x_w = load.vec(a + "x_w", C);
-        y.x_k = load.vec(a + "x_k", C);
-        y.x_v = load.vec(a + "x_v", C);
-        y.x_a = load.vec(a + "x_a", C);
-        y.x_g = load.vec(a + "x_g", C);
-      }
-      y.w0 = load.vec(a + "w0", C);
-      y.a0 = load.vec(a + "a0", C);
-      y.k_k = load.vec(a + "k_k", C);
-      y.k_a = load.vec(a + "k_a", C);
-      y.r_k = load.vec(a + "r_k", C);
-      y.ln_x_w = load.vec(a + "ln_x.weight", C);
-      y.ln_x_b = load.vec(a + "ln_x.bias", C);
-      y.w1 = load.lora(a + "w1", C, Dw);
-      y.w2 = load.lora(a + "w2", Dw, C);
-      y.a1 = load.lora(a + "a1", C, Da);
-      y.a2 = load.lora(a + "a2", Da, C);
-      y.g1 = load.lora(a + "g1", C, Dg);
-      y.g2 = load.lora(a + "g2", Dg, C);
-      if (l == 0) {
-        // The value residual starts at layer 0; official files may still carry unused v0/v1/v2.
-        for (const char* n : {"v0", "v1", "v2"}) {
-          if (load.has(a + n)) load.mark_ignored(a + n);
-        }
-        y.v0 = nullptr;
-      } else {
-        y.v0 = load.vec(a + "v0", C);
-        y.v1 = load.lora(a + "v1", C, Dv);
-        y.v2 = load.lora(a + "v2", Dv, C);
-      }
-      y.receptance = load.mat(a + "receptance.weight", C, C);
-      y.key = load.mat(a + "key.weight", C, C);
-      y.value = load.mat(a + "value.weight", C, C);
-      y.output = load.mat(a + "output.weight", C, C);
-      layers_.push_back(y);
+    for (int l = 0; l < info_.n_layer; ++l) {
+      layers_.push_back(load_rwkv7_layer(load, info_, l));
       ffn_.push_back(load_channel_mix(load, l, FfnMix::kX));
     }
   }
@@ -148,7 +77,7 @@ class Rwkv7 final : public MatrixStateModel {
   }
 
   void time_mix(int l, int B, int T, float* const* states, bool parallel) override {
-    const Layer& y = layers_[size_t(l)];
+    const Rwkv7Layer& y = layers_[size_t(l)];
     Activations& s = act_;
     const int C = info_.n_embd, H = info_.n_head, N = info_.head_size, M = B * T;
     const size_t MC = size_t(M) * size_t(C);
@@ -193,7 +122,7 @@ class Rwkv7 final : public MatrixStateModel {
           const size_t j = o + size_t(i), c = size_t(h * N + i);
           const float kk = s.kk[j] * inv;
           const float alpha = sigmoid(y.a0[c] + s.a[j]);
-          s.w[j] = -kDecayScale * sigmoid(y.w0[c] + s.w[j]);  // log-decay
+          s.w[j] = -kRwkv7DecayScale * sigmoid(y.w0[c] + s.w[j]);  // log-decay
           s.k[j] *= 1.f + (alpha - 1.f) * y.k_a[c];
           s.a[j] = -kk;         // WKV's a
           s.b[j] = kk * alpha;  // WKV's b
@@ -201,7 +130,7 @@ class Rwkv7 final : public MatrixStateModel {
       }
     }
     wkv(l, B, T, states, parallel);
-    group_norm(s.y, M, H, N, y.ln_x_w, y.ln_x_b, kGroupNormEps);
+    group_norm(s.y, M, H, N, y.ln_x_w, y.ln_x_b, kRwkv7GroupNormEps);
     for (int m = 0; m < M; ++m) {
       for (int h = 0; h < H; ++h) {
         const size_t o = size_t(m) * size_t(C) + size_t(h) * size_t(N);
@@ -232,7 +161,7 @@ class Rwkv7 final : public MatrixStateModel {
     }
   }
 
-  std::vector<Layer> layers_;
+  std::vector<Rwkv7Layer> layers_;
   Activations act_;
   int max_lora_ = 1;
 };

@@ -1,0 +1,12 @@
+// Built when nvcc was not found: the CUDA backend's entry points say so.
+#include "model/generations.h"
+#include "rwkv/error.h"
+
+namespace rwkv::model {
+
+std::unique_ptr<Model> load_rwkv7_cuda(std::shared_ptr<const Checkpoint>, const ModelInfo&,
+                                       const LoadOptions&) {
+  fail("this build has no CUDA backend (nvcc was not found when it was built)");
+}
+
+}  // namespace rwkv::model

@@ -1,0 +1,112 @@
+// The CUDA ops of the models (DESIGN: ops/ backends). Host-callable launchers over device
+// pointers, all on one Context's stream; each has a plain-loop twin on the CPU that the tests
+// compare it with (tests/test_cuda_ops.cpp). Activations are fp32 rows of C; matrices are
+// ops::Matrix with a device data pointer, fp32 / fp16 / bf16; states stay fp32.
+#pragma once
+#include <cublasLt.h>
+
+#include <map>
+#include <tuple>
+
+#include "ops/cuda/cuda_common.h"
+#include "ops/ops.h"
+
+namespace rwkv::cuda {
+
+// A stream, a cuBLASLt handle with its workspace, and the scratch the GEMM path needs.
+class Context {
+ public:
+  explicit Context(int device);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  void synchronize();
+
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cublasLtHandle_t lt = nullptr;
+  DeviceBuffer workspace;  // cuBLASLt's
+  DeviceBuffer x16;        // activations converted to the weights' 16-bit type
+  // Algorithm chosen per GEMM shape (M, rows, cols, dtype, accumulate).
+  std::map<std::tuple<int, int, int, int, bool>, cublasLtMatmulHeuristicResult_t> algos;
+};
+
+// What a matrix product applies to its result.
+enum class Act : int { None, Tanh, Sigmoid, SqRelu };
+
+// y[M, W.rows] = act(x[M, W.cols] · Wᵀ), or y += x·Wᵀ with accumulate (act must be None).
+// Few rows (decode) run a matrix-vector kernel that streams W once for all rows; more rows run
+// cuBLASLt (16-bit inputs, fp32 accumulation and output; fp32 weights in full fp32, no TF32).
+void linear(Context& ctx, const ops::Matrix& W, const float* x, int M, float* y, Act act = Act::None,
+            bool accumulate = false);
+
+// Several independent products over the same M rows in one launch (the projections of a block
+// that read different inputs). At most kMaxJobs; M ≤ kGemvRows runs one kernel, else each job
+// goes through linear().
+struct LinearJob {
+  ops::Matrix W;
+  const float* x = nullptr;
+  float* y = nullptr;
+  Act act = Act::None;
+  bool accumulate = false;
+};
+constexpr int kMaxJobs = 8;
+constexpr int kGemvRows = 8;
+void linear_jobs(Context& ctx, const LinearJob* jobs, int n, int M);
+
+// x[m] = emb[tokens[m]] in fp32 (tokens on the device, already checked to be in range).
+void embed(Context& ctx, const int* tokens, int M, const ops::Matrix& emb, float* x);
+
+// LayerNorm of M rows of C; input row m at in + m·in_ld (eps, biased variance). out may alias in
+// when in_ld == C.
+void layer_norm(Context& ctx, const float* in, int in_ld, float* out, int M, int C,
+                const float* weight, const float* bias, float eps = 1e-5f);
+
+// The states of a batch: B sequences, sequence b's state at pool + slots[b]·floats.
+struct StateRef {
+  float* pool = nullptr;
+  const int* slots = nullptr;  // (B), on the device
+  size_t floats = 0;
+};
+
+// Token shift and mixes for B sequences of T rows of C (spec §2.4):
+//   out_j[b,t] = xn[b,t] + (prev − xn[b,t])⊙mix_j, prev = xn[b,t−1] or the state at t = 0,
+// then the state's shift vector (at `offset`) ← xn[b,T−1].
+struct ShiftMix {
+  int n = 0;  // mixes, ≤ 6
+  const float* mix[6] = {};
+  float* out[6] = {};
+};
+void token_shift_mix(Context& ctx, const float* xn, int B, int T, int C, StateRef states,
+                     size_t offset, const ShiftMix& mixes);
+
+// x ← act(x) over n values.
+void activate(Context& ctx, float* x, size_t n, Act act);
+
+// RWKV-7's per-head preparation of the WKV inputs over M rows (spec §2.4), in place:
+//   v ← v + (v_first − v)⊙σ(v0 + v_lora)   (layers > 0; layer 0 stores v_first ← v instead)
+//   κ̂ = normalise_head(k⊙k_k), α = σ(a0 + a), w ← −e^{−1/2}σ(w0 + w)   (the log-decay)
+//   k ← k⊙(1 + (α − 1)⊙k_a), a ← −κ̂, b ← κ̂⊙α
+struct Rwkv7Prepare {
+  float *w, *k, *v, *a, *b, *v_first;
+  const float* v_lora;  // null in layer 0
+  const float *w0, *a0, *v0, *k_k, *k_a;
+};
+void rwkv7_prepare(Context& ctx, int M, int H, int N, const Rwkv7Prepare& p);
+
+// The WKV-7 recurrence over T rows for B sequences and H heads of size N (N ∈ {16, 32, 64, 128}),
+// one token after another (spec §2.4), the state at `offset` in each sequence's state:
+//   S ← S·diag(e^w) + (S a) bᵀ + v kᵀ ;  y = S r      (S value-major, fp32)
+void wkv7_scan(Context& ctx, int B, int T, int H, int N, const float* r, const float* w,
+               const float* k, const float* v, const float* a, const float* b, float* y,
+               StateRef states, size_t offset);
+
+// RWKV-7's output of the time mix, per head over M rows, in place on y:
+//   y ← (GroupNorm(y)·ln_w + ln_b + (Σ r⊙k⊙r_k)·v) ⊙ g
+struct Rwkv7Output {
+  float* y;
+  const float *r, *k, *v, *g, *r_k, *ln_w, *ln_b;
+};
+void rwkv7_output(Context& ctx, int M, int H, int N, const Rwkv7Output& o, float eps);
+
+}  // namespace rwkv::cuda

@@ -1,0 +1,220 @@
+// Matrix products: a matrix-vector kernel for few rows (decode: weights streamed once, 16-byte
+// loads, fp32 accumulation), cuBLASLt for many, and the element-wise activation.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "ops/cuda/cublaslt.h"
+#include "ops/cuda/device_math.cuh"
+#include "ops/cuda/kernels.h"
+
+namespace rwkv::cuda {
+namespace {
+
+constexpr int kWarps = 8;  // output rows per block of the matrix-vector kernel, one per warp
+
+struct GemvJob {
+  const void* W;
+  const float* x;
+  float* y;
+  int rows, cols, act, accumulate, vectorized, first_block;
+};
+
+struct GemvJobs {
+  GemvJob job[kMaxJobs];
+  int n;
+};
+
+// One warp per output row: lanes stride over the row's weights (8 at a time when vectorized),
+// each keeping MR partial sums, one per input row; a shuffle sum ends the row.
+template <typename TW, int MR>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const __grid_constant__ GemvJobs jobs) {
+  int j = 0;
+  while (j + 1 < jobs.n && int(blockIdx.x) >= jobs.job[j + 1].first_block) ++j;
+  const GemvJob& job = jobs.job[j];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int row = (int(blockIdx.x) - job.first_block) * kWarps + warp;
+  if (row >= job.rows) return;
+  const int K = job.cols;
+  const TW* w = static_cast<const TW*>(job.W) + size_t(row) * size_t(K);
+  float acc[MR];
+#pragma unroll
+  for (int m = 0; m < MR; ++m) acc[m] = 0.f;
+  if (job.vectorized) {
+#pragma unroll 4
+    for (int k = lane * 8; k < K; k += 32 * 8) {
+      float wf[8];
+      load8(w + k, wf);
+#pragma unroll
+      for (int m = 0; m < MR; ++m) {
+        const float4* xp = reinterpret_cast<const float4*>(job.x + size_t(m) * size_t(K) + k);
+        const float4 x0 = __ldg(xp), x1 = __ldg(xp + 1);
+        acc[m] += wf[0] * x0.x + wf[1] * x0.y + wf[2] * x0.z + wf[3] * x0.w + wf[4] * x1.x +
+                  wf[5] * x1.y + wf[6] * x1.z + wf[7] * x1.w;
+      }
+    }
+  } else {
+    for (int k = lane; k < K; k += 32) {
+      const float wv = to_float(w[k]);
+#pragma unroll
+      for (int m = 0; m < MR; ++m) acc[m] += wv * __ldg(job.x + size_t(m) * size_t(K) + k);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MR; ++m) {
+    const float s = warp_sum(acc[m]);
+    if (lane == 0) {
+      float* out = job.y + size_t(m) * size_t(job.rows) + row;
+      *out = job.accumulate ? *out + s : apply_act(s, job.act);
+    }
+  }
+}
+
+template <typename TW>
+void launch_gemv(Context& ctx, const GemvJobs& jobs, int blocks, int M) {
+  using K = void (*)(const GemvJobs);
+  constexpr K kernels[kGemvRows] = {gemv_kernel<TW, 1>, gemv_kernel<TW, 2>, gemv_kernel<TW, 3>,
+                                    gemv_kernel<TW, 4>, gemv_kernel<TW, 5>, gemv_kernel<TW, 6>,
+                                    gemv_kernel<TW, 7>, gemv_kernel<TW, 8>};
+  kernels[M - 1]<<<blocks, kWarps * 32, 0, ctx.stream>>>(jobs);
+  RWKV_CUDA_LAUNCHED("gemv");
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// Jobs of one weight dtype, M ≤ kGemvRows, in one launch.
+void gemv(Context& ctx, const LinearJob* jobs, int n, int M) {
+  GemvJobs g{};
+  int blocks = 0;
+  for (int i = 0; i < n; ++i) {
+    const LinearJob& s = jobs[i];
+    GemvJob& d = g.job[i];
+    d = {s.W.data, s.x, s.y, s.W.rows, s.W.cols, int(s.act), s.accumulate ? 1 : 0, 0, blocks};
+    d.vectorized = s.W.cols % 8 == 0 && aligned16(s.W.data) && aligned16(s.x);
+    blocks += (s.W.rows + kWarps - 1) / kWarps;
+  }
+  g.n = n;
+  if (blocks == 0) return;
+  switch (jobs[0].W.dtype) {
+    case DType::F32: return launch_gemv<float>(ctx, g, blocks, M);
+    case DType::F16: return launch_gemv<__half>(ctx, g, blocks, M);
+    case DType::BF16: return launch_gemv<__nv_bfloat16>(ctx, g, blocks, M);
+    default: fail("CUDA linear: weights of type ", dtype_name(jobs[0].W.dtype), " are not supported");
+  }
+}
+
+template <typename T>
+__global__ void convert_kernel(const float* in, T* out, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    if constexpr (std::is_same_v<T, __half>) {
+      out[i] = __float2half_rn(in[i]);
+    } else {
+      out[i] = __float2bfloat16_rn(in[i]);
+    }
+  }
+}
+
+__global__ void activate_kernel(float* x, size_t n, int act) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    x[i] = apply_act(x[i], act);
+  }
+}
+
+int grid_for(size_t n, int threads) {
+  return int(std::min<size_t>((n + size_t(threads) - 1) / size_t(threads), 65536));
+}
+
+// y (M × R, row-major) = x (M × K) · Wᵀ through cuBLASLt. In column-major terms yᵀ = W·xᵀ: A is
+// W stored K × R (transposed), B is xᵀ (K × M), D is yᵀ (R × M).
+void gemm_lt(Context& ctx, const ops::Matrix& W, const float* x, int M, float* y, bool accumulate) {
+  const CublasLt& lt = cublaslt();
+  const int R = W.rows, K = W.cols;
+  cudaDataType_t ab = CUDA_R_32F;
+  const void* B = x;
+  if (W.dtype == DType::BF16 || W.dtype == DType::F16) {
+    const size_t n = size_t(M) * size_t(K);
+    ctx.x16.ensure(n * 2);
+    if (W.dtype == DType::BF16) {
+      ab = CUDA_R_16BF;
+      convert_kernel<<<grid_for(n, 256), 256, 0, ctx.stream>>>(x, ctx.x16.as<__nv_bfloat16>(), n);
+    } else {
+      ab = CUDA_R_16F;
+      convert_kernel<<<grid_for(n, 256), 256, 0, ctx.stream>>>(x, ctx.x16.as<__half>(), n);
+    }
+    RWKV_CUDA_LAUNCHED("convert");
+    B = ctx.x16.as();
+  } else if (W.dtype != DType::F32) {
+    fail("CUDA linear: weights of type ", dtype_name(W.dtype), " are not supported");
+  }
+  cublasLtMatmulDesc_t desc;
+  check_lt(lt.desc_create(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
+  const cublasOperation_t transa = CUBLAS_OP_T, transb = CUBLAS_OP_N;
+  lt.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof transa);
+  lt.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof transb);
+  cublasLtMatrixLayout_t la, lb, lc;
+  check_lt(lt.layout_create(&la, ab, uint64_t(K), uint64_t(R), int64_t(K)), "layout A");
+  check_lt(lt.layout_create(&lb, ab, uint64_t(K), uint64_t(M), int64_t(K)), "layout B");
+  check_lt(lt.layout_create(&lc, CUDA_R_32F, uint64_t(R), uint64_t(M), int64_t(R)), "layout C");
+  const auto key = std::make_tuple(M, R, K, int(W.dtype), accumulate);
+  auto it = ctx.algos.find(key);
+  if (it == ctx.algos.end()) {
+    cublasLtMatmulPreference_t pref;
+    check_lt(lt.pref_create(&pref), "preference");
+    const uint64_t ws = ctx.workspace.bytes();
+    lt.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t st = lt.heuristic(ctx.lt, desc, la, lb, lc, lc, pref, 1, &result, &found);
+    lt.pref_destroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+      lt.layout_destroy(la), lt.layout_destroy(lb), lt.layout_destroy(lc), lt.desc_destroy(desc);
+      fail("cuBLASLt: no algorithm for ", M, "×", K, " · (", R, "×", K, ")ᵀ in ", dtype_name(W.dtype));
+    }
+    it = ctx.algos.emplace(key, result).first;
+  }
+  const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
+  const cublasStatus_t st = lt.matmul(ctx.lt, desc, &alpha, W.data, la, B, lb, &beta, y, lc, y, lc,
+                                      &it->second.algo, ctx.workspace.as(), ctx.workspace.bytes(),
+                                      ctx.stream);
+  lt.layout_destroy(la), lt.layout_destroy(lb), lt.layout_destroy(lc), lt.desc_destroy(desc);
+  check_lt(st, "matmul");
+}
+
+}  // namespace
+
+void activate(Context& ctx, float* x, size_t n, Act act) {
+  if (act == Act::None || n == 0) return;
+  activate_kernel<<<grid_for(n, 256), 256, 0, ctx.stream>>>(x, n, int(act));
+  RWKV_CUDA_LAUNCHED("activate");
+}
+
+void linear_jobs(Context& ctx, const LinearJob* jobs, int n, int M) {
+  if (n > kMaxJobs) fail("CUDA linear: ", n, " jobs in one call (at most ", kMaxJobs, ")");
+  for (int i = 0; i < n; ++i) {
+    if (jobs[i].accumulate && jobs[i].act != Act::None) fail("CUDA linear: accumulate with an activation");
+  }
+  if (M <= 0 || n == 0) return;
+  if (M <= kGemvRows) {
+    // One launch per run of jobs sharing a weight type (normally all of them).
+    for (int i = 0; i < n;) {
+      int e = i + 1;
+      while (e < n && jobs[e].W.dtype == jobs[i].W.dtype) ++e;
+      gemv(ctx, jobs + i, e - i, M);
+      i = e;
+    }
+    return;
+  }
+  for (int i = 0; i < n; ++i) {
+    gemm_lt(ctx, jobs[i].W, jobs[i].x, M, jobs[i].y, jobs[i].accumulate);
+    activate(ctx, jobs[i].y, size_t(M) * size_t(jobs[i].W.rows), jobs[i].act);
+  }
+}
+
+void linear(Context& ctx, const ops::Matrix& W, const float* x, int M, float* y, Act act,
+            bool accumulate) {
+  const LinearJob job{W, x, y, act, accumulate};
+  linear_jobs(ctx, &job, 1, M);
+}
+
+}  // namespace rwkv::cuda
