@@ -70,6 +70,7 @@ TEST_P(Official, MatchesOfficialLogitsAndStatesInBothForms) {
   const Fixture f = load_fixture(version);
   LoadOptions opt;
   opt.backend = GetParam().backend;
+  if (opt.backend == Backend::Cuda && cuda_device_count() == 0) GTEST_SKIP() << "no GPU";
   auto model = load_model(f.checkpoint(GetParam().checkpoint), opt);
   const ModelInfo& info = model->info();
   const auto& dims = f.manifest["dims"];
@@ -150,6 +151,8 @@ std::vector<Case> all_cases() {
       for (Backend b : {Backend::Cpu, Backend::Ref}) cases.push_back({v, c, b});
     }
   }
+  // The GPU (skipped without one): RWKV-7 so far.
+  for (const char* c : {"fp32", "bf16"}) cases.push_back({"v7", c, Backend::Cuda});
   return cases;
 }
 
@@ -158,7 +161,9 @@ INSTANTIATE_TEST_SUITE_P(Versions, Official, ::testing::ValuesIn(all_cases()),
                            std::string v = info.param.version;
                            std::replace(v.begin(), v.end(), '.', '_');
                            return v + "_" + info.param.checkpoint +
-                                  (info.param.backend == Backend::Ref ? "_ref" : "_cpu");
+                                  (info.param.backend == Backend::Ref    ? "_ref"
+                                   : info.param.backend == Backend::Cuda ? "_cuda"
+                                                                         : "_cpu");
                          });
 
 // ---- The two forms on each generation ---------------------------------------------------------

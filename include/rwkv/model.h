@@ -100,6 +100,17 @@ class Model {
 };
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options = {});
+// GPUs this build can run models on: 0 without the CUDA backend, a driver or a device.
+int cuda_device_count();
+// A GPU's name and the ceilings its benchmarks quote, measured now: device-to-device copy
+// bandwidth counting bytes read plus written, and a bf16 GEMM (fp32 accumulation) at 8192³.
+// Throws rwkv::Error without the CUDA backend or that GPU.
+struct GpuCeilings {
+  std::string name;
+  double copy_gb_per_s = 0;
+  double gemm_tflops = 0;
+};
+GpuCeilings measure_gpu_ceilings(int device);
 std::unique_ptr<Model> load_model(std::shared_ptr<const Checkpoint> checkpoint,
                                   const LoadOptions& options = {});
 

@@ -10,3 +10,13 @@ std::unique_ptr<Model> load_rwkv7_cuda(std::shared_ptr<const Checkpoint>, const 
 }
 
 }  // namespace rwkv::model
+
+namespace rwkv {
+
+int cuda_device_count() { return 0; }
+
+GpuCeilings measure_gpu_ceilings(int) {
+  fail("this build has no CUDA backend (nvcc was not found when it was built)");
+}
+
+}  // namespace rwkv

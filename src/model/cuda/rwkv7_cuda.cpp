@@ -1,7 +1,10 @@
 // RWKV-7 on an NVIDIA GPU: the CPU model's math (rwkv7.cpp, spec §2.4) with every op from
 // ops/cuda. Weights live on the GPU in their stored (or --dtype) type; states live in GPU state
 // pools, so decoding moves only token ids in and logits out.
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <tuple>
 #include <memory>
 #include <vector>
 
@@ -61,8 +64,9 @@ struct Activations {
   float* logits;             // (M, V)
   int* tokens;               // (M)
 
-  void ensure(int rows, const ModelInfo& info, int lora) {
-    if (rows <= M) return;
+  // True when the buffer moved (CUDA graphs captured over it are stale).
+  bool ensure(int rows, const ModelInfo& info, int lora) {
+    if (rows <= M) return false;
     const size_t mc = size_t(rows) * size_t(info.n_embd), ml = size_t(rows) * size_t(lora);
     const size_t floats = 17 * mc + 4 * ml + size_t(rows) * size_t(info.dim_ffn) +
                           size_t(rows) * size_t(info.vocab_size) + size_t(rows);
@@ -82,6 +86,7 @@ struct Activations {
     logits = take(size_t(rows) * size_t(info.vocab_size));
     tokens = reinterpret_cast<int*>(take(size_t(rows)));
     M = rows;
+    return true;
   }
 };
 
@@ -90,6 +95,10 @@ class Rwkv7Cuda final : public Model {
   Rwkv7Cuda(std::shared_ptr<const Checkpoint> ckpt, const ModelInfo& info, LoadOptions options)
       : info_(info), ctx_(std::make_shared<cuda::Context>(options.cuda_device)) {
     check_rwkv7_dims(info_);
+    const int N = info_.head_size;
+    if (N != 16 && N != 32 && N != 64 && N != 128) {
+      fail("the CUDA backend runs head sizes 16, 32, 64 and 128; this model's is ", N);
+    }
     // The GPU kernels read fp32/fp16/bf16; quantized files (rwkv.cpp Q5/Q8) become fp16.
     if (!options.weight_dtype && is_quantized(info_.file_dtype)) options.weight_dtype = DType::F16;
     if (options.weight_dtype && is_quantized(*options.weight_dtype)) {
@@ -109,7 +118,10 @@ class Rwkv7Cuda final : public Model {
     decode_bytes_ = load.matrix_bytes() - w_.emb.nbytes();
     upload();
     for (const auto& [name, width] : info_.lora) max_lora_ = std::max(max_lora_, width);
+    const char* graphs = std::getenv("RWKV_CUDA_GRAPHS");  // 0: launch kernel by kernel
+    use_graphs_ = !(graphs && std::string(graphs) == "0");
   }
+  ~Rwkv7Cuda() override { drop_graphs(); }
 
   const ModelInfo& info() const override { return info_; }
   StateSpec state_spec() const override { return spec_; }
@@ -210,29 +222,90 @@ class Rwkv7Cuda final : public Model {
     check_tokens(tokens, size_t(B) * size_t(T));
     float* pool_data = cuda_state_pool_data(pool, *ctx_, spec_.floats, slots, B);
     cuda::Context& c = *ctx_;
-    const int C = info_.n_embd, M = B * T;
-    act_.ensure(M, info_, max_lora_);
-    slots_.ensure(size_t(B) * 4);
+    const int M = B * T;
+    if (act_.ensure(M, info_, max_lora_)) drop_graphs();
+    if (size_t(B) * 4 > slots_.bytes()) {
+      drop_graphs();
+      slots_.ensure(size_t(std::max(B, 64)) * 4);
+    }
     RWKV_CUDA_CHECK(cudaMemcpyAsync(act_.tokens, tokens, size_t(M) * 4, cudaMemcpyHostToDevice, c.stream));
     RWKV_CUDA_CHECK(cudaMemcpyAsync(slots_.as(), slots, size_t(B) * 4, cudaMemcpyHostToDevice, c.stream));
     const cuda::StateRef states{pool_data, slots_.as<int>(), spec_.floats};
+    if (T == 1 && use_graphs_) {
+      // A decode step is hundreds of small launches: replaying them as one CUDA graph takes the
+      // launch overhead off the step. One graph per (batch, pool, logits mode).
+      if (graph_generation_ != c.generation) drop_graphs();
+      const auto key = std::make_tuple(B, pool_data, int(mode));
+      auto it = graphs_.find(key);
+      if (it == graphs_.end()) {
+        if (graphs_.size() >= 16) drop_graphs();
+        it = graphs_.emplace(key, capture([&] { enqueue(B, T, states, mode); })).first;
+        graph_generation_ = c.generation;
+      }
+      RWKV_CUDA_CHECK(cudaGraphLaunch(it->second, c.stream));
+    } else {
+      enqueue(B, T, states, mode);
+    }
+    if (mode != LogitsMode::None) {
+      const int rows = mode == LogitsMode::All ? M : B;
+      RWKV_CUDA_CHECK(cudaMemcpyAsync(logits, act_.logits, size_t(rows) * size_t(info_.vocab_size) * 4,
+                                      cudaMemcpyDeviceToHost, c.stream));
+    }
+    c.synchronize();
+  }
+
+  // Records what `work` enqueues on the stream as an executable graph.
+  template <typename Work>
+  cudaGraphExec_t capture(Work work) {
+    cuda::Context& c = *ctx_;
+    // Relaxed: first calls may allocate scratch (cuBLASLt plans, buffers) while capturing.
+    RWKV_CUDA_CHECK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeRelaxed));
+    const int generation = c.generation;
+    try {
+      work();
+    } catch (...) {
+      cudaGraph_t g = nullptr;
+      cudaStreamEndCapture(c.stream, &g);
+      if (g) cudaGraphDestroy(g);
+      cudaGetLastError();
+      throw;
+    }
+    cudaGraph_t graph = nullptr;
+    RWKV_CUDA_CHECK(cudaStreamEndCapture(c.stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t st = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    RWKV_CUDA_CHECK(st);
+    if (c.generation != generation) {
+      // A scratch buffer moved while capturing (a first, larger product): capture again.
+      cudaGraphExecDestroy(exec);
+      return capture(work);
+    }
+    return exec;
+  }
+
+  void drop_graphs() {
+    for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+    graphs_.clear();
+  }
+
+  // Every kernel of one call, on the stream (tokens and slots already on the device).
+  void enqueue(int B, int T, const cuda::StateRef& states, LogitsMode mode) {
+    cuda::Context& c = *ctx_;
+    const int C = info_.n_embd, M = B * T;
     cuda::embed(c, act_.tokens, M, w_.emb, act_.x);
     cuda::layer_norm(c, act_.x, C, act_.x, M, C, w_.ln0_w, w_.ln0_b);
     for (int l = 0; l < info_.n_layer; ++l) {
       time_mix(l, B, T, states);
       channel_mix(l, B, T, states);
     }
-    if (mode != LogitsMode::None) {
-      // Logits for every row, or only for each sequence's last row.
-      const int rows = mode == LogitsMode::All ? M : B;
-      const float* in = mode == LogitsMode::All ? act_.x : act_.x + size_t(T - 1) * size_t(C);
-      const int ld = mode == LogitsMode::All ? C : T * C;
-      cuda::layer_norm(c, in, ld, act_.xn, rows, C, w_.ln_out_w, w_.ln_out_b);
-      cuda::linear(c, w_.head, act_.xn, rows, act_.logits);
-      RWKV_CUDA_CHECK(cudaMemcpyAsync(logits, act_.logits, size_t(rows) * size_t(info_.vocab_size) * 4,
-                                      cudaMemcpyDeviceToHost, c.stream));
-    }
-    c.synchronize();
+    if (mode == LogitsMode::None) return;
+    // Logits for every row, or only for each sequence's last row.
+    const int rows = mode == LogitsMode::All ? M : B;
+    const float* in = mode == LogitsMode::All ? act_.x : act_.x + size_t(T - 1) * size_t(C);
+    const int ld = mode == LogitsMode::All ? C : T * C;
+    cuda::layer_norm(c, in, ld, act_.xn, rows, C, w_.ln_out_w, w_.ln_out_b);
+    cuda::linear(c, w_.head, act_.xn, rows, act_.logits);
   }
 
   void time_mix(int l, int B, int T, const cuda::StateRef& states) {
@@ -286,6 +359,10 @@ class Rwkv7Cuda final : public Model {
   DeviceBuffer slots_;
   std::unique_ptr<StatePool> scratch_pool_;
   int max_lora_ = 1;
+  // Decode-step graphs by (batch, pool base, logits mode), valid for Context::generation.
+  bool use_graphs_ = true;
+  std::map<std::tuple<int, float*, int>, cudaGraphExec_t> graphs_;
+  int graph_generation_ = 0;
 };
 
 }  // namespace

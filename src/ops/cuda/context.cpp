@@ -11,6 +11,10 @@ Context::Context(int device_index) : device(device_index) {
 }
 
 Context::~Context() {
+  for (auto& [key, p] : plans) {
+    const CublasLt& l = cublaslt();
+    l.layout_destroy(p.a), l.layout_destroy(p.b), l.layout_destroy(p.c), l.desc_destroy(p.desc);
+  }
   if (lt) cublaslt().destroy(lt);
   if (stream) cudaStreamDestroy(stream);
 }

@@ -27,8 +27,20 @@ class Context {
   cublasLtHandle_t lt = nullptr;
   DeviceBuffer workspace;  // cuBLASLt's
   DeviceBuffer x16;        // activations converted to the weights' 16-bit type
-  // Algorithm chosen per GEMM shape (M, rows, cols, dtype, accumulate).
-  std::map<std::tuple<int, int, int, int, bool>, cublasLtMatmulHeuristicResult_t> algos;
+  // Grows whenever a buffer above moves: CUDA graphs captured before hold stale pointers.
+  int generation = 0;
+  void ensure_x16(size_t bytes) {
+    if (bytes > x16.bytes()) ++generation;
+    x16.ensure(bytes);
+  }
+  // A cuBLASLt plan per GEMM shape (M, rows, cols, dtype, accumulate): made once, because
+  // making descriptors and asking for heuristics costs more host time than a small product.
+  struct GemmPlan {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  std::map<std::tuple<int, int, int, int, bool>, GemmPlan> plans;
 };
 
 // What a matrix product applies to its result.
@@ -53,6 +65,10 @@ struct LinearJob {
 constexpr int kMaxJobs = 8;
 constexpr int kGemvRows = 8;
 void linear_jobs(Context& ctx, const LinearJob* jobs, int n, int M);
+
+// A bf16 n×n×n product on the prefill path (cuBLASLt, fp32 accumulation and output) on random
+// data, TFLOP/s: the ceiling prefill and training benchmarks quote.
+double measure_gemm_tflops(Context& ctx, int n);
 
 // x[m] = emb[tokens[m]] in fp32 (tokens on the device, already checked to be in range).
 void embed(Context& ctx, const int* tokens, int M, const ops::Matrix& emb, float* x);

@@ -125,60 +125,60 @@ int grid_for(size_t n, int threads) {
   return int(std::min<size_t>((n + size_t(threads) - 1) / size_t(threads), 65536));
 }
 
-// y (M × R, row-major) = x (M × K) · Wᵀ through cuBLASLt. In column-major terms yᵀ = W·xᵀ: A is
-// W stored K × R (transposed), B is xᵀ (K × M), D is yᵀ (R × M).
-void gemm_lt(Context& ctx, const ops::Matrix& W, const float* x, int M, float* y, bool accumulate) {
+// y (M × R, row-major) = x (M × K) · Wᵀ through cuBLASLt, x already in ctx.x16 for 16-bit W (or
+// at `x` for fp32 W). In column-major terms yᵀ = W·xᵀ: A is W stored K × R (transposed), B is xᵀ
+// (K × M), D is yᵀ (R × M).
+void gemm_lt_raw(Context& ctx, const ops::Matrix& W, const void* B, int M, float* y, bool accumulate) {
   const CublasLt& lt = cublaslt();
   const int R = W.rows, K = W.cols;
-  cudaDataType_t ab = CUDA_R_32F;
-  const void* B = x;
-  if (W.dtype == DType::BF16 || W.dtype == DType::F16) {
-    const size_t n = size_t(M) * size_t(K);
-    ctx.x16.ensure(n * 2);
-    if (W.dtype == DType::BF16) {
-      ab = CUDA_R_16BF;
-      convert_kernel<<<grid_for(n, 256), 256, 0, ctx.stream>>>(x, ctx.x16.as<__nv_bfloat16>(), n);
-    } else {
-      ab = CUDA_R_16F;
-      convert_kernel<<<grid_for(n, 256), 256, 0, ctx.stream>>>(x, ctx.x16.as<__half>(), n);
-    }
-    RWKV_CUDA_LAUNCHED("convert");
-    B = ctx.x16.as();
-  } else if (W.dtype != DType::F32) {
-    fail("CUDA linear: weights of type ", dtype_name(W.dtype), " are not supported");
-  }
-  cublasLtMatmulDesc_t desc;
-  check_lt(lt.desc_create(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
-  const cublasOperation_t transa = CUBLAS_OP_T, transb = CUBLAS_OP_N;
-  lt.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof transa);
-  lt.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof transb);
-  cublasLtMatrixLayout_t la, lb, lc;
-  check_lt(lt.layout_create(&la, ab, uint64_t(K), uint64_t(R), int64_t(K)), "layout A");
-  check_lt(lt.layout_create(&lb, ab, uint64_t(K), uint64_t(M), int64_t(K)), "layout B");
-  check_lt(lt.layout_create(&lc, CUDA_R_32F, uint64_t(R), uint64_t(M), int64_t(R)), "layout C");
   const auto key = std::make_tuple(M, R, K, int(W.dtype), accumulate);
-  auto it = ctx.algos.find(key);
-  if (it == ctx.algos.end()) {
+  auto it = ctx.plans.find(key);
+  if (it == ctx.plans.end()) {
+    const cudaDataType_t ab = W.dtype == DType::BF16 ? CUDA_R_16BF : W.dtype == DType::F16 ? CUDA_R_16F : CUDA_R_32F;
+    Context::GemmPlan p;
+    check_lt(lt.desc_create(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
+    const cublasOperation_t transa = CUBLAS_OP_T, transb = CUBLAS_OP_N;
+    lt.desc_set(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof transa);
+    lt.desc_set(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof transb);
+    check_lt(lt.layout_create(&p.a, ab, uint64_t(K), uint64_t(R), int64_t(K)), "layout A");
+    check_lt(lt.layout_create(&p.b, ab, uint64_t(K), uint64_t(M), int64_t(K)), "layout B");
+    check_lt(lt.layout_create(&p.c, CUDA_R_32F, uint64_t(R), uint64_t(M), int64_t(R)), "layout C");
     cublasLtMatmulPreference_t pref;
     check_lt(lt.pref_create(&pref), "preference");
     const uint64_t ws = ctx.workspace.bytes();
     lt.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    const cublasStatus_t st = lt.heuristic(ctx.lt, desc, la, lb, lc, lc, pref, 1, &result, &found);
+    const cublasStatus_t st = lt.heuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
     lt.pref_destroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
-      lt.layout_destroy(la), lt.layout_destroy(lb), lt.layout_destroy(lc), lt.desc_destroy(desc);
+      lt.layout_destroy(p.a), lt.layout_destroy(p.b), lt.layout_destroy(p.c), lt.desc_destroy(p.desc);
       fail("cuBLASLt: no algorithm for ", M, "×", K, " · (", R, "×", K, ")ᵀ in ", dtype_name(W.dtype));
     }
-    it = ctx.algos.emplace(key, result).first;
+    p.algo = result.algo;
+    it = ctx.plans.emplace(key, p).first;
   }
+  const Context::GemmPlan& p = it->second;
   const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
-  const cublasStatus_t st = lt.matmul(ctx.lt, desc, &alpha, W.data, la, B, lb, &beta, y, lc, y, lc,
-                                      &it->second.algo, ctx.workspace.as(), ctx.workspace.bytes(),
-                                      ctx.stream);
-  lt.layout_destroy(la), lt.layout_destroy(lb), lt.layout_destroy(lc), lt.desc_destroy(desc);
-  check_lt(st, "matmul");
+  check_lt(lt.matmul(ctx.lt, p.desc, &alpha, W.data, p.a, B, p.b, &beta, y, p.c, y, p.c, &p.algo,
+                     ctx.workspace.as(), ctx.workspace.bytes(), ctx.stream),
+           "matmul");
+}
+
+void gemm_lt(Context& ctx, const ops::Matrix& W, const float* x, int M, float* y, bool accumulate) {
+  if (W.dtype == DType::F32) return gemm_lt_raw(ctx, W, x, M, y, accumulate);
+  if (W.dtype != DType::BF16 && W.dtype != DType::F16) {
+    fail("CUDA linear: weights of type ", dtype_name(W.dtype), " are not supported");
+  }
+  const size_t n = size_t(M) * size_t(W.cols);
+  ctx.ensure_x16(n * 2);
+  if (W.dtype == DType::BF16) {
+    convert_kernel<<<grid_for(n, 256), 256, 0, ctx.stream>>>(x, ctx.x16.as<__nv_bfloat16>(), n);
+  } else {
+    convert_kernel<<<grid_for(n, 256), 256, 0, ctx.stream>>>(x, ctx.x16.as<__half>(), n);
+  }
+  RWKV_CUDA_LAUNCHED("convert");
+  gemm_lt_raw(ctx, W, ctx.x16.as(), M, y, accumulate);
 }
 
 }  // namespace
@@ -215,6 +215,48 @@ void linear(Context& ctx, const ops::Matrix& W, const float* x, int M, float* y,
             bool accumulate) {
   const LinearJob job{W, x, y, act, accumulate};
   linear_jobs(ctx, &job, 1, M);
+}
+
+}  // namespace rwkv::cuda
+
+namespace rwkv::cuda {
+namespace {
+
+__global__ void fill_kernel(__nv_bfloat16* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
+    p[i] = __float2bfloat16(float(h & 0xffff) / 65536.f - 0.5f);  // random data: zeros run faster
+  }
+}
+
+}  // namespace
+
+double measure_gemm_tflops(Context& ctx, int n) {
+  const size_t nn = size_t(n) * size_t(n);
+  DeviceBuffer a(nn * 2), b(nn * 2), d(nn * 4);
+  fill_kernel<<<1024, 256, 0, ctx.stream>>>(a.as<__nv_bfloat16>(), nn, 1);
+  fill_kernel<<<1024, 256, 0, ctx.stream>>>(b.as<__nv_bfloat16>(), nn, 2);
+  RWKV_CUDA_LAUNCHED("fill");
+  // The path prefill takes: bf16 inputs, fp32 accumulation and output (x16 already converted).
+  ctx.ensure_x16(nn * 2);
+  RWKV_CUDA_CHECK(cudaMemcpyAsync(ctx.x16.as(), b.as(), nn * 2, cudaMemcpyDeviceToDevice, ctx.stream));
+  const ops::Matrix W{DType::BF16, n, n, a.as()};
+  cudaEvent_t start, stop;
+  RWKV_CUDA_CHECK(cudaEventCreate(&start));
+  RWKV_CUDA_CHECK(cudaEventCreate(&stop));
+  const int reps = 10;
+  for (int i = 0; i < reps + 3; ++i) {
+    if (i == 3) RWKV_CUDA_CHECK(cudaEventRecord(start, ctx.stream));
+    gemm_lt_raw(ctx, W, ctx.x16.as(), n, d.as<float>(), false);
+  }
+  RWKV_CUDA_CHECK(cudaEventRecord(stop, ctx.stream));
+  RWKV_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  RWKV_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return 2.0 * double(n) * double(n) * double(n) * reps / (double(ms) * 1e-3) / 1e12;
 }
 
 }  // namespace rwkv::cuda
