@@ -63,7 +63,9 @@ struct LinearJob {
   bool accumulate = false;
 };
 constexpr int kMaxJobs = 8;
-constexpr int kGemvRows = 8;
+// Up to this many rows the matrix-vector kernel wins (measured in dev/cuda_lab on an H200: at
+// 8 rows it reads each activation 8× per weight and runs at a third of cuBLASLt's speed).
+constexpr int kGemvRows = 4;
 void linear_jobs(Context& ctx, const LinearJob* jobs, int n, int M);
 
 // A bf16 n×n×n product on the prefill path (cuBLASLt, fp32 accumulation and output) on random

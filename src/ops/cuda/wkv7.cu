@@ -21,26 +21,35 @@ __global__ void __launch_bounds__(N) wkv7_scan_kernel(int T, int H, const float*
     s[j] = q.x, s[j + 1] = q.y, s[j + 2] = q.z, s[j + 3] = q.w;
   }
   __shared__ float rs[N], ds[N], ks[N], as[N], bs[N];
+  // Row t's inputs are loaded while row t − 1 computes (they are independent of the state);
+  // the sums run in four partial accumulators, so the dependent chains are N/4 long.
+  const size_t stride = C, o0 = size_t(seq) * T * C + size_t(h) * N + i;
+  float nr = r[o0], nw = w[o0], nk = k[o0], nv = v[o0], na = a[o0], nb = b[o0];
   for (int t = 0; t < T; ++t) {
-    const size_t o = (size_t(seq) * T + t) * C + size_t(h) * N + i;
+    const size_t o = o0 + size_t(t) * stride;
     __syncthreads();  // the previous row's reads of the shared inputs are done
-    rs[i] = r[o];
-    ds[i] = expf(w[o]);
-    ks[i] = k[o];
-    as[i] = a[o];
-    bs[i] = b[o];
-    const float vi = v[o];
+    rs[i] = nr;
+    ds[i] = expf(nw);
+    ks[i] = nk;
+    as[i] = na;
+    bs[i] = nb;
+    const float vi = nv;
     __syncthreads();
-    float sa = 0.f;
+    if (t + 1 < T) {
+      const size_t q = o + stride;
+      nr = r[q], nw = w[q], nk = k[q], nv = v[q], na = a[q], nb = b[q];
+    }
+    float sa[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int j = 0; j < N; ++j) sa += s[j] * as[j];
-    float yi = 0.f;
+    for (int j = 0; j < N; ++j) sa[j % 4] += s[j] * as[j];
+    const float sat = (sa[0] + sa[1]) + (sa[2] + sa[3]);
+    float yi[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      s[j] = s[j] * ds[j] + sa * bs[j] + vi * ks[j];
-      yi += s[j] * rs[j];
+      s[j] = s[j] * ds[j] + sat * bs[j] + vi * ks[j];
+      yi[j % 4] += s[j] * rs[j];
     }
-    y[o] = yi;
+    y[o] = (yi[0] + yi[1]) + (yi[2] + yi[3]);
   }
 #pragma unroll
   for (int j = 0; j < N; j += 4) *reinterpret_cast<float4*>(S + j) = make_float4(s[j], s[j + 1], s[j + 2], s[j + 3]);

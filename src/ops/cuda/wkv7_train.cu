@@ -1,0 +1,163 @@
+// WKV-7 forward and backward for training (see wkv7_train.h). One block per (sequence, head).
+// Forward: thread i owns row i of S (value index). Backward: thread i owns column i (key index)
+// of S and of ∂S, and row i of ∂S too (∂v and ∂(S·a) are row sums, ∂r, ∂k, ∂b, ∂decay column
+// sums), so every sum is over a thread's own registers against shared vectors.
+#include "ops/cuda/wkv7_train.h"
+
+namespace rwkv::cuda {
+namespace {
+
+constexpr float kScale = -0.60653066f;  // −e^{−1/2}
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float f(bf16 x) { return __bfloat162float(x); }
+
+template <int N>
+__global__ void __launch_bounds__(N, 2) wkv7_train_forward_kernel(Wkv7Train p, int chunks) {
+  const int h = blockIdx.x, seq = blockIdx.y, i = threadIdx.x, H = p.H, T = p.T;
+  const size_t head = size_t(seq) * H + h;
+  float s[N];
+#pragma unroll
+  for (int j = 0; j < N; ++j) s[j] = p.s0 ? p.s0[(head * N + i) * N + j] : 0.f;
+  float* ckpt = p.checkpoints + head * chunks * N * N;
+  __shared__ float rs[N], ds[N], ks[N], as[N], bs[N];
+  for (int t = 0; t < T; ++t) {
+    const size_t o = ((size_t(seq) * T + t) * H + h) * N + i;
+    __syncthreads();
+    rs[i] = f(p.r[o]);
+    ds[i] = __expf(kScale / (1.f + __expf(-f(p.z[o]))));
+    ks[i] = f(p.k[o]);
+    as[i] = f(p.a[o]);
+    bs[i] = f(p.b[o]);
+    const float vi = f(p.v[o]);
+    __syncthreads();
+    float sa[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < N; ++j) sa[j % 4] += s[j] * as[j];
+    const float sat = (sa[0] + sa[1]) + (sa[2] + sa[3]);
+    p.sa[o] = sat;
+    float y[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      s[j] = s[j] * ds[j] + sat * bs[j] + vi * ks[j];
+      y[j % 4] += s[j] * rs[j];
+    }
+    p.y[o] = __float2bfloat16_rn((y[0] + y[1]) + (y[2] + y[3]));
+    if ((t + 1) % kWkv7TrainChunk == 0 || t == T - 1) {
+      // Stored transposed (column-major): the backward's thread i reads column i contiguously.
+      float* c = ckpt + size_t(t / kWkv7TrainChunk) * N * N;
+#pragma unroll
+      for (int j = 0; j < N; ++j) c[j * N + i] = s[j];
+    }
+  }
+  if (p.sT) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) p.sT[(head * N + i) * N + j] = s[j];
+  }
+}
+
+template <int N>
+__global__ void __launch_bounds__(N, 2) wkv7_train_backward_kernel(Wkv7Train p, Wkv7TrainGrads g,
+                                                                   int chunks) {
+  const int h = blockIdx.x, seq = blockIdx.y, i = threadIdx.x, H = p.H, T = p.T;
+  const size_t head = size_t(seq) * H + h;
+  const float* ckpt = p.checkpoints + head * chunks * N * N;
+  float s[N], drow[N], dcol[N];  // S[:, i] (the state after the current row), ∂S[i, :], ∂S[:, i]
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    drow[j] = g.dsT ? g.dsT[(head * N + i) * N + j] : 0.f;
+    dcol[j] = g.dsT ? g.dsT[(head * N + j) * N + i] : 0.f;
+    s[j] = 0.f;
+  }
+  __shared__ float rs[N], ds[N], ks[N], vs[N], as[N], bs[N], dys[N], sas[N], dsas[N];
+  for (int t = T - 1; t >= 0; --t) {
+    const size_t o = ((size_t(seq) * T + t) * H + h) * N + i;
+    __syncthreads();
+    const float ri = f(p.r[o]), sig = 1.f / (1.f + __expf(-f(p.z[o])));
+    const float di = __expf(kScale * sig), ki = f(p.k[o]), ai = f(p.a[o]), bi = f(p.b[o]);
+    const float dyi = f(g.dy[o]);
+    rs[i] = ri, ds[i] = di, ks[i] = ki, vs[i] = f(p.v[o]), as[i] = ai, bs[i] = bi, dys[i] = dyi;
+    sas[i] = p.sa[o];
+    __syncthreads();
+    if ((t + 1) % kWkv7TrainChunk == 0 || t == T - 1) {
+      const float4* c = reinterpret_cast<const float4*>(ckpt + size_t(t / kWkv7TrainChunk) * N * N + size_t(i) * N);
+#pragma unroll
+      for (int j = 0; j < N; j += 4) {
+        const float4 q = c[j / 4];
+        s[j] = q.x, s[j + 1] = q.y, s[j + 2] = q.z, s[j + 3] = q.w;
+      }
+    }
+    // ∂r_i = Σ_j ∂y_j S_t[j, i]; then S_t → S_{t−1} by undoing the row's update.
+    float dr = 0.f;
+    const float inv = 1.f / di;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      dr += s[j] * dys[j];
+      s[j] = (s[j] - ki * vs[j] - bi * sas[j]) * inv;
+      drow[j] += dyi * rs[j];
+      dcol[j] += ri * dys[j];
+    }
+    float dd = 0.f, dk = 0.f, db = 0.f, dv = 0.f, dsa = 0.f;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      dd += dcol[j] * s[j];
+      dk += dcol[j] * vs[j];
+      db += dcol[j] * sas[j];
+      dv += drow[j] * ks[j];
+      dsa += drow[j] * bs[j];
+    }
+    g.dr[o] = __float2bfloat16_rn(dr);
+    g.dk[o] = __float2bfloat16_rn(dk);
+    g.db[o] = __float2bfloat16_rn(db);
+    g.dv[o] = __float2bfloat16_rn(dv);
+    // decay = exp(kScale·σ(z)): ∂decay/∂z = decay·kScale·σ(1 − σ).
+    g.dz[o] = __float2bfloat16_rn(dd * di * kScale * sig * (1.f - sig));
+    __syncthreads();
+    dsas[i] = dsa;
+    __syncthreads();
+    float da = 0.f;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      da += s[j] * dsas[j];
+      drow[j] = drow[j] * ds[j] + dsa * as[j];
+      dcol[j] = dcol[j] * di + ai * dsas[j];
+    }
+    g.da[o] = __float2bfloat16_rn(da);
+  }
+  if (g.ds0) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) g.ds0[(head * N + i) * N + j] = drow[j];
+  }
+}
+
+int chunks_of(int T) { return (T + kWkv7TrainChunk - 1) / kWkv7TrainChunk; }
+
+}  // namespace
+
+size_t wkv7_train_checkpoint_floats(int B, int T, int H, int N) {
+  return size_t(B) * size_t(H) * size_t(chunks_of(T)) * size_t(N) * size_t(N);
+}
+
+void wkv7_train_forward(Context& ctx, const Wkv7Train& p) {
+  if (p.B <= 0 || p.T <= 0) return;
+  const dim3 grid(p.H, p.B);
+  switch (p.N) {
+    case 32: wkv7_train_forward_kernel<32><<<grid, 32, 0, ctx.stream>>>(p, chunks_of(p.T)); break;
+    case 64: wkv7_train_forward_kernel<64><<<grid, 64, 0, ctx.stream>>>(p, chunks_of(p.T)); break;
+    default: fail("CUDA wkv7 training: head size ", p.N, " is not supported (32 or 64)");
+  }
+  RWKV_CUDA_LAUNCHED("wkv7_train_forward");
+}
+
+void wkv7_train_backward(Context& ctx, const Wkv7Train& p, const Wkv7TrainGrads& g) {
+  if (p.B <= 0 || p.T <= 0) return;
+  const dim3 grid(p.H, p.B);
+  switch (p.N) {
+    case 32: wkv7_train_backward_kernel<32><<<grid, 32, 0, ctx.stream>>>(p, g, chunks_of(p.T)); break;
+    case 64: wkv7_train_backward_kernel<64><<<grid, 64, 0, ctx.stream>>>(p, g, chunks_of(p.T)); break;
+    default: fail("CUDA wkv7 training: head size ", p.N, " is not supported (32 or 64)");
+  }
+  RWKV_CUDA_LAUNCHED("wkv7_train_backward");
+}
+
+}  // namespace rwkv::cuda

@@ -1,0 +1,41 @@
+// WKV-7 for training on the GPU: bf16 activations, fp32 state, the decay given before its
+// sigmoid as RWKV-LM's kernels take it (z; decay = exp(−e^{−1/2}·σ(z)), spec §2.4), an initial
+// state in and a final state out (BPTT across windows), any T.
+//   forward   y = WKV(r, z, k, v, a, b) from S0; saves S every 16 rows and S·a per row
+//   backward  ∂L/∂(r, z, k, v, a, b) and ∂L/∂S0 from ∂L/∂y and ∂L/∂S_T; walks the rows backwards,
+//             undoing each row's update from the checkpoint after its chunk (the decay is
+//             ≥ e^{−e^{−1/2}} ≈ 0.545, so dividing by it is stable over 16 rows)
+// Layouts: activations (B, T, H, N) = rows of C = H·N; states (B, H, N, N) value-major.
+#pragma once
+#include <cuda_bf16.h>
+
+#include "ops/cuda/kernels.h"
+
+namespace rwkv::cuda {
+
+constexpr int kWkv7TrainChunk = 16;
+
+struct Wkv7Train {
+  int B = 0, T = 0, H = 0, N = 0;
+  const __nv_bfloat16 *r = nullptr, *z = nullptr, *k = nullptr, *v = nullptr, *a = nullptr,
+                      *b = nullptr;
+  __nv_bfloat16* y = nullptr;
+  const float* s0 = nullptr;   // (B, H, N, N) or null = zeros
+  float* sT = nullptr;         // (B, H, N, N) or null
+  float* checkpoints = nullptr;  // wkv7_train_checkpoint_floats()
+  float* sa = nullptr;           // (B, T, H, N)
+};
+
+struct Wkv7TrainGrads {
+  const __nv_bfloat16* dy = nullptr;
+  const float* dsT = nullptr;  // (B, H, N, N) or null = zeros
+  __nv_bfloat16 *dr = nullptr, *dz = nullptr, *dk = nullptr, *dv = nullptr, *da = nullptr, *db = nullptr;
+  float* ds0 = nullptr;        // (B, H, N, N) or null
+};
+
+size_t wkv7_train_checkpoint_floats(int B, int T, int H, int N);
+// N ∈ {32, 64}; rwkv::Error otherwise.
+void wkv7_train_forward(Context& ctx, const Wkv7Train& p);
+void wkv7_train_backward(Context& ctx, const Wkv7Train& p, const Wkv7TrainGrads& g);
+
+}  // namespace rwkv::cuda
