@@ -241,44 +241,6 @@ TEST(CudaOps, TokenShiftMixCarriesTheShiftState) {
   }
 }
 
-// The fused decode-step form: LayerNorm, then token shift + mixes over T = 1, against the two
-// ops it replaces.
-TEST(CudaOps, LnShiftMixStepEqualsLayerNormThenShift) {
-  RWKV_REQUIRE_GPU();
-  std::mt19937 rng(8);
-  for (int C : {5, 64, 130, 2048}) {
-    const int B = 4, floats = 2 * C + 3, offset = C + 3;
-    const std::vector<int> slots = {3, 1, 0, 5};
-    auto x = random_vector(size_t(B) * C, rng, 2.f);
-    const auto w = random_vector(size_t(C), rng), b = random_vector(size_t(C), rng);
-    const auto pool = random_vector(size_t(6) * floats, rng);
-    std::vector<std::vector<float>> mixes;
-    for (int j = 0; j < 6; ++j) mixes.push_back(random_vector(size_t(C), rng));
-    auto dx = upload(x), dw = upload(w), db = upload(b), dslots = upload(slots.data(), 16);
-    auto fused_pool = upload(pool), plain_pool = upload(pool), xn = poisoned(x.size());
-    std::vector<DeviceBuffer> dmix, fused, plain;
-    cuda::ShiftMix fm, pm;
-    fm.n = pm.n = 6;
-    for (int j = 0; j < 6; ++j) {
-      dmix.push_back(upload(mixes[size_t(j)]));
-      fused.push_back(poisoned(x.size()));
-      plain.push_back(poisoned(x.size()));
-      fm.mix[j] = pm.mix[j] = dmix.back().as<float>();
-      fm.out[j] = fused.back().as<float>();
-      pm.out[j] = plain.back().as<float>();
-    }
-    cuda::ln_shift_mix_step(context(), dx.as<float>(), B, C, dw.as<float>(), db.as<float>(),
-                            {fused_pool.as<float>(), dslots.as<int>(), size_t(floats)}, size_t(offset), fm);
-    cuda::layer_norm(context(), dx.as<float>(), C, xn.as<float>(), B, C, dw.as<float>(), db.as<float>());
-    cuda::token_shift_mix(context(), xn.as<float>(), B, 1, C,
-                          {plain_pool.as<float>(), dslots.as<int>(), size_t(floats)}, size_t(offset), pm);
-    for (int j = 0; j < 6; ++j) {
-      EXPECT_EQ(download(fused[size_t(j)], x.size()), download(plain[size_t(j)], x.size())) << "C=" << C;
-    }
-    EXPECT_EQ(download(fused_pool, pool.size()), download(plain_pool, pool.size())) << "C=" << C;
-  }
-}
-
 // The WKV-7 scan against ops::ref::wkv7_recurrent for every head size, scattered slots.
 TEST(CudaOps, Wkv7ScanMatchesTheReference) {
   RWKV_REQUIRE_GPU();
@@ -406,55 +368,6 @@ TEST(CudaOps, Rwkv7PrepareAndOutput) {
       EXPECT_LE(test::compare(download(dy, MC), want).max_abs, 5e-5) << "N=" << N;
     }
   }
-}
-
-// The fused decode step equals rwkv7_prepare → wkv7_scan → rwkv7_output (fp32 rounding: the
-// fused kernel adds in another order).
-TEST(CudaOps, Rwkv7StepEqualsTheThreeOps) {
-  RWKV_REQUIRE_GPU();
-  std::mt19937 rng(9);
-  for (int N : {32, 64, 128}) {
-    for (bool layer0 : {true, false}) {
-      const int B = 3, H = 2, C = H * N;
-      const size_t MC = size_t(B) * C, floats = size_t(H) * N * N + 4, offset = 4;
-      const std::vector<int> slots = {2, 0, 3};
-      std::vector<std::vector<float>> in;  // w k v a v_first v_lora r g
-      for (int q = 0; q < 8; ++q) in.push_back(random_vector(MC, rng, q == 1 ? 0.5f : 1.f));
-      std::vector<std::vector<float>> par;  // w0 a0 v0 k_k k_a r_k ln_w ln_b
-      for (int q = 0; q < 8; ++q) par.push_back(random_vector(size_t(C), rng));
-      const auto pool = random_vector(4 * floats, rng, 0.3f);
-      std::vector<float> out[2], state[2];
-      for (int fused = 0; fused < 2; ++fused) {
-        std::vector<DeviceBuffer> d, dp;
-        for (const auto& v : in) d.push_back(upload(v));
-        for (const auto& v : par) dp.push_back(upload(v));
-        auto db = poisoned(MC), dy = poisoned(MC), dpool = upload(pool), dslots = upload(slots.data(), 12);
-        if (layer0) d[4] = poisoned(MC);
-        const cuda::Rwkv7Prepare p{d[0].as<float>(), d[1].as<float>(), d[2].as<float>(), d[3].as<float>(),
-                                   db.as<float>(), d[4].as<float>(), layer0 ? nullptr : d[5].as<float>(),
-                                   dp[0].as<float>(), dp[1].as<float>(), dp[2].as<float>(), dp[3].as<float>(),
-                                   dp[4].as<float>()};
-        const cuda::Rwkv7Output o{dy.as<float>(), d[6].as<float>(), d[1].as<float>(), d[2].as<float>(),
-                                  d[7].as<float>(), dp[5].as<float>(), dp[6].as<float>(), dp[7].as<float>()};
-        const cuda::StateRef st{dpool.as<float>(), dslots.as<int>(), floats};
-        if (fused) {
-          ASSERT_TRUE(cuda::rwkv7_step(context(), B, H, N, p, o, 64e-5f, st, offset));
-        } else {
-          cuda::rwkv7_prepare(context(), B, H, N, p);
-          cuda::wkv7_scan(context(), B, 1, H, N, o.r, p.w, p.k, p.v, p.a, p.b, o.y, st, offset);
-          cuda::rwkv7_output(context(), B, H, N, o, 64e-5f);
-        }
-        out[fused] = download(dy, MC);
-        state[fused] = download(dpool, pool.size());
-        if (layer0) {
-          EXPECT_EQ(download(d[4], MC), in[2]) << "v_first";
-        }
-      }
-      EXPECT_LE(test::compare(out[1], out[0]).max_abs, 2e-5) << "N=" << N;
-      EXPECT_LE(test::compare(state[1], state[0]).max_abs, 2e-5) << "N=" << N;
-    }
-  }
-  EXPECT_FALSE(cuda::rwkv7_step(context(), 1, 1, 16, {}, {}, 64e-5f, {}, 0));  // not covered
 }
 
 TEST(CudaOps, ActivateAndErrors) {

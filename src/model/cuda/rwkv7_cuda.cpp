@@ -312,10 +312,11 @@ class Rwkv7Cuda final : public Model {
     const Rwkv7Layer& y = w_.att[size_t(l)];
     Activations& s = act_;
     cuda::Context& c = *ctx_;
-    const int H = info_.n_head, N = info_.head_size, M = B * T;
+    const int C = info_.n_embd, H = info_.n_head, N = info_.head_size, M = B * T;
     const size_t layer = size_t(l) * matrix_state_layer_floats(info_);
-    const cuda::ShiftMix mix{6, {y.x_r, y.x_w, y.x_k, y.x_v, y.x_a, y.x_g}, {s.xr, s.xw, s.xk, s.xv, s.xa, s.xg}};
-    norm_shift_mix(B, T, y.ln1_w, y.ln1_b, states, layer, mix);
+    cuda::layer_norm(c, s.x, C, s.xn, M, C, y.ln1_w, y.ln1_b);
+    cuda::ShiftMix mix{6, {y.x_r, y.x_w, y.x_k, y.x_v, y.x_a, y.x_g}, {s.xr, s.xw, s.xk, s.xv, s.xa, s.xg}};
+    cuda::token_shift_mix(c, s.xn, B, T, C, states, layer, mix);
     const bool v_residual = l > 0;
     const LinearJob first[] = {
         {y.receptance, s.xr, s.r}, {y.key, s.xk, s.k},           {y.value, s.xv, s.v},
@@ -325,35 +326,24 @@ class Rwkv7Cuda final : public Model {
     // xr is free once r is computed: it takes the value LoRA's output.
     const LinearJob second[] = {{y.w2, s.hw, s.w}, {y.a2, s.ha, s.a}, {y.g2, s.hg, s.g}, {y.v2, s.hv, s.xr}};
     cuda::linear_jobs(c, second, v_residual ? 4 : 3, M);
-    const cuda::Rwkv7Prepare prep{s.w,   s.k,   s.v,   s.a,    s.b,    s.v_first, v_residual ? s.xr : nullptr,
-                                  y.w0, y.a0, y.v0, y.k_k, y.k_a};
-    const cuda::Rwkv7Output out{s.y, s.r, s.k, s.v, s.g, y.r_k, y.ln_x_w, y.ln_x_b};
-    const size_t kv = matrix_state_kv_offset(info_, l);
-    if (T > 1 || !cuda::rwkv7_step(c, B, H, N, prep, out, kRwkv7GroupNormEps, states, kv)) {
-      cuda::rwkv7_prepare(c, M, H, N, prep);
-      cuda::wkv7_scan(c, B, T, H, N, s.r, s.w, s.k, s.v, s.a, s.b, s.y, states, kv);
-      cuda::rwkv7_output(c, M, H, N, out, kRwkv7GroupNormEps);
-    }
+    cuda::rwkv7_prepare(c, M, H, N,
+                        {s.w, s.k, s.v, s.a, s.b, s.v_first, v_residual ? s.xr : nullptr, y.w0, y.a0,
+                         y.v0, y.k_k, y.k_a});
+    cuda::wkv7_scan(c, B, T, H, N, s.r, s.w, s.k, s.v, s.a, s.b, s.y, states,
+                    matrix_state_kv_offset(info_, l));
+    cuda::rwkv7_output(c, M, H, N, {s.y, s.r, s.k, s.v, s.g, y.r_k, y.ln_x_w, y.ln_x_b},
+                       kRwkv7GroupNormEps);
     cuda::linear(c, y.output, s.y, M, s.x, Act::None, /*accumulate=*/true);
-  }
-
-  // LayerNorm of the residual, then token shift and mixes (fused for a decode step).
-  void norm_shift_mix(int B, int T, const float* ln_w, const float* ln_b, const cuda::StateRef& states,
-                      size_t offset, const cuda::ShiftMix& mix) {
-    cuda::Context& c = *ctx_;
-    const int C = info_.n_embd;
-    if (T == 1) return cuda::ln_shift_mix_step(c, act_.x, B, C, ln_w, ln_b, states, offset, mix);
-    cuda::layer_norm(c, act_.x, C, act_.xn, B * T, C, ln_w, ln_b);
-    cuda::token_shift_mix(c, act_.xn, B, T, C, states, offset, mix);
   }
 
   void channel_mix(int l, int B, int T, const cuda::StateRef& states) {
     const FfnWeights& f = w_.ffn[size_t(l)];
     Activations& s = act_;
     cuda::Context& c = *ctx_;
-    const int M = B * T;
-    const cuda::ShiftMix mix{1, {f.x_k}, {s.xk}};
-    norm_shift_mix(B, T, f.ln_w, f.ln_b, states, matrix_state_ffn_offset(info_, l), mix);
+    const int C = info_.n_embd, M = B * T;
+    cuda::layer_norm(c, s.x, C, s.xn, M, C, f.ln_w, f.ln_b);
+    cuda::ShiftMix mix{1, {f.x_k}, {s.xk}};
+    cuda::token_shift_mix(c, s.xn, B, T, C, states, matrix_state_ffn_offset(info_, l), mix);
     cuda::linear(c, f.key, s.xk, M, s.hidden, Act::SqRelu);
     cuda::linear(c, f.value, s.hidden, M, s.x, Act::None, /*accumulate=*/true);
   }

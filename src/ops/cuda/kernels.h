@@ -98,12 +98,6 @@ struct ShiftMix {
 void token_shift_mix(Context& ctx, const float* xn, int B, int T, int C, StateRef states,
                      size_t offset, const ShiftMix& mixes);
 
-// One decode step (T = 1) of both at once: LayerNorm of x's B rows, then token_shift_mix of the
-// normalised rows (the state's shift vector ← the normalised row). One launch instead of two.
-void ln_shift_mix_step(Context& ctx, const float* x, int B, int C, const float* weight,
-                       const float* bias, StateRef states, size_t offset, const ShiftMix& mixes,
-                       float eps = 1e-5f);
-
 // x ← act(x) over n values.
 void activate(Context& ctx, float* x, size_t n, Act act);
 
@@ -132,11 +126,5 @@ struct Rwkv7Output {
   const float *r, *k, *v, *g, *r_k, *ln_w, *ln_b;
 };
 void rwkv7_output(Context& ctx, int M, int H, int N, const Rwkv7Output& o, float eps);
-
-// A decode step (one row per sequence, rows = B) of rwkv7_prepare → wkv7_scan → rwkv7_output in
-// one launch. Only y and (in layer 0) v_first are written; w, k, v, a, b stay as they came.
-// Returns false, doing nothing, for head sizes it does not cover (then run the three ops).
-bool rwkv7_step(Context& ctx, int B, int H, int N, const Rwkv7Prepare& p, const Rwkv7Output& o,
-                float eps, StateRef states, size_t offset);
 
 }  // namespace rwkv::cuda

@@ -56,30 +56,6 @@ __global__ void token_shift_mix_kernel(const float* xn, int B, int T, int C, Sta
   if (t0 == 0) shift[c] = xn[(base + T - 1) * size_t(C) + c];
 }
 
-// A decode step (T = 1): block b normalises row b, mixes it with the shift state, and replaces
-// the state by the normalised row; every (b, c) is read and then written by one thread.
-__global__ void ln_shift_mix_step_kernel(const float* x, int C, const float* w, const float* bias,
-                                         float eps, StateRef st, size_t offset, ShiftMix mixes) {
-  __shared__ float scratch[32];
-  const int b = blockIdx.x;
-  const float* row = x + size_t(b) * size_t(C);
-  float s = 0.f;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) s += row[c];
-  const float mean = block_sum(s, scratch) / float(C);
-  float q = 0.f;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const float d = row[c] - mean;
-    q += d * d;
-  }
-  const float inv = rsqrtf(block_sum(q, scratch) / float(C) + eps);
-  float* shift = st.pool + size_t(st.slots[b]) * st.floats + offset;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const float xn = (row[c] - mean) * inv * w[c] + bias[c], d = shift[c] - xn;
-    for (int j = 0; j < mixes.n; ++j) mixes.out[j][size_t(b) * size_t(C) + c] = xn + d * mixes.mix[j][c];
-    shift[c] = xn;
-  }
-}
-
 // One block per (row, head): thread i < N owns channel i; blockDim is N rounded up to whole warps
 // (the extra threads only join the sums).
 __global__ void rwkv7_prepare_kernel(int H, int N, Rwkv7Prepare p) {
@@ -165,16 +141,6 @@ void token_shift_mix(Context& ctx, const float* xn, int B, int T, int C, StateRe
   const dim3 grid((C + threads - 1) / threads, (T + kShiftRows - 1) / kShiftRows, B);
   token_shift_mix_kernel<<<grid, threads, 0, ctx.stream>>>(xn, B, T, C, states, offset, mixes);
   RWKV_CUDA_LAUNCHED("token_shift_mix");
-}
-
-void ln_shift_mix_step(Context& ctx, const float* x, int B, int C, const float* weight,
-                       const float* bias, StateRef states, size_t offset, const ShiftMix& mixes,
-                       float eps) {
-  if (B <= 0) return;
-  if (mixes.n < 1 || mixes.n > 6) fail("CUDA ln_shift_mix_step: ", mixes.n, " mixes");
-  ln_shift_mix_step_kernel<<<B, row_threads(C), 0, ctx.stream>>>(x, C, weight, bias, eps, states,
-                                                                  offset, mixes);
-  RWKV_CUDA_LAUNCHED("ln_shift_mix_step");
 }
 
 void rwkv7_prepare(Context& ctx, int M, int H, int N, const Rwkv7Prepare& p) {
