@@ -86,7 +86,7 @@ int main(int argc, char** argv) try {
   // WKV-7 scan (decode step and a prefill of T rows): bytes = the inputs, outputs and state.
   std::printf("\nwkv7_scan (N=64)        B    T   H   time(us)   GB/s\n");
   const int N = 64, H = C / N;
-  for (const auto& [B, T] : std::vector<std::pair<int, int>>{{1, 1}, {16, 1}, {64, 1}, {1, 512}, {8, 4096}}) {
+  for (const auto& [B, T] : std::vector<std::pair<int, int>>{{1, 1}, {16, 1}, {64, 1}, {256, 1}, {1, 512}, {8, 4096}}) {
     const size_t MC = size_t(B) * T * C, floats = size_t(H) * N * N;
     auto r = random_device(MC, DType::F32, rng), w = random_device(MC, DType::F32, rng);
     cuda::DeviceBuffer pool(size_t(B) * floats * 4), y(MC * 4), slots(size_t(B) * 4);

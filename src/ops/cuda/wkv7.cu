@@ -1,6 +1,10 @@
 // WKV-7, recurrent form on the GPU (spec §2.4): one block per (sequence, head), thread i owns row
 // i of the value-major state in registers and walks the T rows. Decode (T = 1) and, until the
 // chunked tensor-core form lands, prefill.
+#include <cstdlib>
+#include <string>
+
+#include "ops/cuda/device_math.cuh"
 #include "ops/cuda/kernels.h"
 
 namespace rwkv::cuda {
@@ -55,6 +59,80 @@ __global__ void __launch_bounds__(N) wkv7_scan_kernel(int T, int H, const float*
   for (int j = 0; j < N; j += 4) *reinterpret_cast<float4*>(S + j) = make_float4(s[j], s[j + 1], s[j + 2], s[j + 3]);
 }
 
+// One decode row (T = 1) per sequence, for N a multiple of 32: the scan above reads each
+// thread's state row on its own (a warp touches 32 rows at once), which wastes most of each
+// memory transaction once B·H·N² state bytes dominate a step (batched decode). Here warp w owns
+// rows 16w … 16w + 15 and its lanes span the columns, so every state load and store is one
+// contiguous 128-byte line per warp; all 16 rows are loaded before any is used.
+template <int N>
+__global__ void __launch_bounds__(N / 16 * 32) wkv7_step_kernel(int H, const float* r, const float* w,
+                                                               const float* k, const float* v, const float* a,
+                                                               const float* b, float* y, StateRef st,
+                                                               size_t offset) {
+  constexpr int kRows = 16, kCols = N / 32;
+  const int h = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const size_t o = (size_t(seq) * H + h) * N;
+  float* S = st.pool + size_t(st.slots[seq]) * st.floats + offset + size_t(h) * N * N +
+             size_t(warp) * kRows * N + lane;
+  float s[kRows][kCols];
+#pragma unroll
+  for (int q = 0; q < kRows; ++q) {
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) s[q][c] = S[q * N + 32 * c];
+  }
+  float vi[kRows];
+#pragma unroll
+  for (int q = 0; q < kRows; ++q) vi[q] = v[o + warp * kRows + q];
+  __shared__ float rs[N], ds[N], ks[N], as[N], bs[N];
+  if (threadIdx.x < N) {
+    const int i = threadIdx.x;
+    rs[i] = r[o + i];
+    ds[i] = expf(w[o + i]);
+    ks[i] = k[o + i];
+    as[i] = a[o + i];
+    bs[i] = b[o + i];
+  }
+  __syncthreads();
+  float sa[kRows], yv[kRows];
+#pragma unroll
+  for (int q = 0; q < kRows; ++q) {
+    sa[q] = 0.f;
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) sa[q] += s[q][c] * as[lane + 32 * c];
+  }
+#pragma unroll
+  for (int q = 0; q < kRows; ++q) sa[q] = warp_sum(sa[q]);
+#pragma unroll
+  for (int q = 0; q < kRows; ++q) {
+    yv[q] = 0.f;
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      const int j = lane + 32 * c;
+      s[q][c] = s[q][c] * ds[j] + sa[q] * bs[j] + vi[q] * ks[j];
+      yv[q] += s[q][c] * rs[j];
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < kRows; ++q) {
+    yv[q] = warp_sum(yv[q]);
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) S[q * N + 32 * c] = s[q][c];
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int q = 0; q < kRows; ++q) y[o + warp * kRows + q] = yv[q];
+  }
+}
+
+// RWKV_CUDA_WKV_STEP=0 sends decode rows through the scan kernel too (side-by-side timing).
+bool step_kernel_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("RWKV_CUDA_WKV_STEP");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
 }  // namespace
 
 void wkv7_scan(Context& ctx, int B, int T, int H, int N, const float* r, const float* w,
@@ -63,6 +141,13 @@ void wkv7_scan(Context& ctx, int B, int T, int H, int N, const float* r, const f
   if (B <= 0 || T <= 0) return;
   if ((states.floats | offset) % 4 != 0) fail("CUDA wkv7: state offsets must be multiples of 4 floats");
   const dim3 grid(H, B);
+  if (T == 1 && (N == 32 || N == 64 || N == 128) && step_kernel_enabled()) {
+    if (N == 32) wkv7_step_kernel<32><<<grid, 64, 0, ctx.stream>>>(H, r, w, k, v, a, b, y, states, offset);
+    if (N == 64) wkv7_step_kernel<64><<<grid, 128, 0, ctx.stream>>>(H, r, w, k, v, a, b, y, states, offset);
+    if (N == 128) wkv7_step_kernel<128><<<grid, 256, 0, ctx.stream>>>(H, r, w, k, v, a, b, y, states, offset);
+    RWKV_CUDA_LAUNCHED("wkv7_step");
+    return;
+  }
 #define RWKV_WKV7_CASE(n)                                                                    \
   case n:                                                                                    \
     wkv7_scan_kernel<n><<<grid, n, 0, ctx.stream>>>(T, H, r, w, k, v, a, b, y, states, offset); \
