@@ -90,19 +90,8 @@ TEST(CudaRwkv7, PooledBatchesAreIndependent) {
   const size_t V = size_t(dims.vocab), S = model->state_spec().floats;
   const int B = 5, T = 19;
   const std::vector<int> slots = {6, 0, 3, 7, 1};
-  std::vector<std::vector<int>> seqs;
-  std::vector<int> flat;
-  for (int b = 0; b < B; ++b) {
-    seqs.push_back(random_tokens(T, dims.vocab, uint32_t(100 + b)));
-    flat.insert(flat.end(), seqs.back().begin(), seqs.back().end());
-  }
-  std::vector<std::vector<float>> want_logits, want_states;
-  for (int b = 0; b < B; ++b) {
-    std::vector<float> st(S);
-    model->init_state(st.data());
-    want_logits.push_back(run_steps(*model, seqs[size_t(b)], st));
-    want_states.push_back(st);
-  }
+  const test::SoloRuns alone = test::run_alone(*model, B, T);
+  const auto& [seqs, flat, want_logits, want_states] = alone;
   auto par = model->new_state_pool(8), rec = model->new_state_pool(8);
   std::vector<float> logits(size_t(B * T) * V, std::nanf(""));
   model->forward_pooled(flat.data(), B, T, *par, slots.data(), logits.data(), LogitsMode::All);

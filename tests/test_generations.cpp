@@ -197,16 +197,8 @@ TEST_P(Forms, BatchedSequencesAreIndependent) {
   auto model = load();
   const size_t V = size_t(model->info().vocab_size), S = model->state_spec().floats;
   const int B = 3, T = 19;
-  std::vector<int> flat;
-  std::vector<std::vector<float>> want_logits, want_states;
-  for (int b = 0; b < B; ++b) {
-    const auto seq = random_tokens(T, int(V), uint32_t(100 + b));
-    flat.insert(flat.end(), seq.begin(), seq.end());
-    std::vector<float> st(S);
-    model->init_state(st.data());
-    want_logits.push_back(run_steps(*model, seq, st));
-    want_states.push_back(st);
-  }
+  const test::SoloRuns alone = test::run_alone(*model, B, T);
+  const auto& [seqs, flat, want_logits, want_states] = alone;
   std::vector<std::vector<float>> st(B, std::vector<float>(S));
   std::vector<float*> ptrs;
   for (auto& s : st) {

@@ -34,19 +34,8 @@ TEST(Rwkv7Forms, BatchedSequencesAreIndependent) {
   auto model = load_model(test::random_v7_checkpoint(dims, 9));
   const size_t V = size_t(dims.vocab), S = model->state_spec().floats;
   const int B = 5, T = 19;
-  std::vector<std::vector<int>> seqs;
-  std::vector<int> flat;
-  for (int b = 0; b < B; ++b) {
-    seqs.push_back(random_tokens(T, dims.vocab, uint32_t(100 + b)));
-    flat.insert(flat.end(), seqs.back().begin(), seqs.back().end());
-  }
-  std::vector<std::vector<float>> want_logits, want_states;
-  for (int b = 0; b < B; ++b) {
-    std::vector<float> st(S);
-    model->init_state(st.data());
-    want_logits.push_back(run_steps(*model, seqs[size_t(b)], st));
-    want_states.push_back(st);
-  }
+  const test::SoloRuns alone = test::run_alone(*model, B, T);
+  const auto& [seqs, flat, want_logits, want_states] = alone;
   // Parallel form over [B, T] and batched recurrent steps.
   std::vector<std::vector<float>> st_par(B, std::vector<float>(S)), st_step(B, std::vector<float>(S));
   std::vector<float*> p_par, p_step;

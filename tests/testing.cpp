@@ -183,6 +183,19 @@ std::vector<float> run_steps(Model& model, const std::vector<int>& tokens, std::
   return logits;
 }
 
+SoloRuns run_alone(Model& model, int B, int T) {
+  SoloRuns r;
+  for (int b = 0; b < B; ++b) {
+    r.seqs.push_back(random_tokens(size_t(T), model.info().vocab_size, uint32_t(100 + b)));
+    r.flat.insert(r.flat.end(), r.seqs.back().begin(), r.seqs.back().end());
+    std::vector<float> st(model.state_spec().floats);
+    model.init_state(st.data());
+    r.logits.push_back(run_steps(model, r.seqs.back(), st));
+    r.states.push_back(std::move(st));
+  }
+  return r;
+}
+
 void expect_parallel_equals_recurrent(Model& model, std::initializer_list<int> lengths,
                                       double tol) {
   const int V = model.info().vocab_size;

@@ -87,6 +87,14 @@ std::vector<int> random_tokens(size_t n, int V, uint32_t seed);
 std::vector<float> slice(const std::vector<float>& v, size_t row0, size_t rows, size_t width);
 // Runs tokens through `model` one token at a time; returns logits [T, V], updates state.
 std::vector<float> run_steps(Model& model, const std::vector<int>& tokens, std::vector<float>& state);
+// B random sequences of T tokens (seeds 100 + b) and what each gives alone through run_steps from
+// the start state: the reference for batched calls.
+struct SoloRuns {
+  std::vector<std::vector<int>> seqs;
+  std::vector<int> flat;  // [B, T] row-major
+  std::vector<std::vector<float>> logits, states;
+};
+SoloRuns run_alone(Model& model, int B, int T);
 
 // The two forms agree: for each length T, one forward() over T random tokens from the start
 // state gives the logits (all, and last-only) and state of T step() calls, within `tol`.
