@@ -68,16 +68,28 @@ const ops::Kernels* cpu_side_kernels(const ModelInfo& info, Backend backend) {
 BlockModel::BlockModel(const ModelInfo& info, const LoadOptions& options)
     : info_(info), kernels_(cpu_side_kernels(info, options.backend)) {}
 
-StateSpec BlockModel::state_spec() const {
+StateSpec make_state_spec(const ModelInfo& info, size_t floats, uint64_t fingerprint) {
   StateSpec s;
-  s.generation = info_.generation;
-  s.n_layer = info_.n_layer;
-  s.n_embd = info_.n_embd;
-  s.n_head = info_.n_head;
-  s.head_size = info_.head_size;
-  s.floats = size_t(info_.n_layer) * layer_floats();
-  s.fingerprint = fingerprint_;
+  s.generation = info.generation;
+  s.n_layer = info.n_layer;
+  s.n_embd = info.n_embd;
+  s.n_head = info.n_head;
+  s.head_size = info.head_size;
+  s.floats = floats;
+  s.fingerprint = fingerprint;
   return s;
+}
+
+void check_token_ids(const int* tokens, size_t n, int vocab) {
+  for (size_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab) {
+      fail("token id ", tokens[i], " at position ", i, " is outside the vocabulary [0, ", vocab, ")");
+    }
+  }
+}
+
+StateSpec BlockModel::state_spec() const {
+  return make_state_spec(info_, size_t(info_.n_layer) * layer_floats(), fingerprint_);
 }
 
 void BlockModel::load_common(WeightLoader& load) {
@@ -121,15 +133,6 @@ void BlockModel::finish_load(WeightLoader& load, std::shared_ptr<const Checkpoin
   checkpoint_ = std::move(checkpoint);
 }
 
-void BlockModel::check_tokens(const int* tokens, size_t n) const {
-  for (size_t i = 0; i < n; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= info_.vocab_size) {
-      fail("token id ", tokens[i], " at position ", i, " is outside the vocabulary [0, ",
-           info_.vocab_size, ")");
-    }
-  }
-}
-
 void BlockModel::step(const int* tokens, int B, float* const* states, float* logits) {
   run(tokens, B, 1, states, logits, LogitsMode::All, /*parallel=*/false);
 }
@@ -142,7 +145,7 @@ void BlockModel::forward(const int* tokens, int B, int T, float* const* states, 
 void BlockModel::run(const int* tokens, int B, int T, float* const* states, float* logits,
                      LogitsMode mode, bool parallel) {
   if (B <= 0 || T <= 0) return;
-  check_tokens(tokens, size_t(B) * size_t(T));
+  check_token_ids(tokens, size_t(B) * size_t(T), info_.vocab_size);
   const int C = info_.n_embd, M = B * T;
   if (M > rows_) {
     // Residual, its norm, token-shift deltas and two scratch rows; the FFN hidden layer.

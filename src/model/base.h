@@ -21,6 +21,11 @@ struct ChannelMix {
   ops::Matrix key, value, receptance;
 };
 
+// rwkv::Error naming the first token id outside [0, vocab) and its position.
+void check_token_ids(const int* tokens, size_t n, int vocab);
+// The StateSpec of a model: its dimensions, `floats` per state and the weights' fingerprint.
+StateSpec make_state_spec(const ModelInfo& info, size_t floats, uint64_t fingerprint);
+
 // RWKV-5/6/7 state per layer, in the official package's order: att_x_prev (C), att_kv (H, N, N),
 // ffn_x_prev (C). (att_kv is key-major for 5/6 and value-major for 7, spec §2.6.)
 size_t matrix_state_layer_floats(const ModelInfo& info);
@@ -83,7 +88,6 @@ class BlockModel : public Model {
  private:
   void run(const int* tokens, int B, int T, float* const* states, float* logits, LogitsMode mode,
            bool parallel);
-  void check_tokens(const int* tokens, size_t n) const;
 
   ops::Matrix emb_, head_;
   const float *ln0_w_ = nullptr, *ln0_b_ = nullptr, *ln_out_w_ = nullptr, *ln_out_b_ = nullptr;

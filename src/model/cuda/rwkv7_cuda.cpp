@@ -107,13 +107,8 @@ class Rwkv7Cuda final : public Model {
     WeightLoader load(ckpt, options);
     load_weights(load);
     load.check_all_used();
-    spec_.generation = info_.generation;
-    spec_.n_layer = info_.n_layer;
-    spec_.n_embd = info_.n_embd;
-    spec_.n_head = info_.n_head;
-    spec_.head_size = info_.head_size;
-    spec_.floats = size_t(info_.n_layer) * matrix_state_layer_floats(info_);
-    spec_.fingerprint = load.fingerprint();
+    spec_ = make_state_spec(info_, size_t(info_.n_layer) * matrix_state_layer_floats(info_),
+                            load.fingerprint());
     weight_dtype_ = load.matrix_dtype();
     decode_bytes_ = load.matrix_bytes() - w_.emb.nbytes();
     upload();
@@ -193,19 +188,10 @@ class Rwkv7Cuda final : public Model {
              [&](ops::Matrix& m) { m.data = put(m.data, m.nbytes()); });
   }
 
-  void check_tokens(const int* tokens, size_t n) const {
-    for (size_t i = 0; i < n; ++i) {
-      if (tokens[i] < 0 || tokens[i] >= info_.vocab_size) {
-        fail("token id ", tokens[i], " at position ", i, " is outside the vocabulary [0, ",
-             info_.vocab_size, ")");
-      }
-    }
-  }
-
   void run_host_states(const int* tokens, int B, int T, float* const* states, float* logits,
                        LogitsMode mode) {
     if (B <= 0 || T <= 0) return;
-    check_tokens(tokens, size_t(B) * size_t(T));
+    check_token_ids(tokens, size_t(B) * size_t(T), info_.vocab_size);
     if (!scratch_pool_ || scratch_pool_->size() < B) scratch_pool_ = new_state_pool(B);
     std::vector<int> slots(static_cast<size_t>(B));
     for (int b = 0; b < B; ++b) {
@@ -219,7 +205,7 @@ class Rwkv7Cuda final : public Model {
   void run(const int* tokens, int B, int T, StatePool& pool, const int* slots, float* logits,
            LogitsMode mode) {
     if (B <= 0 || T <= 0) return;
-    check_tokens(tokens, size_t(B) * size_t(T));
+    check_token_ids(tokens, size_t(B) * size_t(T), info_.vocab_size);
     float* pool_data = cuda_state_pool_data(pool, *ctx_, spec_.floats, slots, B);
     cuda::Context& c = *ctx_;
     const int M = B * T;
