@@ -17,7 +17,6 @@ namespace rwkv {
 namespace {
 
 using test::random_tokens;
-using test::run_steps;
 using test::slice;
 
 #define RWKV_REQUIRE_GPU() \
@@ -61,19 +60,15 @@ TEST(CudaRwkv7, MatchesTheCpuModel) {
     auto gpu = load_model(ckpt, on_gpu());
     EXPECT_EQ(gpu->state_spec(), cpu->state_spec());  // state files move between devices
     const auto tokens = random_tokens(40, dims.vocab, 5);
-    const size_t S = cpu->state_spec().floats;
-    std::vector<float> s_cpu(S), s_gpu(S);
-    cpu->init_state(s_cpu.data());
-    gpu->init_state(s_gpu.data());
-    const auto want = run_steps(*cpu, tokens, s_cpu);
-    const auto got = run_steps(*gpu, tokens, s_gpu);
+    const auto d = test::compare_steps(*cpu, *gpu, tokens);
+    const std::vector<float>& want = d.want_logits;
     // Steps keep activations in fp32 on both: fp32 rounding only.
-    EXPECT_LE(test::compare(got, want).max_abs, 2e-4) << dtype_name(dtype);
-    EXPECT_LE(test::compare(s_gpu, s_cpu).max_abs, 2e-4) << dtype_name(dtype);
+    EXPECT_LE(d.logits.max_abs, 2e-4) << dtype_name(dtype);
+    EXPECT_LE(d.state.max_abs, 2e-4) << dtype_name(dtype);
     // The sequence form runs 16-bit weights through cuBLASLt with 16-bit activations: each
     // product's inputs are rounded once (≤ 2^-8 relative for bf16, 2^-11 for fp16), which moves
     // logits of this size (|logit| ≲ 5) by ≲ 1e-2 for bf16.
-    std::vector<float> seq(tokens.size() * size_t(dims.vocab));
+    std::vector<float> seq(tokens.size() * size_t(dims.vocab)), s_gpu(gpu->state_spec().floats);
     gpu->init_state(s_gpu.data());
     float* states[] = {s_gpu.data()};
     gpu->forward(tokens.data(), 1, int(tokens.size()), states, seq.data(), LogitsMode::All);

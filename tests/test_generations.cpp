@@ -14,7 +14,6 @@ namespace rwkv {
 namespace {
 
 using test::random_tokens;
-using test::run_steps;
 using test::slice;
 
 // fixtures/official/README.md: an fp32 engine against the fp32-file fixtures, logits ≤ 1e-4 and
@@ -222,14 +221,9 @@ TEST_P(Forms, CpuMatchesReferenceBackendForEveryWeightDtype) {
     ref_opt.weight_dtype = cpu_opt.weight_dtype = dt;
     auto ref = load_model(f.checkpoint("fp32"), ref_opt), cpu = load_model(f.checkpoint("fp32"), cpu_opt);
     EXPECT_EQ(cpu->weight_dtype(), dt);
-    const auto tokens = random_tokens(40, f.V, 5);
-    std::vector<float> s_ref(ref->state_spec().floats), s_cpu(s_ref.size());
-    ref->init_state(s_ref.data());
-    cpu->init_state(s_cpu.data());
-    const auto want = run_steps(*ref, tokens, s_ref);
-    const auto got = run_steps(*cpu, tokens, s_cpu);
-    EXPECT_LE(test::compare(got, want).max_abs, 1e-4) << dtype_name(dt);
-    EXPECT_LE(test::compare(s_cpu, s_ref).max_abs, kStateTol) << dtype_name(dt);
+    const auto d = test::compare_steps(*ref, *cpu, random_tokens(40, f.V, 5));
+    EXPECT_LE(d.logits.max_abs, 1e-4) << dtype_name(dt);
+    EXPECT_LE(d.state.max_abs, kStateTol) << dtype_name(dt);
   }
 }
 

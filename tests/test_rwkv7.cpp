@@ -11,7 +11,6 @@ namespace rwkv {
 namespace {
 
 using test::random_tokens;
-using test::run_steps;
 using test::slice;
 
 // ---- Properties on random weights -------------------------------------------------------------
@@ -73,14 +72,9 @@ TEST(Rwkv7Forms, CpuMatchesReferenceBackendForEveryWeightDtype) {
     ref_opt.backend = Backend::Ref;
     auto ref = load_model(ckpt, ref_opt), cpu = load_model(ckpt);
     EXPECT_EQ(cpu->weight_dtype(), dt);
-    const auto tokens = random_tokens(40, dims.vocab, 5);
-    std::vector<float> s_ref(ref->state_spec().floats), s_cpu(s_ref.size());
-    ref->init_state(s_ref.data());
-    cpu->init_state(s_cpu.data());
-    const auto want = run_steps(*ref, tokens, s_ref);
-    const auto got = run_steps(*cpu, tokens, s_cpu);
-    EXPECT_LE(test::compare(got, want).max_abs, 1e-4) << dtype_name(dt);
-    EXPECT_LE(test::compare(s_cpu, s_ref).max_abs, 1e-4) << dtype_name(dt);
+    const auto d = test::compare_steps(*ref, *cpu, random_tokens(40, dims.vocab, 5));
+    EXPECT_LE(d.logits.max_abs, 1e-4) << dtype_name(dt);
+    EXPECT_LE(d.state.max_abs, 1e-4) << dtype_name(dt);
   }
 }
 

@@ -183,6 +183,17 @@ std::vector<float> run_steps(Model& model, const std::vector<int>& tokens, std::
   return logits;
 }
 
+StepsComparison compare_steps(Model& a, Model& b, const std::vector<int>& tokens) {
+  std::vector<float> sa(a.state_spec().floats), sb(b.state_spec().floats);
+  a.init_state(sa.data());
+  b.init_state(sb.data());
+  StepsComparison c;
+  c.want_logits = run_steps(a, tokens, sa);
+  c.logits = compare(run_steps(b, tokens, sb), c.want_logits);
+  c.state = compare(sb, sa);
+  return c;
+}
+
 SoloRuns run_alone(Model& model, int B, int T) {
   SoloRuns r;
   for (int b = 0; b < B; ++b) {

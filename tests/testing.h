@@ -87,6 +87,13 @@ std::vector<int> random_tokens(size_t n, int V, uint32_t seed);
 std::vector<float> slice(const std::vector<float>& v, size_t row0, size_t rows, size_t width);
 // Runs tokens through `model` one token at a time; returns logits [T, V], updates state.
 std::vector<float> run_steps(Model& model, const std::vector<int>& tokens, std::vector<float>& state);
+// Models a and b step the same tokens from their start states: a's logits (the reference) and
+// b's errors against a's logits and final state.
+struct StepsComparison {
+  std::vector<float> want_logits;  // a's, [T, V]
+  ErrorStats logits, state;
+};
+StepsComparison compare_steps(Model& a, Model& b, const std::vector<int>& tokens);
 // B random sequences of T tokens (seeds 100 + b) and what each gives alone through run_steps from
 // the start state: the reference for batched calls.
 struct SoloRuns {
