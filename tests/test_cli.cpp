@@ -96,7 +96,7 @@ TEST(Cli, BadDeviceIsAClearErrorBeforeTheModelIsRead) {
     const auto r = run_cli(cat_args("logits -m /nonexistent.pth --tokens 1 -o /dev/null --device",
                                     quote(device)));
     EXPECT_EQ(r.exit_code, 1) << device;
-    EXPECT_NE(r.err.find("error: --device '" + std::string(device) + "'"), std::string::npos)
+    EXPECT_NE(r.err.find("error: device '" + std::string(device) + "'"), std::string::npos)
         << device << ": " << r.err;
   }
   const auto r = run_cli("bench -m /nonexistent.pth --backend ref --device cuda:1");

@@ -224,6 +224,14 @@ TEST(TrainCli, BadDataAndOutputGiveClearErrors) {
   r = run_cli(train_args(corpus, base + "/o6", "--init-from " + quote(base + "/model.pth")));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("model.pth"), std::string::npos) << r.err;
+  // A malformed device; a GPU that is not there (every machine has fewer than 64).
+  r = run_cli(train_args(corpus, base + "/o7", "--device gpu"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("device 'gpu'"), std::string::npos) << r.err;
+  r = run_cli(train_args(corpus, base + "/o8", "--device cuda:63"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("error:"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("terminate"), std::string::npos) << r.err;
 }
 
 TEST(TrainCli, FailedSaveKeepsThePreviousCheckpoint) {

@@ -102,6 +102,8 @@ class Model {
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options = {});
 // GPUs this build can run models on: 0 without the CUDA backend, a driver or a device.
 int cuda_device_count();
+// "cpu" → −1, "cuda" → 0, "cuda:N" → N; rwkv::Error naming the accepted forms otherwise.
+int parse_device(const std::string& device);
 // A GPU's name and the ceilings its benchmarks quote, measured now: device-to-device copy
 // bandwidth counting bytes read plus written, and a bf16 GEMM (fp32 accumulation) at 8192³.
 // Throws rwkv::Error without the CUDA backend or that GPU.

@@ -59,6 +59,7 @@ void run(TrainArgs& a, const std::vector<std::string>& explicit_flags) {
       if (f == "steps") c.steps = a.c.steps;
       else if (f == "save_every") c.save_every = a.c.save_every;
       else if (f == "threads") c.threads = a.c.threads;
+      else if (f == "device") c.device = a.c.device;
       else if (f != "resume" && f != "quiet") fail("training: --", f, " cannot change on --resume");
     }
     c.out_dir = a.resume;
@@ -95,7 +96,7 @@ void run(TrainArgs& a, const std::vector<std::string>& explicit_flags) {
 void register_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   train::TrainConfig& c = a->c;
-  CLI::App* cmd = app.add_subcommand("train", "train an RWKV-7 on the CPU (new or --init-from)");
+  CLI::App* cmd = app.add_subcommand("train", "train an RWKV-7 on the CPU or a GPU (new or --init-from)");
   cmd->add_option("--config", a->config_file, "JSON file with any of the options below (flags win)");
   cmd->add_option("--resume", a->resume, "continue the run in this output directory");
   cmd->add_option("-o,--out", c.out_dir, "output directory");
@@ -138,6 +139,8 @@ void register_train(CLI::App& app) {
   cmd->add_option("--wkv-chunk", c.wkv_chunk, "rows between saved WKV states")->capture_default_str();
   cmd->add_flag("--recompute", c.recompute, "save only block inputs; redo blocks in the backward");
   cmd->add_option("--threads", c.threads, "0 = all cores")->capture_default_str();
+  cmd->add_option("--device", c.device, "cpu, cuda or cuda:N (bf16 mixed precision on the GPU)")
+      ->capture_default_str();
   cmd->add_flag("-q,--quiet", a->quiet, "no progress line");
   cmd->callback([a, cmd] {
     // Which options were given explicitly, by config key (--save-every → save_every).

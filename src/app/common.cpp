@@ -25,34 +25,18 @@ void ModelOptions::add(CLI::App& cmd, bool model_required) {
   cmd.add_option("-t,--threads", threads, "CPU threads (0 = all cores)");
 }
 
-namespace {
-
-// The GPU index of "cuda" (0) or "cuda:N"; nullopt for "cpu".
-std::optional<int> parse_cuda_device(const std::string& device) {
-  if (device == "cpu") return std::nullopt;
-  if (device == "cuda") return 0;
-  const std::string index = device.starts_with("cuda:") ? device.substr(5) : "";
-  int n = -1;
-  const auto [end, ec] = std::from_chars(index.data(), index.data() + index.size(), n);
-  if (index.empty() || ec != std::errc() || end != index.data() + index.size() || n < 0) {
-    fail("--device '", device, "': expected cpu, cuda or cuda:N (N a GPU index: 0, 1, ...)");
-  }
-  return n;
-}
-
-}  // namespace
 
 LoadOptions ModelOptions::load_options() const {
   LoadOptions opt;
   if (!dtype.empty()) opt.weight_dtype = parse_dtype(dtype);
   opt.backend = backend == "ref" ? Backend::Ref : Backend::Cpu;
-  if (const std::optional<int> gpu = parse_cuda_device(device)) {
+  if (const int gpu = parse_device(device); gpu >= 0) {
     // The reference kernels are plain CPU loops; there is no GPU version of them to run.
     if (opt.backend == Backend::Ref) {
       fail("--backend ref runs on the CPU only; it cannot run on --device ", device);
     }
     opt.backend = Backend::Cuda;
-    opt.cuda_device = *gpu;
+    opt.cuda_device = gpu;
   }
   return opt;
 }

@@ -132,61 +132,8 @@ Rwkv7Train<R>::Rwkv7Train(const std::vector<TensorView>& tensors, const std::str
     convert_to_f32(t.dtype, t.data, buf.data(), p->numel);
     std::copy(buf.begin(), buf.end(), params_.begin() + std::ptrdiff_t(p->offset));
   }
-  bind();
-}
-
-template <class R>
-void Rwkv7Train<R>::bind() {
-  for (auto [base, out] : {std::pair{params_.data(), &p_}, std::pair{grads_.data(), &g_}}) {
-    const auto at = [&](const std::string& name) -> R* {
-      const ParamTensor* t = table_.find(name);
-      return t ? base + t->offset : nullptr;
-    };
-    out->emb = at("emb.weight");
-    out->ln0_w = at("blocks.0.ln0.weight");
-    out->ln0_b = at("blocks.0.ln0.bias");
-    out->ln_out_w = at("ln_out.weight");
-    out->ln_out_b = at("ln_out.bias");
-    out->head = at("head.weight");
-    out->layers.resize(size_t(dims_.L));
-    for (int l = 0; l < dims_.L; ++l) {
-      const std::string p = cat("blocks.", l, "."), a = p + "att.";
-      Rwkv7LayerParams<R>& y = out->layers[size_t(l)];
-      y.ln1_w = at(p + "ln1.weight");
-      y.ln1_b = at(p + "ln1.bias");
-      y.ln2_w = at(p + "ln2.weight");
-      y.ln2_b = at(p + "ln2.bias");
-      y.x_r = at(a + "x_r");
-      y.x_w = at(a + "x_w");
-      y.x_k = at(a + "x_k");
-      y.x_v = at(a + "x_v");
-      y.x_a = at(a + "x_a");
-      y.x_g = at(a + "x_g");
-      y.w0 = at(a + "w0");
-      y.a0 = at(a + "a0");
-      y.v0 = at(a + "v0");
-      y.w1 = at(a + "w1");
-      y.a1 = at(a + "a1");
-      y.v1 = at(a + "v1");
-      y.g1 = at(a + "g1");
-      y.w2 = at(a + "w2");
-      y.a2 = at(a + "a2");
-      y.v2 = at(a + "v2");
-      y.g2 = at(a + "g2");
-      y.k_k = at(a + "k_k");
-      y.k_a = at(a + "k_a");
-      y.r_k = at(a + "r_k");
-      y.receptance = at(a + "receptance.weight");
-      y.key = at(a + "key.weight");
-      y.value = at(a + "value.weight");
-      y.output = at(a + "output.weight");
-      y.ln_x_w = at(a + "ln_x.weight");
-      y.ln_x_b = at(a + "ln_x.bias");
-      y.ffn_x_k = at(p + "ffn.x_k");
-      y.ffn_key = at(p + "ffn.key.weight");
-      y.ffn_value = at(p + "ffn.value.weight");
-    }
-  }
+  p_ = bind_rwkv7_params(table_, dims_.L, params_.data());
+  g_ = bind_rwkv7_params(table_, dims_.L, grads_.data());
 }
 
 template <class R>

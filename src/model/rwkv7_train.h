@@ -43,6 +43,63 @@ struct Rwkv7Params {
   std::vector<Rwkv7LayerParams<R>> layers;
 };
 
+// The tensors' places in a flat buffer laid out by `table` (a Rwkv7Train's table): parameters,
+// gradients, or a copy in another type (the GPU trainer's bf16 weights). Absent tensors (layer
+// 0's v0/v1/v2) are null.
+template <class R>
+Rwkv7Params<R> bind_rwkv7_params(const ParamTable& table, int layers, R* base) {
+  const auto at = [&](const std::string& name) -> R* {
+    const ParamTensor* t = table.find(name);
+    return t ? base + t->offset : nullptr;
+  };
+  Rwkv7Params<R> out;
+  out.emb = at("emb.weight");
+  out.ln0_w = at("blocks.0.ln0.weight");
+  out.ln0_b = at("blocks.0.ln0.bias");
+  out.ln_out_w = at("ln_out.weight");
+  out.ln_out_b = at("ln_out.bias");
+  out.head = at("head.weight");
+  out.layers.resize(size_t(layers));
+  for (int l = 0; l < layers; ++l) {
+    const std::string p = "blocks." + std::to_string(l) + ".", a = p + "att.";
+    Rwkv7LayerParams<R>& y = out.layers[size_t(l)];
+    y.ln1_w = at(p + "ln1.weight");
+    y.ln1_b = at(p + "ln1.bias");
+    y.ln2_w = at(p + "ln2.weight");
+    y.ln2_b = at(p + "ln2.bias");
+    y.x_r = at(a + "x_r");
+    y.x_w = at(a + "x_w");
+    y.x_k = at(a + "x_k");
+    y.x_v = at(a + "x_v");
+    y.x_a = at(a + "x_a");
+    y.x_g = at(a + "x_g");
+    y.w0 = at(a + "w0");
+    y.a0 = at(a + "a0");
+    y.v0 = at(a + "v0");
+    y.w1 = at(a + "w1");
+    y.a1 = at(a + "a1");
+    y.v1 = at(a + "v1");
+    y.g1 = at(a + "g1");
+    y.w2 = at(a + "w2");
+    y.a2 = at(a + "a2");
+    y.v2 = at(a + "v2");
+    y.g2 = at(a + "g2");
+    y.k_k = at(a + "k_k");
+    y.k_a = at(a + "k_a");
+    y.r_k = at(a + "r_k");
+    y.receptance = at(a + "receptance.weight");
+    y.key = at(a + "key.weight");
+    y.value = at(a + "value.weight");
+    y.output = at(a + "output.weight");
+    y.ln_x_w = at(a + "ln_x.weight");
+    y.ln_x_b = at(a + "ln_x.bias");
+    y.ffn_x_k = at(p + "ffn.x_k");
+    y.ffn_key = at(p + "ffn.key.weight");
+    y.ffn_value = at(p + "ffn.value.weight");
+  }
+  return out;
+}
+
 // Reads the dimensions from official tensor names and shapes; throws rwkv::Error (naming
 // `source`) for a tensor set that is not an RWKV-7 model.
 Rwkv7Dims rwkv7_dims(const std::vector<TensorView>& tensors, const std::string& source);
@@ -102,7 +159,6 @@ class Rwkv7Train {
   void layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>& c, R* x_out);
   // dx: ∂/∂(block output) in, ∂/∂(block input) out (in place).
   void layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>& c, R* dx);
-  void bind();  // points p_ and g_ into params_ and grads_
 
   Rwkv7Dims dims_;
   ParamTable table_;

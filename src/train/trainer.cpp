@@ -5,14 +5,15 @@
 #include <cmath>
 #include <filesystem>
 
-#include "model/rwkv7_train.h"
 #include "ops/ops.h"
 #include "rwkv/checkpoint.h"
 #include "rwkv/error.h"
 #include "rwkv/file_io.h"
 #include "rwkv/init.h"
+#include "rwkv/model.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
+#include "train/train_net.h"
 #include "train/train_state.h"
 
 namespace rwkv::train {
@@ -25,7 +26,7 @@ namespace rwkv::train {
   X(vocab_file) X(order) X(ctx_len) X(batch) X(bptt) X(grad_accum) X(reset_at_eod) X(steps) X(warmup_steps)  \
   X(exit_tokens) X(lr_init) X(lr_final) X(beta1) X(beta2) X(adam_eps) X(weight_decay)          \
   X(grad_clip) X(l2wrap) X(seed) X(out_dir) X(save_every) X(save_dtype) X(wkv_chunk)           \
-  X(recompute) X(threads)
+  X(recompute) X(threads) X(device)
 
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
@@ -76,18 +77,19 @@ void TrainConfig::validate() const {
   if (grad_clip < 0 || l2wrap < 0 || weight_decay < 0) {
     fail("training: grad_clip, l2wrap and weight_decay must be ≥ 0");
   }
+  parse_device(device);
 }
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using Net = model::Rwkv7Train<float>;
 
-// A new model with the official initialisation, or the tensors of `init_from`.
-std::unique_ptr<Net> make_model(const TrainConfig& c) {
+// A new model with the official initialisation, or the tensors of `init_from`, on c.device.
+std::unique_ptr<TrainNet> make_model(const TrainConfig& c) {
+  const model::Rwkv7Train<float>::Options options{c.wkv_chunk, c.recompute, c.reset_at_eod};
   if (!c.init_from.empty()) {
     const Checkpoint ckpt = Checkpoint::open(c.init_from);
-    return std::make_unique<Net>(ckpt.tensors(), ckpt.path());
+    return make_train_net(ckpt.tensors(), ckpt.path(), c.device, options);
   }
   InitConfig init;
   init.generation = "x070";
@@ -99,7 +101,7 @@ std::unique_ptr<Net> make_model(const TrainConfig& c) {
   init.seed = c.seed;
   init.dtype = DType::F32;
   const OwnedTensors tensors = init_rwkv7(init);
-  return std::make_unique<Net>(tensors.tensors, "new RWKV-7");
+  return make_train_net(tensors.tensors, "new RWKV-7", c.device, options);
 }
 
 // Batch rows of the sequential order: row b walks the data's whole windows in order from its
@@ -131,12 +133,11 @@ class Run {
 
   const TrainConfig& c_;
   const TokenData& data_;
-  std::unique_ptr<Net> net_;
-  std::vector<float> m_, v_, carried_;
+  std::unique_ptr<TrainNet> net_;
+  std::vector<float> carried_;
   std::vector<ParamGroup> groups_;
   std::unique_ptr<WindowSampler> sampler_;
   std::unique_ptr<SequentialWindows> sequential_;
-  std::vector<std::unique_ptr<model::Rwkv7Tape<float>>> tapes_;
   int64_t start_step_ = 0, tokens_ = 0;
   double elapsed_before_ = 0;
   Clock::time_point started_ = Clock::now();
@@ -152,10 +153,7 @@ void Run::load_state(const std::string& path) {
     return *a;
   };
   const size_t total = net_->table().total;
-  const auto& params = need("params", total);
-  std::copy(params.begin(), params.end(), net_->params());
-  m_ = need("adam_m", total);
-  v_ = need("adam_v", total);
+  net_->write_state(need("params", total), need("adam_m", total), need("adam_v", total));
   carried_ = need("carried_states", carried_.size());
   try {
     start_step_ = st.meta.at("step").get<int64_t>();
@@ -173,10 +171,11 @@ void Run::save(int64_t step_done) {
   TrainState st;
   const double elapsed = elapsed_before_ + std::chrono::duration<double>(Clock::now() - started_).count();
   st.meta = {{"step", step_done}, {"tokens", tokens_}, {"elapsed_s", elapsed}, {"config", c_.to_json()}};
-  const size_t total = net_->table().total;
-  st.arrays.emplace_back("params", std::vector<float>(net_->params(), net_->params() + total));
-  st.arrays.emplace_back("adam_m", m_);
-  st.arrays.emplace_back("adam_v", v_);
+  std::vector<float> params, m, v;
+  net_->read_state(params, m, v);
+  st.arrays.emplace_back("params", std::move(params));
+  st.arrays.emplace_back("adam_m", std::move(m));
+  st.arrays.emplace_back("adam_v", std::move(v));
   st.arrays.emplace_back("carried_states", carried_);
   save_train_state(c_.out_dir + "/train_state.bin", st);
 }
@@ -194,9 +193,9 @@ double Run::step(int64_t step, double lr, double* grad_norm) {
     const int A = c_.grad_accum;
     for (int i = 0; i < A; ++i) {
       sampler_->batch(step * A + i, inputs.data(), targets.data());
-      net_->forward(*tapes_[0], inputs.data(), B, T, nullptr, nullptr);
-      loss += net_->loss(*tapes_[0], targets.data(), c_.l2wrap, nullptr, 1.0 / A) / A;
-      net_->backward(*tapes_[0], nullptr, nullptr);
+      net_->forward(0, inputs.data(), B, T, nullptr, nullptr);
+      loss += net_->loss(0, targets.data(), c_.l2wrap, 1.0 / A) / A;
+      net_->backward(0, nullptr, nullptr);
     }
   } else {
     // W windows per row with the state carried through them, the gradient flowing back through
@@ -217,14 +216,13 @@ double Run::step(int64_t step, double lr, double* grad_norm) {
         std::copy_n(window.begin(), T, inputs.begin() + std::ptrdiff_t(size_t(b) * T));
         std::copy_n(window.begin() + 1, T, targets.begin() + std::ptrdiff_t(size_t(b) * T));
       }
-      net_->forward(*tapes_[size_t(w)], inputs.data(), B, T, states[size_t(w)].data(),
-                    states[size_t(w) + 1].data());
+      net_->forward(w, inputs.data(), B, T, states[size_t(w)].data(), states[size_t(w) + 1].data());
       // Each window's loss is its own mean: weight it 1/W in the step's mean.
-      loss += net_->loss(*tapes_[size_t(w)], targets.data(), c_.l2wrap, nullptr, 1.0 / W) / W;
+      loss += net_->loss(w, targets.data(), c_.l2wrap, 1.0 / W) / W;
     }
     std::vector<float> dstate(size_t(B) * S), dprev(size_t(B) * S);
     for (int w = W - 1; w >= 0; --w) {
-      net_->backward(*tapes_[size_t(w)], w + 1 < W ? dstate.data() : nullptr, w > 0 ? dprev.data() : nullptr);
+      net_->backward(w, w + 1 < W ? dstate.data() : nullptr, w > 0 ? dprev.data() : nullptr);
       if (w == 0) break;
       for (int b = 0; b < B; ++b) {  // a restarted row's state did not come from the window before
         if (restart[size_t(w)][size_t(b)]) std::fill_n(dprev.begin() + std::ptrdiff_t(size_t(b) * S), S, 0.f);
@@ -233,13 +231,13 @@ double Run::step(int64_t step, double lr, double* grad_norm) {
     }
     carried_ = states[size_t(W)];
   }
-  *grad_norm = clip_grad_norm(net_->grads(), net_->table().total, c_.grad_clip);
+  *grad_norm = net_->clip_grad_norm(c_.grad_clip);
   if (!std::isfinite(loss) || !std::isfinite(*grad_norm)) {
     fail("training: step ", step, " gave a non-finite loss (", loss, ") or gradient norm (",
          *grad_norm, "); lower the learning rate or check the data");
   }
   AdamW adam{float(c_.beta1), float(c_.beta2), float(c_.adam_eps)};
-  adam.step(net_->params(), net_->grads(), m_.data(), v_.data(), groups_, float(lr), step + 1);
+  net_->adamw_step(adam, groups_, float(lr), step + 1);
   return loss;
 }
 
@@ -250,10 +248,6 @@ void Run::go(bool resume, const std::function<void(const StepReport&)>& on_step)
   std::filesystem::create_directories(c_.out_dir, ec);
   if (ec) fail(c_.out_dir, ": cannot create the output directory: ", ec.message());
   net_ = make_model(c_);
-  net_->set_options({c_.wkv_chunk, c_.recompute, c_.reset_at_eod});
-  const size_t total = net_->table().total;
-  m_.assign(total, 0.f);
-  v_.assign(total, 0.f);
   carried_.assign(size_t(c_.batch) * net_->dims().state_floats(), 0.f);
   groups_ = official_param_groups(net_->table(), float(c_.weight_decay));
   if (c_.order == "sequential") {
@@ -262,7 +256,6 @@ void Run::go(bool resume, const std::function<void(const StepReport&)>& on_step)
     sampler_ = std::make_unique<WindowSampler>(data_, c_.ctx_len, c_.batch,
                                                WindowSampler::parse_order(c_.order), c_.seed);
   }
-  for (int w = 0; w < c_.bptt; ++w) tapes_.push_back(std::make_unique<model::Rwkv7Tape<float>>());
   const std::string state_path = c_.out_dir + "/train_state.bin";
   if (resume) load_state(state_path);
   if (!resume) {

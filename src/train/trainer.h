@@ -52,6 +52,7 @@ struct TrainConfig {
   int wkv_chunk = 16;
   bool recompute = false;
   int threads = 0;
+  std::string device = "cpu";  // cpu, cuda or cuda:N (bf16 mixed precision on the GPU)
 
   nlohmann::json to_json() const;
   static TrainConfig from_json(const nlohmann::json& j);  // unknown keys → rwkv::Error

@@ -11,10 +11,12 @@ Context::Context(int device_index) : device(device_index) {
 }
 
 Context::~Context() {
-  for (auto& [key, p] : plans) {
+  const auto destroy = [](GemmPlan& p) {
     const CublasLt& l = cublaslt();
     l.layout_destroy(p.a), l.layout_destroy(p.b), l.layout_destroy(p.c), l.desc_destroy(p.desc);
-  }
+  };
+  for (auto& [key, p] : plans) destroy(p);
+  for (auto& [key, p] : gemm_plans) destroy(p);
   if (lt) cublaslt().destroy(lt);
   if (stream) cudaStreamDestroy(stream);
 }

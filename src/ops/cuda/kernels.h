@@ -5,6 +5,7 @@
 #pragma once
 #include <cublasLt.h>
 
+#include <array>
 #include <map>
 #include <tuple>
 
@@ -27,6 +28,7 @@ class Context {
   cublasLtHandle_t lt = nullptr;
   DeviceBuffer workspace;  // cuBLASLt's
   DeviceBuffer x16;        // activations converted to the weights' 16-bit type
+  DeviceBuffer reduce;     // partial sums of reductions (train_ops.h col_sum)
   // Grows whenever a buffer above moves: CUDA graphs captured before hold stale pointers.
   int generation = 0;
   void ensure_x16(size_t bytes) {
@@ -41,6 +43,9 @@ class Context {
     cublasLtMatmulAlgo_t algo{};
   };
   std::map<std::tuple<int, int, int, int, bool>, GemmPlan> plans;
+  // The general products of training (gemm.h): M, N, K, lda, ldb, ldc, trans_a, trans_b, accumulate.
+  using GemmKey = std::array<int, 9>;
+  std::map<GemmKey, GemmPlan> gemm_plans;
 };
 
 // What a matrix product applies to its result.

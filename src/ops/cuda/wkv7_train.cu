@@ -12,6 +12,10 @@ using bf16 = __nv_bfloat16;
 
 __device__ __forceinline__ float f(bf16 x) { return __bfloat162float(x); }
 
+// A chunk's rows are loaded into shared memory at once (one barrier pair per 16 rows instead of
+// per row: the loads' latency overlaps, as in RWKV-LM's v3 kernels).
+constexpr int kChunk = kWkv7TrainChunk;
+
 template <int N>
 __global__ void __launch_bounds__(N, 2) wkv7_train_forward_kernel(Wkv7Train p, int chunks) {
   const int h = blockIdx.x, seq = blockIdx.y, i = threadIdx.x, H = p.H, T = p.T;
@@ -20,35 +24,41 @@ __global__ void __launch_bounds__(N, 2) wkv7_train_forward_kernel(Wkv7Train p, i
 #pragma unroll
   for (int j = 0; j < N; ++j) s[j] = p.s0 ? p.s0[(head * N + i) * N + j] : 0.f;
   float* ckpt = p.checkpoints + head * chunks * N * N;
-  __shared__ float rs[N], ds[N], ks[N], as[N], bs[N];
-  for (int t = 0; t < T; ++t) {
-    const size_t o = ((size_t(seq) * T + t) * H + h) * N + i;
-    __syncthreads();
-    rs[i] = f(p.r[o]);
-    ds[i] = __expf(kScale / (1.f + __expf(-f(p.z[o]))));
-    ks[i] = f(p.k[o]);
-    as[i] = f(p.a[o]);
-    bs[i] = f(p.b[o]);
-    const float vi = f(p.v[o]);
-    __syncthreads();
-    float sa[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int j = 0; j < N; ++j) sa[j % 4] += s[j] * as[j];
-    const float sat = (sa[0] + sa[1]) + (sa[2] + sa[3]);
-    p.sa[o] = sat;
-    float y[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      s[j] = s[j] * ds[j] + sat * bs[j] + vi * ks[j];
-      y[j % 4] += s[j] * rs[j];
+  __shared__ float rs[kChunk][N], ds[kChunk][N], ks[kChunk][N], vs[kChunk][N], as[kChunk][N], bs[kChunk][N];
+  for (int t0 = 0; t0 < T; t0 += kChunk) {
+    const int rows = min(kChunk, T - t0);
+    __syncthreads();  // the previous chunk's rows are read
+    for (int tt = 0; tt < rows; ++tt) {
+      const size_t o = ((size_t(seq) * T + t0 + tt) * H + h) * N + i;
+      rs[tt][i] = f(p.r[o]);
+      ds[tt][i] = __expf(kScale / (1.f + __expf(-f(p.z[o]))));
+      ks[tt][i] = f(p.k[o]);
+      vs[tt][i] = f(p.v[o]);
+      as[tt][i] = f(p.a[o]);
+      bs[tt][i] = f(p.b[o]);
     }
-    p.y[o] = __float2bfloat16_rn((y[0] + y[1]) + (y[2] + y[3]));
-    if ((t + 1) % kWkv7TrainChunk == 0 || t == T - 1) {
-      // Stored transposed (column-major): the backward's thread i reads column i contiguously.
-      float* c = ckpt + size_t(t / kWkv7TrainChunk) * N * N;
+    __syncthreads();
+    for (int tt = 0; tt < rows; ++tt) {
+      const size_t o = ((size_t(seq) * T + t0 + tt) * H + h) * N + i;
+      float sa[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int j = 0; j < N; ++j) c[j * N + i] = s[j];
+      for (int j = 0; j < N; ++j) sa[j % 4] += s[j] * as[tt][j];
+      const float sat = (sa[0] + sa[1]) + (sa[2] + sa[3]);
+      p.sa[o] = sat;
+      const float vi = vs[tt][i];
+      float y[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        s[j] = s[j] * ds[tt][j] + sat * bs[tt][j] + vi * ks[tt][j];
+        y[j % 4] += s[j] * rs[tt][j];
+      }
+      p.y[o] = __float2bfloat16_rn((y[0] + y[1]) + (y[2] + y[3]));
     }
+    // The state after the chunk, stored transposed (column-major): the backward's thread i
+    // reads column i contiguously.
+    float* c = ckpt + size_t(t0 / kChunk) * N * N;
+#pragma unroll
+    for (int j = 0; j < N; ++j) c[j * N + i] = s[j];
   }
   if (p.sT) {
 #pragma unroll
@@ -67,62 +77,76 @@ __global__ void __launch_bounds__(N, 2) wkv7_train_backward_kernel(Wkv7Train p, 
   for (int j = 0; j < N; ++j) {
     drow[j] = g.dsT ? g.dsT[(head * N + i) * N + j] : 0.f;
     dcol[j] = g.dsT ? g.dsT[(head * N + j) * N + i] : 0.f;
-    s[j] = 0.f;
   }
-  __shared__ float rs[N], ds[N], ks[N], vs[N], as[N], bs[N], dys[N], sas[N], dsas[N];
-  for (int t = T - 1; t >= 0; --t) {
-    const size_t o = ((size_t(seq) * T + t) * H + h) * N + i;
-    __syncthreads();
-    const float ri = f(p.r[o]), sig = 1.f / (1.f + __expf(-f(p.z[o])));
-    const float di = __expf(kScale * sig), ki = f(p.k[o]), ai = f(p.a[o]), bi = f(p.b[o]);
-    const float dyi = f(g.dy[o]);
-    rs[i] = ri, ds[i] = di, ks[i] = ki, vs[i] = f(p.v[o]), as[i] = ai, bs[i] = bi, dys[i] = dyi;
-    sas[i] = p.sa[o];
-    __syncthreads();
-    if ((t + 1) % kWkv7TrainChunk == 0 || t == T - 1) {
-      const float4* c = reinterpret_cast<const float4*>(ckpt + size_t(t / kWkv7TrainChunk) * N * N + size_t(i) * N);
+  __shared__ float rs[kChunk][N], ds[kChunk][N], ks[kChunk][N], vs[kChunk][N], as[kChunk][N],
+      bs[kChunk][N], dys[kChunk][N], sas[kChunk][N], sgs[kChunk][N];
+  __shared__ float dsas[N];
+  for (int c0 = (chunks - 1) * kChunk; c0 >= 0; c0 -= kChunk) {
+    const int rows = min(kChunk, T - c0);
+    __syncthreads();  // the previous chunk's rows are read
+    for (int tt = 0; tt < rows; ++tt) {
+      const size_t o = ((size_t(seq) * T + c0 + tt) * H + h) * N + i;
+      const float sig = 1.f / (1.f + __expf(-f(p.z[o])));
+      rs[tt][i] = f(p.r[o]);
+      sgs[tt][i] = sig;
+      ds[tt][i] = __expf(kScale * sig);
+      ks[tt][i] = f(p.k[o]);
+      vs[tt][i] = f(p.v[o]);
+      as[tt][i] = f(p.a[o]);
+      bs[tt][i] = f(p.b[o]);
+      dys[tt][i] = f(g.dy[o]);
+      sas[tt][i] = p.sa[o];
+    }
+    {  // the state after the chunk's last row
+      const float4* c = reinterpret_cast<const float4*>(ckpt + size_t(c0 / kChunk) * N * N + size_t(i) * N);
 #pragma unroll
       for (int j = 0; j < N; j += 4) {
         const float4 q = c[j / 4];
         s[j] = q.x, s[j + 1] = q.y, s[j + 2] = q.z, s[j + 3] = q.w;
       }
     }
-    // ∂r_i = Σ_j ∂y_j S_t[j, i]; then S_t → S_{t−1} by undoing the row's update.
-    float dr = 0.f;
-    const float inv = 1.f / di;
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      dr += s[j] * dys[j];
-      s[j] = (s[j] - ki * vs[j] - bi * sas[j]) * inv;
-      drow[j] += dyi * rs[j];
-      dcol[j] += ri * dys[j];
-    }
-    float dd = 0.f, dk = 0.f, db = 0.f, dv = 0.f, dsa = 0.f;
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      dd += dcol[j] * s[j];
-      dk += dcol[j] * vs[j];
-      db += dcol[j] * sas[j];
-      dv += drow[j] * ks[j];
-      dsa += drow[j] * bs[j];
-    }
-    g.dr[o] = __float2bfloat16_rn(dr);
-    g.dk[o] = __float2bfloat16_rn(dk);
-    g.db[o] = __float2bfloat16_rn(db);
-    g.dv[o] = __float2bfloat16_rn(dv);
-    // decay = exp(kScale·σ(z)): ∂decay/∂z = decay·kScale·σ(1 − σ).
-    g.dz[o] = __float2bfloat16_rn(dd * di * kScale * sig * (1.f - sig));
     __syncthreads();
-    dsas[i] = dsa;
-    __syncthreads();
-    float da = 0.f;
+    for (int tt = rows - 1; tt >= 0; --tt) {
+      const size_t o = ((size_t(seq) * T + c0 + tt) * H + h) * N + i;
+      const float ri = rs[tt][i], di = ds[tt][i], ki = ks[tt][i], ai = as[tt][i], bi = bs[tt][i];
+      const float dyi = dys[tt][i], sig = sgs[tt][i];
+      // ∂r_i = Σ_j ∂y_j S_t[j, i]; then S_t → S_{t−1} by undoing the row's update.
+      float dr = 0.f;
+      const float inv = 1.f / di;
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      da += s[j] * dsas[j];
-      drow[j] = drow[j] * ds[j] + dsa * as[j];
-      dcol[j] = dcol[j] * di + ai * dsas[j];
+      for (int j = 0; j < N; ++j) {
+        dr += s[j] * dys[tt][j];
+        s[j] = (s[j] - ki * vs[tt][j] - bi * sas[tt][j]) * inv;
+        drow[j] += dyi * rs[tt][j];
+        dcol[j] += ri * dys[tt][j];
+      }
+      float dd = 0.f, dk = 0.f, db = 0.f, dv = 0.f, dsa = 0.f;
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        dd += dcol[j] * s[j];
+        dk += dcol[j] * vs[tt][j];
+        db += dcol[j] * sas[tt][j];
+        dv += drow[j] * ks[tt][j];
+        dsa += drow[j] * bs[tt][j];
+      }
+      g.dr[o] = __float2bfloat16_rn(dr);
+      g.dk[o] = __float2bfloat16_rn(dk);
+      g.db[o] = __float2bfloat16_rn(db);
+      g.dv[o] = __float2bfloat16_rn(dv);
+      // decay = exp(kScale·σ(z)): ∂decay/∂z = decay·kScale·σ(1 − σ).
+      g.dz[o] = __float2bfloat16_rn(dd * di * kScale * sig * (1.f - sig));
+      __syncthreads();  // every thread has read dsas of the row before
+      dsas[i] = dsa;
+      __syncthreads();
+      float da = 0.f;
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        da += s[j] * dsas[j];
+        drow[j] = drow[j] * ds[tt][j] + dsa * as[tt][j];
+        dcol[j] = dcol[j] * di + ai * dsas[j];
+      }
+      g.da[o] = __float2bfloat16_rn(da);
     }
-    g.da[o] = __float2bfloat16_rn(da);
   }
   if (g.ds0) {
 #pragma unroll

@@ -1,0 +1,75 @@
+// The general bf16 matrix product (gemm.h) through cuBLASLt with one cached plan per shape.
+#include <algorithm>
+
+#include "ops/cuda/cublaslt.h"
+#include "ops/cuda/gemm.h"
+
+namespace rwkv::cuda {
+namespace {
+
+__global__ void to_bf16_kernel(const float* in, __nv_bfloat16* out, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    out[i] = __float2bfloat16_rn(in[i]);
+  }
+}
+
+}  // namespace
+
+void to_bf16(Context& ctx, const float* src, size_t n, __nv_bfloat16* dst) {
+  if (n == 0) return;
+  const int blocks = int(std::min<size_t>((n + 255) / 256, 65536));
+  to_bf16_kernel<<<blocks, 256, 0, ctx.stream>>>(src, dst, n);
+  RWKV_CUDA_LAUNCHED("to_bf16");
+}
+
+void gemm(Context& ctx, const Gemm& g) {
+  if (g.M <= 0 || g.N <= 0) return;
+  if (g.K <= 0) fail("CUDA gemm: inner dimension ", g.K);
+  const CublasLt& lt = cublaslt();
+  // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: cuBLASLt's first operand is
+  // B's memory (N × K after its op), the second A's (K × M after its op).
+  const Context::GemmKey key{g.M, g.N, g.K, g.lda, g.ldb, g.ldc, int(g.trans_a), int(g.trans_b),
+                             int(g.accumulate)};
+  auto it = ctx.gemm_plans.find(key);
+  if (it == ctx.gemm_plans.end()) {
+    Context::GemmPlan p;
+    check_lt(lt.desc_create(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
+    const cublasOperation_t op1 = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op2 = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    lt.desc_set(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op1, sizeof op1);
+    lt.desc_set(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op2, sizeof op2);
+    // Layouts of the stored matrices, column-major (rows, cols, ld).
+    if (g.trans_b) {
+      check_lt(lt.layout_create(&p.a, CUDA_R_16BF, uint64_t(g.K), uint64_t(g.N), g.ldb), "layout A");
+    } else {
+      check_lt(lt.layout_create(&p.a, CUDA_R_16BF, uint64_t(g.N), uint64_t(g.K), g.ldb), "layout A");
+    }
+    if (g.trans_a) {
+      check_lt(lt.layout_create(&p.b, CUDA_R_16BF, uint64_t(g.M), uint64_t(g.K), g.lda), "layout B");
+    } else {
+      check_lt(lt.layout_create(&p.b, CUDA_R_16BF, uint64_t(g.K), uint64_t(g.M), g.lda), "layout B");
+    }
+    check_lt(lt.layout_create(&p.c, CUDA_R_32F, uint64_t(g.N), uint64_t(g.M), g.ldc), "layout C");
+    cublasLtMatmulPreference_t pref;
+    check_lt(lt.pref_create(&pref), "preference");
+    const uint64_t ws = ctx.workspace.bytes();
+    lt.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t st = lt.heuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+    lt.pref_destroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+      lt.layout_destroy(p.a), lt.layout_destroy(p.b), lt.layout_destroy(p.c), lt.desc_destroy(p.desc);
+      fail("cuBLASLt: no algorithm for a ", g.M, "×", g.K, " · ", g.K, "×", g.N, " bf16 product");
+    }
+    p.algo = result.algo;
+    it = ctx.gemm_plans.emplace(key, p).first;
+  }
+  const Context::GemmPlan& p = it->second;
+  const float alpha = 1.f, beta = g.accumulate ? 1.f : 0.f;
+  check_lt(lt.matmul(ctx.lt, p.desc, &alpha, g.B, p.a, g.A, p.b, &beta, g.C, p.c, g.C, p.c, &p.algo,
+                     ctx.workspace.as(), ctx.workspace.bytes(), ctx.stream),
+           "matmul");
+}
+
+}  // namespace rwkv::cuda

@@ -1,0 +1,596 @@
+// RWKV-7 training ops on the GPU (see train_ops.h). Per-row ops run one block per row, per-head
+// ops one warp per (row, head) with lanes striding over the head's N channels, element-wise ops
+// a grid-stride loop; column sums are two-pass (partials per block of rows, then in order).
+#include <algorithm>
+
+#include "ops/cuda/device_math.cuh"
+#include "ops/cuda/train_ops.h"
+
+namespace rwkv::cuda::train {
+namespace {
+
+constexpr float kNormEps = 1e-12f;       // F.normalize's default
+constexpr int kColRows = 128;            // rows per partial column sum
+constexpr int kHeadWarps = 8;            // (row, head) pairs per block of the per-head kernels
+
+#define GRID_STRIDE(i, n) \
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < (n); i += size_t(gridDim.x) * blockDim.x)
+
+int grid_for(size_t n, int threads = 256) {
+  return int(std::max<size_t>(1, std::min<size_t>((n + size_t(threads) - 1) / size_t(threads), 65536)));
+}
+
+__device__ __forceinline__ bf16 b16(float x) { return __float2bfloat16_rn(x); }
+
+// ---- LayerNorm ----
+
+__global__ void ln_forward_kernel(const float* x, int C, const float* w, const float* b, float eps,
+                                  float* out, float* mean_out, float* rstd_out) {
+  __shared__ float scratch[32];
+  const size_t row = blockIdx.x;
+  const float* xr = x + row * size_t(C);
+  float s = 0.f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) s += xr[c];
+  const float mean = block_sum(s, scratch) / float(C);
+  float q = 0.f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const float d = xr[c] - mean;
+    q += d * d;
+  }
+  const float rstd = rsqrtf(block_sum(q, scratch) / float(C) + eps);
+  float* o = out + row * size_t(C);
+  for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = (xr[c] - mean) * rstd * w[c] + b[c];
+  if (threadIdx.x == 0) mean_out[row] = mean, rstd_out[row] = rstd;
+}
+
+__global__ void ln_backward_kernel(const float* dout, const float* x, int C, const float* w,
+                                   const float* mean_in, const float* rstd_in, float* dx,
+                                   float* xhat_dout) {
+  __shared__ float scratch[32];
+  const size_t row = blockIdx.x, o = row * size_t(C);
+  const float mean = mean_in[row], rstd = rstd_in[row];
+  float sg = 0.f, sgx = 0.f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const float xh = (x[o + c] - mean) * rstd, g = dout[o + c] * w[c];
+    sg += g;
+    sgx += g * xh;
+    xhat_dout[o + c] = dout[o + c] * xh;
+  }
+  const float mg = block_sum(sg, scratch) / float(C);
+  const float mgx = block_sum(sgx, scratch) / float(C);
+  if (!dx) return;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const float xh = (x[o + c] - mean) * rstd, g = dout[o + c] * w[c];
+    dx[o + c] += rstd * (g - mg - xh * mgx);
+  }
+}
+
+// ---- column sums ----
+
+__global__ void col_partial_kernel(const float* a, const float* b, int M, int C, float* partial) {
+  __shared__ float sums[8][33];
+  const int c = blockIdx.x * 32 + threadIdx.x, chunk = blockIdx.y;
+  const int m0 = chunk * kColRows, m1 = min(M, m0 + kColRows);
+  float s = 0.f;
+  if (c < C) {
+    for (int m = m0 + threadIdx.y; m < m1; m += 8) {
+      const size_t i = size_t(m) * size_t(C) + c;
+      s += b ? a[i] * b[i] : a[i];
+    }
+  }
+  sums[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float t = 0.f;
+#pragma unroll
+    for (int y = 0; y < 8; ++y) t += sums[y][threadIdx.x];
+    partial[size_t(chunk) * size_t(C) + c] = t;
+  }
+}
+
+__global__ void col_finish_kernel(const float* partial, int chunks, int C, float* out) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float s = 0.f;
+  for (int k = 0; k < chunks; ++k) s += partial[size_t(k) * size_t(C) + c];
+  out[c] += s;
+}
+
+// ---- token shift and mixes ----
+
+__global__ void token_shift_kernel(const float* x, Rows prev, int T, int C, size_t n, float* delta) {
+  GRID_STRIDE(i, n) {
+    const size_t m = i / size_t(C);
+    const int c = int(i % size_t(C)), t = int(m % size_t(T));
+    const size_t b = m / size_t(T);
+    const float p = t > 0 ? x[i - size_t(C)] : prev.base ? prev.base[b * prev.stride + c] : 0.f;
+    delta[i] = p - x[i];
+  }
+}
+
+__global__ void token_shift_backward_kernel(const float* ddelta, int T, int C, size_t n, float* dx,
+                                            MutRows dprev) {
+  GRID_STRIDE(i, n) {
+    const size_t m = i / size_t(C);
+    const int c = int(i % size_t(C)), t = int(m % size_t(T));
+    dx[i] += (t + 1 < T ? ddelta[i + size_t(C)] : 0.f) - ddelta[i];
+    if (t == 0 && dprev.base) dprev.base[(m / size_t(T)) * dprev.stride + c] = ddelta[i];
+  }
+}
+
+__global__ void mix_kernel(const float* h, const float* delta, int C, size_t n, Mixes mixes) {
+  GRID_STRIDE(i, n) {
+    const int c = int(i % size_t(C));
+    const float x = h[i], d = delta[i];
+    for (int j = 0; j < mixes.n; ++j) mixes.out[j][i] = b16(x + d * mixes.mu[j][c]);
+  }
+}
+
+__global__ void mix_backward_kernel(const float* dout, const float* mu, int C, size_t n, float* dh,
+                                    float* ddelta) {
+  GRID_STRIDE(i, n) {
+    const float g = dout[i];
+    dh[i] += g;
+    ddelta[i] += g * mu[i % size_t(C)];
+  }
+}
+
+__global__ void add_rows_kernel(Rows src, int C, size_t n, MutRows dst) {
+  GRID_STRIDE(i, n) {
+    const size_t b = i / size_t(C), c = i % size_t(C);
+    dst.base[b * dst.stride + c] += src.base[b * src.stride + c];
+  }
+}
+
+// ---- activations ----
+
+__global__ void activate_bf16_kernel(float* x, size_t n, int act, bf16* out) {
+  GRID_STRIDE(i, n) {
+    const float y = apply_act(x[i], act);
+    x[i] = y;
+    out[i] = b16(y);
+  }
+}
+
+__global__ void activation_backward_kernel(const float* dy, const float* h, size_t n, int act, bf16* out) {
+  GRID_STRIDE(i, n) {
+    float g = dy[i];
+    if (act == int(Act::Tanh)) g *= 1.f - h[i] * h[i];
+    if (act == int(Act::Sigmoid)) g *= h[i] * (1.f - h[i]);
+    out[i] = b16(g);
+  }
+}
+
+__global__ void sqrelu_kernel(const float* pre, size_t n, bf16* out) {
+  GRID_STRIDE(i, n) {
+    const float r = fmaxf(pre[i], 0.f);
+    out[i] = b16(r * r);
+  }
+}
+
+__global__ void sqrelu_backward_kernel(const float* dy, const float* pre, size_t n, bf16* out) {
+  GRID_STRIDE(i, n) { out[i] = b16(dy[i] * 2.f * fmaxf(pre[i], 0.f)); }
+}
+
+// ---- RWKV-7 per-head ops: warp w of the block takes pair (row, head) = blockIdx.x·8 + w ----
+
+__device__ __forceinline__ bool head_pair(int M, int H, int* m, int* h) {
+  const int pair = blockIdx.x * kHeadWarps + (threadIdx.x >> 5);
+  if (pair >= M * H) return false;
+  *m = pair / H;
+  *h = pair % H;
+  return true;
+}
+
+int head_blocks(int M, int H) { return (M * H + kHeadWarps - 1) / kHeadWarps; }
+
+__global__ void prepare_forward_kernel(int M, int H, int N, PrepareForward p) {
+  int m, h;
+  if (!head_pair(M, H, &m, &h)) return;
+  const int lane = threadIdx.x & 31, C = H * N;
+  const size_t row = size_t(m) * size_t(C);
+  float ss = 0.f;
+  for (int j = lane; j < N; j += 32) {
+    const int c = h * N + j;
+    const float kk = p.k_raw[row + c] * p.k_k[c];
+    ss += kk * kk;
+  }
+  const float inv = 1.f / fmaxf(sqrtf(warp_sum(ss)), kNormEps);
+  for (int j = lane; j < N; j += 32) {
+    const int c = h * N + j;
+    const size_t i = row + c;
+    const float k = p.k_raw[i];
+    const float alpha = sigmoidf(p.a0[c] + p.alpha[i]);
+    p.alpha[i] = alpha;
+    p.z[i] += p.w0[c];
+    if (p.first_layer) {
+      p.v[i] = p.v_raw[i];
+      p.v_first[i] = p.v_raw[i];
+    } else {
+      const float gate = sigmoidf(p.v0[c] + p.gate[i]);
+      p.gate[i] = gate;
+      p.v[i] = p.v_raw[i] + (p.v_first[i] - p.v_raw[i]) * gate;
+    }
+    p.kn[i] = k * p.k_k[c] * inv;
+    p.k2[i] = k * (1.f + (alpha - 1.f) * p.k_a[c]);
+  }
+}
+
+__global__ void wkv_inputs_kernel(size_t n, WkvInputs p) {
+  GRID_STRIDE(i, n) {
+    p.r16[i] = b16(p.r[i]);
+    p.z16[i] = b16(p.z[i]);
+    p.k16[i] = b16(p.k2[i]);
+    p.v16[i] = b16(p.v[i]);
+    p.a16[i] = b16(-p.kn[i]);
+    p.b16[i] = b16(p.kn[i] * p.alpha[i]);
+  }
+}
+
+__global__ void output_forward_kernel(int M, int H, int N, float eps, OutputForward p) {
+  int m, h;
+  if (!head_pair(M, H, &m, &h)) return;
+  const int lane = threadIdx.x & 31, C = H * N;
+  const size_t row = size_t(m) * size_t(C);
+  float s = 0.f, sb = 0.f;
+  for (int j = lane; j < N; j += 32) {
+    const int c = h * N + j;
+    s += __bfloat162float(p.y[row + c]);
+    sb += p.r[row + c] * p.k2[row + c] * p.r_k[c];
+  }
+  const float mean = warp_sum(s) / float(N);
+  sb = warp_sum(sb);
+  float q = 0.f;
+  for (int j = lane; j < N; j += 32) {
+    const float d = __bfloat162float(p.y[row + h * N + j]) - mean;
+    q += d * d;
+  }
+  const float rstd = rsqrtf(warp_sum(q) / float(N) + eps);
+  for (int j = lane; j < N; j += 32) {
+    const int c = h * N + j;
+    const size_t i = row + c;
+    const float yh = (__bfloat162float(p.y[i]) - mean) * rstd;
+    const float zo = yh * p.ln_w[c] + p.ln_b[c] + sb * p.v[i];
+    p.zo[i] = zo;
+    p.x16[i] = b16(zo * p.g[i]);
+  }
+  if (lane == 0) {
+    p.mean[size_t(m) * H + h] = mean;
+    p.rstd[size_t(m) * H + h] = rstd;
+  }
+}
+
+__global__ void gate_kernel(const float* zo, const float* g, size_t n, bf16* x16) {
+  GRID_STRIDE(i, n) { x16[i] = b16(zo[i] * g[i]); }
+}
+
+__global__ void output_backward_kernel(int M, int H, int N, OutputBackward p) {
+  int m, h;
+  if (!head_pair(M, H, &m, &h)) return;
+  const int lane = threadIdx.x & 31, C = H * N;
+  const size_t row = size_t(m) * size_t(C);
+  const float mean = p.mean[size_t(m) * H + h], rstd = p.rstd[size_t(m) * H + h];
+  float sg = 0.f, sgy = 0.f, sb = 0.f, dsb = 0.f;
+  for (int j = lane; j < N; j += 32) {
+    const int c = h * N + j;
+    const size_t i = row + c;
+    const float dz = p.dx[i] * p.g[i];
+    const float yh = (__bfloat162float(p.y[i]) - mean) * rstd, gy = dz * p.ln_w[c];
+    sg += gy;
+    sgy += gy * yh;
+    sb += p.r[i] * p.k2[i] * p.r_k[c];
+    dsb += dz * p.v[i];
+  }
+  const float mg = warp_sum(sg) / float(N), mgy = warp_sum(sgy) / float(N);
+  sb = warp_sum(sb);
+  dsb = warp_sum(dsb);
+  for (int j = lane; j < N; j += 32) {
+    const int c = h * N + j;
+    const size_t i = row + c;
+    const float dz = p.dx[i] * p.g[i];
+    const float yh = (__bfloat162float(p.y[i]) - mean) * rstd, gy = dz * p.ln_w[c];
+    p.dg[i] = p.dx[i] * p.zo[i];
+    p.dy16[i] = b16(rstd * (gy - mg - yh * mgy));
+    p.t_w[i] = dz * yh;
+    p.t_b[i] = dz;
+    p.dv[i] = dz * sb;
+    p.dr[i] = dsb * p.k2[i] * p.r_k[c];
+    p.dk2[i] = dsb * p.r[i] * p.r_k[c];
+    p.t_rk[i] = dsb * p.r[i] * p.k2[i];
+  }
+}
+
+__global__ void prepare_backward_kernel(int M, int H, int N, PrepareBackward p) {
+  int m, h;
+  if (!head_pair(M, H, &m, &h)) return;
+  const int lane = threadIdx.x & 31, C = H * N;
+  const size_t row = size_t(m) * size_t(C);
+  const auto f = [](bf16 x) { return __bfloat162float(x); };
+  // Pass 1: the head's ‖k⊙k_k‖ and Σ dkn⊙kn for the normalisation's backward.
+  float ss = 0.f, dot = 0.f;
+  for (int j = lane; j < N; j += 32) {
+    const int c = h * N + j;
+    const size_t i = row + c;
+    const float kk = p.k_raw[i] * p.k_k[c];
+    const float dkn = f(p.db16[i]) * p.alpha[i] - f(p.da16[i]);
+    ss += kk * kk;
+    dot += dkn * p.kn[i];
+  }
+  const float norm = sqrtf(warp_sum(ss));
+  dot = warp_sum(dot);
+  const bool clamped = !(norm > kNormEps);
+  const float inv = clamped ? 1.f / kNormEps : 1.f / norm;
+  for (int j = lane; j < N; j += 32) {
+    const int c = h * N + j;
+    const size_t i = row + c;
+    const float k = p.k_raw[i], alpha = p.alpha[i], kn = p.kn[i];
+    const float da = f(p.da16[i]), db = f(p.db16[i]);
+    const float dk2 = p.dk2[i] + f(p.dk16[i]);
+    const float dkn = db * alpha - da;
+    const float dkk = clamped ? dkn * inv : (dkn - kn * dot) * inv;
+    p.dr[i] += f(p.dr16[i]);
+    p.dk2[i] = dk2 * (1.f + (alpha - 1.f) * p.k_a[c]) + dkk * p.k_k[c];  // now ∂/∂k_raw
+    p.t_ka[i] = dk2 * k * (alpha - 1.f);
+    p.t_kk[i] = dkk * k;
+    const float dalpha = db * kn + dk2 * k * p.k_a[c];
+    p.dalpha[i] = dalpha * alpha * (1.f - alpha);
+    p.dz[i] = f(p.dz16[i]);
+    const float dv = p.dv[i] + f(p.dv16[i]);
+    if (p.first_layer) {
+      p.dv[i] = dv + p.dv_first[i];
+    } else {
+      const float gate = p.gate[i];
+      p.dv_first[i] += dv * gate;
+      p.dvf[i] = dv * (p.v_first[i] - p.v_raw[i]) * gate * (1.f - gate);
+      p.dv[i] = dv * (1.f - gate);
+    }
+  }
+}
+
+// ---- loss ----
+
+__global__ void cross_entropy_kernel(const float* logits, const int* targets, int V, float scale,
+                                     float l2wrap, float* loss, bf16* dlogits) {
+  __shared__ float smax[32];
+  __shared__ int sarg[32];
+  __shared__ float scratch[32];
+  const size_t m = blockIdx.x;
+  const float* x = logits + m * size_t(V);
+  bf16* d = dlogits + m * size_t(V);
+  const int target = targets[m];
+  if (target < 0) {
+    for (int i = threadIdx.x; i < V; i += blockDim.x) d[i] = b16(0.f);
+    if (threadIdx.x == 0) loss[m] = 0.f;
+    return;
+  }
+  // The first maximum (torch.max's argmax): the smallest index among equal maxima.
+  float best = -INFINITY;
+  int arg = V;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    if (x[i] > best) best = x[i], arg = i;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oa = __shfl_xor_sync(0xffffffffu, arg, o);
+    if (ob > best || (ob == best && oa < arg)) best = ob, arg = oa;
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  if (lane == 0) smax[warp] = best, sarg[warp] = arg;
+  __syncthreads();
+  best = smax[0], arg = sarg[0];
+  for (int w = 1; w < warps; ++w) {
+    if (smax[w] > best || (smax[w] == best && sarg[w] < arg)) best = smax[w], arg = sarg[w];
+  }
+  float s = 0.f;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) s += __expf(x[i] - best);
+  const float sum = block_sum(s, scratch);
+  const float p_scale = scale / sum;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    float g = __expf(x[i] - best) * p_scale;
+    if (i == target) g -= scale;
+    if (i == arg && l2wrap > 0.f) g += l2wrap * best;
+    d[i] = b16(g);
+  }
+  if (threadIdx.x == 0) loss[m] = logf(sum) + best - x[target];
+}
+
+__global__ void embed_backward_kernel(const int* tokens, const float* dx, int C, float* demb) {
+  const size_t m = blockIdx.x;
+  float* row = demb + size_t(tokens[m]) * size_t(C);
+  for (int c = threadIdx.x; c < C; c += blockDim.x) atomicAdd(row + c, dx[m * size_t(C) + c]);
+}
+
+// ---- optimizer ----
+
+__global__ void sum_squares_kernel(const float* g, size_t n, double* out) {
+  __shared__ double part[32];
+  double s = 0;
+  GRID_STRIDE(i, n) s += double(g[i]) * double(g[i]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) part[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0;
+    for (int w = 0; w < int(blockDim.x >> 5); ++w) t += part[w];
+    atomicAdd(out, t);
+  }
+}
+
+__global__ void adamw_kernel(float* p, const float* g, float* m1, float* m2, bf16* p16, size_t n,
+                             float lr, float wd, float b1, float b2, float eps, float c1, float c2,
+                             float grad_scale) {
+  GRID_STRIDE(i, n) {
+    const float gi = g[i] * grad_scale;
+    const float mi = b1 * m1[i] + (1.f - b1) * gi;
+    const float vi = b2 * m2[i] + (1.f - b2) * gi * gi;
+    m1[i] = mi;
+    m2[i] = vi;
+    const float update = (mi / c1) / (sqrtf(vi / c2) + eps) + wd * p[i];
+    const float np = p[i] - lr * update;
+    p[i] = np;
+    p16[i] = b16(np);
+  }
+}
+
+}  // namespace
+
+void layer_norm_forward(Context& ctx, const float* x, int M, int C, const float* w, const float* b,
+                        float eps, float* out, float* mean, float* rstd) {
+  if (M <= 0) return;
+  ln_forward_kernel<<<M, 256, 0, ctx.stream>>>(x, C, w, b, eps, out, mean, rstd);
+  RWKV_CUDA_LAUNCHED("train layer_norm_forward");
+}
+
+void layer_norm_backward(Context& ctx, const float* dout, const float* x, int M, int C, const float* w,
+                         const float* mean, const float* rstd, float* dx, float* dw, float* db,
+                         float* scratch) {
+  if (M <= 0) return;
+  ln_backward_kernel<<<M, 256, 0, ctx.stream>>>(dout, x, C, w, mean, rstd, dx, scratch);
+  RWKV_CUDA_LAUNCHED("train layer_norm_backward");
+  if (dw) col_sum(ctx, scratch, nullptr, M, C, dw);
+  if (db) col_sum(ctx, dout, nullptr, M, C, db);
+}
+
+void col_sum(Context& ctx, const float* a, const float* b, int M, int C, float* out) {
+  if (M <= 0 || C <= 0) return;
+  const int chunks = (M + kColRows - 1) / kColRows;
+  ctx.reduce.ensure(size_t(chunks) * size_t(C) * sizeof(float));
+  float* partial = ctx.reduce.as<float>();
+  col_partial_kernel<<<dim3((C + 31) / 32, chunks), dim3(32, 8), 0, ctx.stream>>>(a, b, M, C, partial);
+  RWKV_CUDA_LAUNCHED("col_sum partial");
+  col_finish_kernel<<<(C + 255) / 256, 256, 0, ctx.stream>>>(partial, chunks, C, out);
+  RWKV_CUDA_LAUNCHED("col_sum finish");
+}
+
+void token_shift(Context& ctx, const float* x, Rows prev, int B, int T, int C, float* delta) {
+  const size_t n = size_t(B) * size_t(T) * size_t(C);
+  if (n == 0) return;
+  token_shift_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(x, prev, T, C, n, delta);
+  RWKV_CUDA_LAUNCHED("token_shift");
+}
+
+void token_shift_backward(Context& ctx, const float* ddelta, int B, int T, int C, float* dx,
+                          MutRows dprev) {
+  const size_t n = size_t(B) * size_t(T) * size_t(C);
+  if (n == 0) return;
+  token_shift_backward_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(ddelta, T, C, n, dx, dprev);
+  RWKV_CUDA_LAUNCHED("token_shift_backward");
+}
+
+void mix_bf16(Context& ctx, const float* h, const float* delta, int M, int C, const Mixes& mixes) {
+  const size_t n = size_t(M) * size_t(C);
+  if (n == 0 || mixes.n == 0) return;
+  mix_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(h, delta, C, n, mixes);
+  RWKV_CUDA_LAUNCHED("mix_bf16");
+}
+
+void mix_backward(Context& ctx, const float* dout, const float* delta, const float* mu, int M, int C,
+                  float* dh, float* ddelta, float* dmu) {
+  const size_t n = size_t(M) * size_t(C);
+  if (n == 0) return;
+  mix_backward_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(dout, mu, C, n, dh, ddelta);
+  RWKV_CUDA_LAUNCHED("mix_backward");
+  col_sum(ctx, dout, delta, M, C, dmu);
+}
+
+void add_rows(Context& ctx, Rows src, int B, int C, MutRows dst) {
+  const size_t n = size_t(B) * size_t(C);
+  if (n == 0) return;
+  add_rows_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(src, C, n, dst);
+  RWKV_CUDA_LAUNCHED("add_rows");
+}
+
+void activation_backward_bf16(Context& ctx, const float* dy, const float* h, size_t n, Act act, bf16* out) {
+  if (n == 0) return;
+  activation_backward_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(dy, h, n, int(act), out);
+  RWKV_CUDA_LAUNCHED("activation_backward_bf16");
+}
+
+void activate_bf16(Context& ctx, float* x, size_t n, Act act, bf16* out) {
+  if (n == 0) return;
+  activate_bf16_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(x, n, int(act), out);
+  RWKV_CUDA_LAUNCHED("activate_bf16");
+}
+
+void sqrelu_bf16(Context& ctx, const float* pre, size_t n, bf16* out) {
+  if (n == 0) return;
+  sqrelu_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(pre, n, out);
+  RWKV_CUDA_LAUNCHED("sqrelu_bf16");
+}
+
+void sqrelu_backward_bf16(Context& ctx, const float* dy, const float* pre, size_t n, bf16* out) {
+  if (n == 0) return;
+  sqrelu_backward_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(dy, pre, n, out);
+  RWKV_CUDA_LAUNCHED("sqrelu_backward_bf16");
+}
+
+void rwkv7_prepare_forward(Context& ctx, int M, int H, int N, const PrepareForward& p) {
+  if (M <= 0) return;
+  prepare_forward_kernel<<<head_blocks(M, H), kHeadWarps * 32, 0, ctx.stream>>>(M, H, N, p);
+  RWKV_CUDA_LAUNCHED("rwkv7_prepare_forward");
+}
+
+void rwkv7_wkv_inputs(Context& ctx, size_t n, const WkvInputs& p) {
+  if (n == 0) return;
+  wkv_inputs_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(n, p);
+  RWKV_CUDA_LAUNCHED("rwkv7_wkv_inputs");
+}
+
+void rwkv7_output_forward(Context& ctx, int M, int H, int N, float eps, const OutputForward& p) {
+  if (M <= 0) return;
+  output_forward_kernel<<<head_blocks(M, H), kHeadWarps * 32, 0, ctx.stream>>>(M, H, N, eps, p);
+  RWKV_CUDA_LAUNCHED("rwkv7_output_forward");
+}
+
+void gate_bf16(Context& ctx, const float* zo, const float* g, size_t n, bf16* x16) {
+  if (n == 0) return;
+  gate_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(zo, g, n, x16);
+  RWKV_CUDA_LAUNCHED("gate_bf16");
+}
+
+void rwkv7_output_backward(Context& ctx, int M, int H, int N, const OutputBackward& p) {
+  if (M <= 0) return;
+  output_backward_kernel<<<head_blocks(M, H), kHeadWarps * 32, 0, ctx.stream>>>(M, H, N, p);
+  RWKV_CUDA_LAUNCHED("rwkv7_output_backward");
+}
+
+void rwkv7_prepare_backward(Context& ctx, int M, int H, int N, const PrepareBackward& p) {
+  if (M <= 0) return;
+  prepare_backward_kernel<<<head_blocks(M, H), kHeadWarps * 32, 0, ctx.stream>>>(M, H, N, p);
+  RWKV_CUDA_LAUNCHED("rwkv7_prepare_backward");
+}
+
+void cross_entropy(Context& ctx, const float* logits, const int* targets, int M, int V, float scale,
+                   float l2wrap, float* loss, bf16* dlogits16) {
+  if (M <= 0) return;
+  cross_entropy_kernel<<<M, 1024, 0, ctx.stream>>>(logits, targets, V, scale, l2wrap, loss, dlogits16);
+  RWKV_CUDA_LAUNCHED("cross_entropy");
+}
+
+void embed_backward(Context& ctx, const int* tokens, const float* dx, int M, int C, float* demb) {
+  if (M <= 0) return;
+  embed_backward_kernel<<<M, 256, 0, ctx.stream>>>(tokens, dx, C, demb);
+  RWKV_CUDA_LAUNCHED("embed_backward");
+}
+
+void sum_squares(Context& ctx, const float* g, size_t n, double* out) {
+  RWKV_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double), ctx.stream));
+  if (n == 0) return;
+  sum_squares_kernel<<<std::min(grid_for(n), 1024), 256, 0, ctx.stream>>>(g, n, out);
+  RWKV_CUDA_LAUNCHED("sum_squares");
+}
+
+void adamw(Context& ctx, float* params, const float* grads, float* m, float* v, bf16* params16,
+           const AdamWGroup& group, float beta1, float beta2, float eps, float correction1,
+           float correction2, float grad_scale) {
+  if (group.count == 0) return;
+  const size_t o = group.offset;
+  adamw_kernel<<<grid_for(group.count), 256, 0, ctx.stream>>>(
+      params + o, grads + o, m + o, v + o, params16 + o, group.count, group.lr, group.weight_decay,
+      beta1, beta2, eps, correction1, correction2, grad_scale);
+  RWKV_CUDA_LAUNCHED("adamw");
+}
+
+}  // namespace rwkv::cuda::train

@@ -1,0 +1,145 @@
+// The element-wise, per-row and per-head ops of RWKV-7 training on the GPU, forward and
+// backward (spec §2.4, §4): the CUDA twins of ops::train and of the loops in
+// model/rwkv7_train_layer.cpp, over fp32 rows of C (M = B·T rows), with the inputs of matrix
+// products written in bf16 directly (gemm.h takes bf16). Every backward ACCUMULATES (+=) into
+// gradients of parameters; gradients of activations are overwritten unless said otherwise.
+// Column sums over rows (the gradients of per-channel parameters) are two-pass and in a fixed
+// order, so they are deterministic.
+#pragma once
+#include <cuda_bf16.h>
+
+#include "ops/cuda/kernels.h"
+
+namespace rwkv::cuda::train {
+
+using bf16 = __nv_bfloat16;
+
+// Rows of B sequences held in strided memory: row b at base + b·stride (floats); base null =
+// zeros (a sequence's start).
+struct Rows {
+  const float* base = nullptr;
+  size_t stride = 0;
+};
+struct MutRows {
+  float* base = nullptr;
+  size_t stride = 0;
+};
+
+// LayerNorm forward with its statistics: out = (x − mean)·rstd·w + b (biased variance).
+void layer_norm_forward(Context& ctx, const float* x, int M, int C, const float* w, const float* b,
+                        float eps, float* out, float* mean, float* rstd);
+// dx += ∂/∂x (dx may be null); dw += Σ dout·x̂, db += Σ dout. scratch: M·C floats (dout·x̂).
+void layer_norm_backward(Context& ctx, const float* dout, const float* x, int M, int C, const float* w,
+                         const float* mean, const float* rstd, float* dx, float* dw, float* db,
+                         float* scratch);
+
+// delta[b,t] = x[b,t−1] − x[b,t], x[b,−1] = prev row b.
+void token_shift(Context& ctx, const float* x, Rows prev, int B, int T, int C, float* delta);
+// dx[b,t] += ddelta[b,t+1] − ddelta[b,t] (t+1 < T); dprev row b = ddelta[b,0] (overwritten).
+void token_shift_backward(Context& ctx, const float* ddelta, int B, int T, int C, float* dx,
+                          MutRows dprev);
+// out_j = bf16(h + delta⊙mu_j) for up to 6 mixes.
+struct Mixes {
+  int n = 0;
+  const float* mu[6] = {};
+  bf16* out[6] = {};
+};
+void mix_bf16(Context& ctx, const float* h, const float* delta, int M, int C, const Mixes& mixes);
+// dh += dout ; ddelta += dout⊙mu ; dmu += Σ_rows dout⊙delta.
+void mix_backward(Context& ctx, const float* dout, const float* delta, const float* mu, int M, int C,
+                  float* dh, float* ddelta, float* dmu);
+
+// out[c] += Σ_m a[m,c]·b[m,c] (b null: Σ a): partial sums over blocks of rows into
+// ctx.reduce, then one pass adding them in order.
+void col_sum(Context& ctx, const float* a, const float* b, int M, int C, float* out);
+
+// dst rows b (B rows of C, strided) += src rows b (strided).
+void add_rows(Context& ctx, Rows src, int B, int C, MutRows dst);
+
+// y ← y⊙(1 − h²) (tanh: h = tanh output), y⊙h(1 − h) (sigmoid: h = its output), or y unchanged
+// (none); then out = bf16(y).
+void activation_backward_bf16(Context& ctx, const float* dy, const float* h, size_t n, Act act,
+                              bf16* out);
+// x ← act(x) in place, and out = bf16(x).
+void activate_bf16(Context& ctx, float* x, size_t n, Act act, bf16* out);
+// out = bf16(relu(pre)²).
+void sqrelu_bf16(Context& ctx, const float* pre, size_t n, bf16* out);
+// out = bf16(dy·2·relu(pre)).
+void sqrelu_backward_bf16(Context& ctx, const float* dy, const float* pre, size_t n, bf16* out);
+
+// RWKV-7's per-head preparation (spec §2.4) for training, over M rows of H heads of N:
+//   z ← w0 + z (the decay before its sigmoid), α ← σ(a0 + α),
+//   layer > 0: gate ← σ(v0 + gate), v = v_raw + (v_first − v_raw)⊙gate; layer 0: v = v_first = v_raw,
+//   kn = normalize_head(k_raw⊙k_k) (F.normalize, eps 1e-12), k2 = k_raw⊙(1 + (α − 1)⊙k_a).
+struct PrepareForward {
+  float *z, *alpha, *gate, *v, *kn, *k2, *v_first;
+  const float *k_raw, *v_raw;
+  const float *w0, *a0, *v0, *k_k, *k_a;
+  bool first_layer;
+};
+void rwkv7_prepare_forward(Context& ctx, int M, int H, int N, const PrepareForward& p);
+// The WKV kernel's bf16 inputs: r, z, k2, v, a = −kn, b = kn⊙α.
+struct WkvInputs {
+  const float *r, *z, *k2, *v, *kn, *alpha;
+  bf16 *r16, *z16, *k16, *v16, *a16, *b16;
+};
+void rwkv7_wkv_inputs(Context& ctx, size_t n, const WkvInputs& p);
+
+// Output of the time mix: zo = GroupNorm(y)·ln_w + ln_b + (Σ_head r⊙k2⊙r_k)·v (saved with the
+// GroupNorm statistics), and x16 = bf16(zo⊙g), the output projection's input.
+struct OutputForward {
+  const bf16* y;
+  const float *r, *k2, *v, *g, *r_k, *ln_w, *ln_b;
+  float *zo, *mean, *rstd;  // (M, C), (M, H), (M, H)
+  bf16* x16;
+};
+void rwkv7_output_forward(Context& ctx, int M, int H, int N, float eps, const OutputForward& p);
+// x16 = bf16(zo⊙g) again (backward recomputes it rather than keeping it).
+void gate_bf16(Context& ctx, const float* zo, const float* g, size_t n, bf16* x16);
+// From dx = ∂/∂(zo⊙g): dg = dx⊙zo; dz = dx⊙g through GroupNorm into dy16 (the WKV output's
+// gradient) and through the bonus into dr, dk2, dv (overwritten); and per-element terms whose
+// column sums are the gradients of ln_w (dz⊙ŷ → t_w), ln_b (dz → t_b) and r_k (dsb⊙r⊙k2 → t_rk).
+struct OutputBackward {
+  const float* dx;
+  const bf16* y;
+  const float *zo, *mean, *rstd, *r, *k2, *v, *g, *r_k, *ln_w;
+  float *dg, *dr, *dk2, *dv, *t_w, *t_b, *t_rk;
+  bf16* dy16;
+};
+void rwkv7_output_backward(Context& ctx, int M, int H, int N, const OutputBackward& p);
+// Back through the preparation, from the bonus's dr, dk2, dv (fp32) plus the WKV's bf16
+// gradients: dr, dk (of k_raw), dv (of the value projection) overwritten; dz (of the decay
+// before its sigmoid), dalpha (before its sigmoid), dvf (the gate's, before its sigmoid; layer
+// > 0), dv_first (+=, layer > 0; read in layer 0); per-element terms for the column sums of
+// k_a (t_ka) and k_k (t_kk).
+struct PrepareBackward {
+  const bf16 *dr16, *dz16, *dk16, *dv16, *da16, *db16;
+  const float *k_raw, *v_raw, *kn, *alpha, *gate, *v_first, *k_k, *k_a;
+  float *dr, *dk2, *dv;  // in: the bonus's terms; out: dr, dk, dv
+  float *dz, *dalpha, *dvf, *dv_first, *t_ka, *t_kk;
+  bool first_layer;
+};
+void rwkv7_prepare_backward(Context& ctx, int M, int H, int N, const PrepareBackward& p);
+
+// Cross-entropy rows (spec §4.6): for counted rows (target ≥ 0) loss[m] = −log softmax[target]
+// and dlogits16 = bf16(scale·(softmax − onehot)) plus l2wrap·max at the first argmax; skipped
+// rows: loss 0, dlogits 0.
+void cross_entropy(Context& ctx, const float* logits, const int* targets, int M, int V, float scale,
+                   float l2wrap, float* loss, bf16* dlogits16);
+
+// demb[tokens[m]] += dx[m] (atomic: the order of additions into one row varies).
+void embed_backward(Context& ctx, const int* tokens, const float* dx, int M, int C, float* demb);
+
+// Σ g² over n values into *out (a device double, overwritten).
+void sum_squares(Context& ctx, const float* g, size_t n, double* out);
+// One AdamW group (train/optimizer.h's formula) with the gradient scaled by grad_scale first,
+// and the bf16 copy of the parameters refreshed.
+struct AdamWGroup {
+  size_t offset = 0, count = 0;
+  float lr = 0, weight_decay = 0;
+};
+void adamw(Context& ctx, float* params, const float* grads, float* m, float* v, bf16* params16,
+           const AdamWGroup& group, float beta1, float beta2, float eps, float correction1,
+           float correction2, float grad_scale);
+
+}  // namespace rwkv::cuda::train
