@@ -10,6 +10,7 @@
 #include "testing.h"
 
 #ifdef RWKV_WITH_CUDA
+#include "cuda_testing.h"
 #include "ops/cuda/kernels.h"
 
 namespace rwkv {
@@ -33,24 +34,9 @@ std::vector<float> random_vector(size_t n, std::mt19937& rng, float scale = 1.f)
   return v;
 }
 
-// A device copy of host bytes, and back.
-DeviceBuffer upload(const void* data, size_t bytes) {
-  DeviceBuffer b(std::max<size_t>(bytes, 4));
-  RWKV_CUDA_CHECK(cudaMemcpy(b.as(), data, bytes, cudaMemcpyHostToDevice));
-  return b;
-}
-DeviceBuffer upload(const std::vector<float>& v) { return upload(v.data(), v.size() * 4); }
-DeviceBuffer poisoned(size_t floats) {
-  DeviceBuffer b(std::max<size_t>(floats * 4, 4));
-  RWKV_CUDA_CHECK(cudaMemset(b.as(), 0xff, floats * 4));  // NaN in every float
-  return b;
-}
-std::vector<float> download(const DeviceBuffer& b, size_t floats) {
-  context().synchronize();
-  std::vector<float> v(floats);
-  RWKV_CUDA_CHECK(cudaMemcpy(v.data(), b.as(), floats * 4, cudaMemcpyDeviceToHost));
-  return v;
-}
+using test::upload;
+DeviceBuffer poisoned(size_t floats) { return test::poisoned_bytes(floats * 4); }
+std::vector<float> download(const DeviceBuffer& b, size_t floats) { return test::download_f32(b, floats); }
 
 double act_ref(double x, Act act) {
   switch (act) {

@@ -3,6 +3,7 @@
 // (fp32) and against the official fp64 gradients, within bounds for bf16 matrix products; the
 // recompute option; a 50-step training run against the CPU's loss trajectory; resume; errors.
 // Skips without a GPU.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -30,17 +31,6 @@ using model::Rwkv7TrainCuda;
 
 #define REQUIRE_GPU() \
   if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU"
-
-// ‖got − want‖ / ‖want‖
-template <class A, class B>
-double rel_error(const A* got, const B* want, size_t n) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < n; ++i) {
-    diff += (double(got[i]) - double(want[i])) * (double(got[i]) - double(want[i]));
-    norm += double(want[i]) * double(want[i]);
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-300);
-}
 
 struct Batch {
   int B = 0, T = 0;
@@ -115,7 +105,7 @@ void expect_grads_close(const model::ParamTable& table, const std::vector<float>
   double worst = 0;
   std::string worst_name;
   for (const model::ParamTensor& t : table.tensors) {
-    const double e = rel_error(got.data() + t.offset, want.data() + t.offset, t.numel);
+    const double e = test::rel_norm_error(got.data() + t.offset, want.data() + t.offset, t.numel);
     EXPECT_LE(e, exposed_bound > 0 && exposed(t.name) ? exposed_bound : bound) << what << ": " << t.name;
     if (!(e <= worst)) worst = e, worst_name = t.name;
   }
@@ -154,8 +144,8 @@ TEST(CudaTrain, MatchesTheCpuTrainingForm) {
     const bool zero_start = !cs.states && cs.head == 64;
     expect_grads_close(gpu.table(), got.grads, want.grads, kGradBound, "GPU vs CPU",
                        zero_start ? kExposedBound : 0);
-    const double se = rel_error(got.state_out.data(), want.state_out.data(), want.state_out.size());
-    const double de = rel_error(got.dstate_in.data(), want.dstate_in.data(), want.dstate_in.size());
+    const double se = test::rel_norm_error(got.state_out.data(), want.state_out.data(), want.state_out.size());
+    const double de = test::rel_norm_error(got.dstate_in.data(), want.dstate_in.data(), want.dstate_in.size());
     std::printf("head %d T %d%s: loss %.6f vs %.6f, state_out %.2e, dstate_in %.2e\n", cs.head, cs.T,
                 cs.states ? " states" : "", got.loss, want.loss, se, de);
     EXPECT_LE(se, kStateBound);
@@ -185,7 +175,7 @@ TEST(CudaTrain, OfficialGradients) {
     ASSERT_NE(t, nullptr);
     const auto ref = test::read_f64_file(dir + "/" + std::string(g["file"]));
     ASSERT_EQ(ref.size(), t->numel);
-    const double e = rel_error(got.grads.data() + t->offset, ref.data(), ref.size());
+    const double e = test::rel_norm_error(got.grads.data() + t->offset, ref.data(), ref.size());
     EXPECT_LE(e, 0.12) << t->name;
     worst = std::max(worst, e);
   }
@@ -229,18 +219,14 @@ TEST(CudaTrain, SplitWindowsCarryStateAndGradient) {
   }
   const size_t S = size_t(B) * gpu.dims().state_floats();
   std::vector<float> mid(S), dmid(S), grads(gpu.table().total);
+  // Each window's loss is its own mean: weight them by their counted rows.
+  const auto counted = [](const std::vector<int>& t) { return double(std::count_if(t.begin(), t.end(), [](int x) { return x >= 0; })); };
+  const double na = counted(a.targets), nc = counted(c.targets);
   gpu.zero_grads();
   gpu.forward(0, a.tokens.data(), B, half, nullptr, mid.data());
-  int na = 0, nc = 0;
-  double la = gpu.loss(0, a.targets.data(), 0.0, &na);
+  const double la = gpu.loss(0, a.targets.data(), 0.0, nullptr, na / (na + nc));
   gpu.forward(1, c.tokens.data(), B, half, mid.data(), nullptr);
-  double lc = gpu.loss(1, c.targets.data(), 0.0, &nc);
-  // Re-weight: the whole window's mean is over na + nc rows.
-  gpu.zero_grads();
-  gpu.forward(0, a.tokens.data(), B, half, nullptr, mid.data());
-  la = gpu.loss(0, a.targets.data(), 0.0, nullptr, double(na) / (na + nc));
-  gpu.forward(1, c.tokens.data(), B, half, mid.data(), nullptr);
-  lc = gpu.loss(1, c.targets.data(), 0.0, nullptr, double(nc) / (na + nc));
+  const double lc = gpu.loss(1, c.targets.data(), 0.0, nullptr, nc / (na + nc));
   gpu.backward(1, nullptr, dmid.data());
   gpu.backward(0, dmid.data(), nullptr);
   gpu.read_grads(grads.data());

@@ -9,6 +9,7 @@
 #include "testing.h"
 
 #ifdef RWKV_WITH_CUDA
+#include "cuda_testing.h"
 #include "ops/cuda/wkv7_train.h"
 
 namespace rwkv {
@@ -36,38 +37,13 @@ std::vector<float> normal(size_t n, std::mt19937& rng, float scale) {
   return v;
 }
 
-cuda::DeviceBuffer upload(const void* p, size_t bytes) {
-  cuda::DeviceBuffer b(std::max<size_t>(bytes, 4));
-  RWKV_CUDA_CHECK(cudaMemcpy(b.as(), p, bytes, cudaMemcpyHostToDevice));
-  return b;
-}
-cuda::DeviceBuffer poisoned(size_t bytes) {
-  cuda::DeviceBuffer b(std::max<size_t>(bytes, 4));
-  RWKV_CUDA_CHECK(cudaMemset(b.as(), 0xff, bytes));  // NaN as fp32 and as bf16
-  return b;
-}
-std::vector<float> download_bf16(const cuda::DeviceBuffer& b, size_t n) {
-  std::vector<uint16_t> bits(n);
-  RWKV_CUDA_CHECK(cudaMemcpy(bits.data(), b.as(), n * 2, cudaMemcpyDeviceToHost));
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = bf16_to_f32(bits[i]);
-  return v;
-}
-std::vector<float> download_f32(const cuda::DeviceBuffer& b, size_t n) {
-  std::vector<float> v(n);
-  RWKV_CUDA_CHECK(cudaMemcpy(v.data(), b.as(), n * 4, cudaMemcpyDeviceToHost));
-  return v;
-}
+using test::download_bf16;
+using test::download_f32;
+using test::upload;
+cuda::DeviceBuffer poisoned(size_t bytes) { return test::poisoned_bytes(bytes); }
 
-// ‖got − want‖ / ‖want‖; NaN (an unwritten output) fails.
 double rel_error(const std::vector<float>& got, const std::vector<double>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::isnan(got[i])) return INFINITY;
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
+  return test::rel_norm_error(got.data(), want.data(), got.size());
 }
 
 TEST(CudaWkv7Train, ForwardAndBackwardMatchTheFp64Reference) {

@@ -44,17 +44,6 @@ TrainFixture load_fixture() {
   return f;
 }
 
-// ‖got − want‖ / ‖want‖
-template <class A, class B>
-double rel_norm_error(const A* got, const B* want, size_t n) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < n; ++i) {
-    diff += (double(got[i]) - double(want[i])) * (double(got[i]) - double(want[i]));
-    norm += double(want[i]) * double(want[i]);
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-300);
-}
-
 template <class R>
 void expect_fixture_gradients(double loss_tol, double grad_tol) {
   const TrainFixture f = load_fixture();
@@ -65,7 +54,7 @@ void expect_fixture_gradients(double loss_tol, double grad_tol) {
   // The training form's logits against the fixture's fp64 ones.
   const auto logits = test::read_f64_file(test::shared_path(std::string(kTrainDir) + "/logits.f64.bin"));
   ASSERT_EQ(logits.size(), size_t(f.B) * f.T * net.dims().V);
-  EXPECT_LT(rel_norm_error(tape.logits(), logits.data(), logits.size()), grad_tol);
+  EXPECT_LT(test::rel_norm_error(tape.logits(), logits.data(), logits.size()), grad_tol);
   const double loss = net.loss(tape, f.targets.data(), 0.0);
   const double want = test::read_f64_file(test::shared_path(std::string(kTrainDir) + "/loss.f64.bin"))[0];
   EXPECT_NEAR(loss, want, loss_tol * want);
@@ -77,7 +66,7 @@ void expect_fixture_gradients(double loss_tol, double grad_tol) {
     ASSERT_NE(t, nullptr) << name;
     const auto ref = test::read_f64_file(test::shared_path(std::string(kTrainDir) + "/" + std::string(g["file"])));
     ASSERT_EQ(ref.size(), t->numel) << name;
-    const double err = rel_norm_error(net.grads() + t->offset, ref.data(), ref.size());
+    const double err = test::rel_norm_error(net.grads() + t->offset, ref.data(), ref.size());
     EXPECT_LE(err, grad_tol) << name;
     ++checked;
   }
@@ -115,7 +104,7 @@ TEST(TrainRwkv7, GradCommandWritesOfficialGradients) {
     const auto got = test::read_f32_file(dir + "/" + std::string(g["name"]) + ".f32");
     const auto ref = test::read_f64_file(test::shared_path(std::string(kTrainDir) + "/" + std::string(g["file"])));
     ASSERT_EQ(got.size(), ref.size()) << g["name"];
-    EXPECT_LE(rel_norm_error(got.data(), ref.data(), ref.size()), 1e-4) << g["name"];
+    EXPECT_LE(test::rel_norm_error(got.data(), ref.data(), ref.size()), 1e-4) << g["name"];
   }
 }
 
@@ -247,8 +236,8 @@ TEST(TrainRwkv7, ResetAtEndOfDocumentStartsAFreshSequence) {
   Rwkv7Tape<double> tape_whole, tape_tail;
   const double* whole = net.forward(tape_whole, doc.data(), 1, int(doc.size()), random_state.data(), out_whole.data());
   const double* tail = net.forward(tape_tail, doc.data() + 4, 1, int(doc.size()) - 4, nullptr, out_tail.data());
-  EXPECT_LT(rel_norm_error(whole + 4 * V, tail, (doc.size() - 4) * V), 1e-13);
-  EXPECT_LT(rel_norm_error(out_whole.data(), out_tail.data(), S), 1e-13);
+  EXPECT_LT(test::rel_norm_error(whole + 4 * V, tail, (doc.size() - 4) * V), 1e-13);
+  EXPECT_LT(test::rel_norm_error(out_whole.data(), out_tail.data(), S), 1e-13);
 }
 
 // Gradients of one pass over T tokens equal those of two passes carrying the state forward and
@@ -286,7 +275,7 @@ TEST(TrainRwkv7, SplitAndCarryRecomputeAndChunksAgree) {
     std::vector<double> mid(size_t(B) * S), fin(size_t(B) * S), dmid(size_t(B) * S);
     net.forward(tape_a, in_a.data(), B, split, nullptr, mid.data());
     net.forward(tape_b, in_b.data(), B, T - split, mid.data(), fin.data());
-    EXPECT_LT(rel_norm_error(fin.data(), final_whole.data(), fin.size()), 1e-12);
+    EXPECT_LT(test::rel_norm_error(fin.data(), final_whole.data(), fin.size()), 1e-12);
     // Each segment's mean is over its own rows: weight them back to the mean over all rows.
     int na = 0, nb = 0;
     const double la = net.loss(tape_a, tg_a.data(), 0.0, &na);
@@ -298,7 +287,7 @@ TEST(TrainRwkv7, SplitAndCarryRecomputeAndChunksAgree) {
     }
     net.backward(tape_b, nullptr, dmid.data());
     net.backward(tape_a, dmid.data(), nullptr);
-    EXPECT_LT(rel_norm_error(net.grads(), whole.grads(), net.table().total), 1e-11)
+    EXPECT_LT(test::rel_norm_error(net.grads(), whole.grads(), net.table().total), 1e-11)
         << "chunk " << options.wkv_chunk << " recompute " << options.recompute;
   }
 }

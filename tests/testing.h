@@ -2,6 +2,8 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <span>
 #include <string>
 #include <vector>
@@ -22,6 +24,18 @@ struct ErrorStats {
   double max_rel = 0;  // max |a-b| / max(|b|, 1e-6) over elements with |b| > 1e-3
 };
 ErrorStats compare(std::span<const float> got, std::span<const float> want);
+
+// ‖got − want‖ / ‖want‖ over n values, in double; infinity when got holds a NaN.
+template <class A, class B>
+double rel_norm_error(const A* got, const B* want, size_t n) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (got[i] != got[i]) return 1.0 / 0.0;
+    diff += (double(got[i]) - double(want[i])) * (double(got[i]) - double(want[i]));
+    norm += double(want[i]) * double(want[i]);
+  }
+  return diff == 0 ? 0.0 : std::sqrt(diff) / std::max(std::sqrt(norm), 1e-300);
+}
 
 }  // namespace rwkv::test
 

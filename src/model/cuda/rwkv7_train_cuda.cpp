@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
 
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/train_ops.h"
@@ -109,6 +112,66 @@ struct StatePlace {
   size_t att_x, kv, ffn_x;
 };
 
+// Where a step's GPU time goes: RWKV_TRAIN_PROFILE=sections (by part of the model) or =ops (matrix
+// products, WKV, the rest) in the environment. Events at the ends of spans on the stream; a
+// span's time is the gap since the previous mark. Printed to stderr at destruction. Off: each
+// mark is one branch.
+enum class Level { Section, Op };
+class Profile {
+ public:
+  explicit Profile(cudaStream_t stream) : stream_(stream) {
+    const char* env = std::getenv("RWKV_TRAIN_PROFILE");
+    on_ = env != nullptr;
+    level_ = env && std::string(env) == "ops" ? Level::Op : Level::Section;
+  }
+  ~Profile() {
+    report();
+    for (auto& [name, e] : marks_) cudaEventDestroy(e);
+    for (cudaEvent_t e : spare_) cudaEventDestroy(e);
+  }
+  void mark(const char* name, Level level = Level::Section) {
+    if (!on_ || level != level_) return;
+    cudaEvent_t e;
+    if (!spare_.empty()) {
+      e = spare_.back();
+      spare_.pop_back();
+    } else {
+      RWKV_CUDA_CHECK(cudaEventCreate(&e));
+    }
+    RWKV_CUDA_CHECK(cudaEventRecord(e, stream_));
+    marks_.emplace_back(name, e);
+  }
+  // Adds the marks so far into the totals.
+  void collect() {
+    if (!on_ || marks_.empty()) return;
+    RWKV_CUDA_CHECK(cudaEventSynchronize(marks_.back().second));
+    for (size_t i = 1; i < marks_.size(); ++i) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, marks_[i - 1].second, marks_[i].second);
+      totals_[marks_[i].first] += ms;
+    }
+    for (size_t i = 0; i + 1 < marks_.size(); ++i) spare_.push_back(marks_[i].second);
+    marks_.erase(marks_.begin(), marks_.end() - 1);  // the last one starts the next span
+  }
+  void report() {
+    collect();
+    if (!on_ || totals_.empty()) return;
+    double all = 0;
+    for (const auto& [name, ms] : totals_) all += ms;
+    std::fprintf(stderr, "GPU training time by section (%.1f ms in all):\n", all);
+    for (const auto& [name, ms] : totals_) std::fprintf(stderr, "  %-28s %9.2f ms  %5.1f%%\n", name.c_str(), ms, 100 * ms / all);
+    totals_.clear();
+  }
+
+ private:
+  cudaStream_t stream_;
+  bool on_;
+  Level level_;
+  std::vector<std::pair<const char*, cudaEvent_t>> marks_;
+  std::vector<cudaEvent_t> spare_;
+  std::map<std::string, double> totals_;
+};
+
 }  // namespace
 
 struct Rwkv7TrainCuda::Impl {
@@ -123,6 +186,7 @@ struct Rwkv7TrainCuda::Impl {
   std::vector<std::unique_ptr<Tape>> tapes;
   Scratch s;
   DeviceBuffer norm_buf;
+  std::unique_ptr<Profile> prof;
 
   Impl(const std::vector<TensorView>& tensors, const std::string& source, int device)
       : host(tensors, source), d(host.dims()), ctx(device) {
@@ -140,6 +204,7 @@ struct Rwkv7TrainCuda::Impl {
     g = bind_rwkv7_params(host.table(), d.L, grads_buf.as<float>());
     w = bind_rwkv7_params(host.table(), d.L, p16_buf.as<bf16>());
     upload_params(host.params());
+    prof = std::make_unique<Profile>(ctx.stream);
   }
 
   void upload_params(const float* in) {
@@ -237,27 +302,35 @@ struct Rwkv7TrainCuda::Impl {
 
   // y[M, n] (+)= x[M, k]·Wᵀ with W (n, k): nn.Linear.
   void lin(const bf16* x, const bf16* W, int M, int k, int n, float* y, bool acc = false) {
-    cuda::gemm(ctx, {M, n, k, x, k, false, W, k, true, y, n, acc});
+    timed_gemm({M, n, k, x, k, false, W, k, true, y, n, acc});
   }
   // dx[M, k] (+)= dy[M, n]·W.
   void lin_dx(const bf16* dy, const bf16* W, int M, int k, int n, float* dx, bool acc = false) {
-    cuda::gemm(ctx, {M, k, n, dy, n, false, W, k, false, dx, k, acc});
+    timed_gemm({M, k, n, dy, n, false, W, k, false, dx, k, acc});
   }
   // dW[n, k] += dyᵀ·x.
   void lin_dw(const bf16* dy, const bf16* x, int M, int k, int n, float* dW) {
-    cuda::gemm(ctx, {n, k, M, dy, n, true, x, k, false, dW, k, true});
+    timed_gemm({n, k, M, dy, n, true, x, k, false, dW, k, true});
   }
   // y[M, n] (+)= x[M, k]·A with A (k, n): the LoRA tensors.
   void mm(const bf16* x, const bf16* A, int M, int k, int n, float* y, bool acc = false) {
-    cuda::gemm(ctx, {M, n, k, x, k, false, A, n, false, y, n, acc});
+    timed_gemm({M, n, k, x, k, false, A, n, false, y, n, acc});
   }
   // dx[M, k] (+)= dy[M, n]·Aᵀ.
   void mm_dx(const bf16* dy, const bf16* A, int M, int k, int n, float* dx, bool acc = false) {
-    cuda::gemm(ctx, {M, k, n, dy, n, false, A, n, true, dx, k, acc});
+    timed_gemm({M, k, n, dy, n, false, A, n, true, dx, k, acc});
   }
   // dA[k, n] += xᵀ·dy.
   void mm_dA(const bf16* x, const bf16* dy, int M, int k, int n, float* dA) {
-    cuda::gemm(ctx, {k, n, M, x, k, true, dy, n, false, dA, n, true});
+    timed_gemm({k, n, M, x, k, true, dy, n, false, dA, n, true});
+  }
+  void timed_gemm(const cuda::Gemm& g) {
+    prof->mark("element-wise", Level::Op);
+    cuda::gemm(ctx, g);
+    // The products with a LoRA width (≤ 256) on one side, the head's (V wide), the rest.
+    const int small = std::min({g.M, g.N, g.K});
+    prof->mark(std::max({g.M, g.N, g.K}) == d.V ? "gemm: head" : small <= 256 ? "gemm: lora" : "gemm: C×C, C×F",
+               Level::Op);
   }
 
   // ---- state pieces ----
@@ -306,6 +379,7 @@ struct Rwkv7TrainCuda::Impl {
     ct::rwkv7_prepare_forward(ctx, M, H, N, {c.z, c.alpha, c.gate, c.v, c.kn, c.k2, t.v_first, c.k_raw,
                                              c.v_raw, y.w0, y.a0, y.v0, y.k_k, y.k_a, l == 0});
     wkv_inputs(c, MC);
+    prof->mark("fwd: time mix in");
     if (t.has_state_in) copy_rows(s.kv_s0, kv_bytes(), t.state_in + so.kv, state_bytes(), kv_bytes(), B);
     cuda::Wkv7Train wkv;
     wkv.B = B, wkv.T = T, wkv.H = H, wkv.N = N;
@@ -316,7 +390,10 @@ struct Rwkv7TrainCuda::Impl {
     wkv.sT = s.kv_sT;
     wkv.checkpoints = c.checkpoints;
     wkv.sa = c.sa;
+    prof->mark("element-wise", Level::Op);
     cuda::wkv7_train_forward(ctx, wkv);
+    prof->mark("fwd: wkv");
+    prof->mark("wkv forward", Level::Op);
     copy_rows(t.state_out + so.kv, state_bytes(), s.kv_sT, kv_bytes(), kv_bytes(), B);
     ct::rwkv7_output_forward(ctx, M, H, N, kGroupNormEps, {c.y, c.r, c.k2, c.v, c.g, y.r_k, y.ln_x_w,
                                                            y.ln_x_b, c.zo, c.gn_mean, c.gn_rstd, s.x16});
@@ -333,6 +410,7 @@ struct Rwkv7TrainCuda::Impl {
     RWKV_CUDA_CHECK(cudaMemcpyAsync(x_out, c.x_mid, MC * 4, cudaMemcpyDeviceToDevice, ctx.stream));
     lin(s.act16, y16.ffn_value, M, d.F, C, x_out, true);
     copy_rows(t.state_out + so.ffn_x, state_bytes(), c.h2 + size_t(T - 1) * C, size_t(T) * C * 4, size_t(C) * 4, B);
+    prof->mark("fwd: time mix out + ffn");
   }
 
   void wkv_inputs(const Cache& c, size_t MC) {
@@ -393,6 +471,7 @@ struct Rwkv7TrainCuda::Impl {
     shift_backward(so.ffn_x);
     ct::layer_norm_backward(ctx, s.dh, c.x_mid, M, C, y.ln2_w, c.ln2_mean, c.ln2_rstd, dx, gy.ln2_w,
                             gy.ln2_b, s.ta);
+    prof->mark("bwd: ffn");
 
     // ---- time mix: output, gate, bonus, ln_x ----
     convert(dx, MC, s.d16);
@@ -405,6 +484,7 @@ struct Rwkv7TrainCuda::Impl {
     ct::col_sum(ctx, s.tb, nullptr, M, C, gy.ln_x_b);
     ct::col_sum(ctx, s.tc, nullptr, M, C, gy.r_k);
 
+    prof->mark("bwd: time mix out");
     // ---- WKV ----
     wkv_inputs(c, MC);
     copy_rows(s.kv_sT, kv_bytes(), t.dstate + so.kv, state_bytes(), kv_bytes(), B);  // ∂/∂S_T
@@ -420,7 +500,11 @@ struct Rwkv7TrainCuda::Impl {
     wg.dr = s.gwkv16[0], wg.dz = s.gwkv16[1], wg.dk = s.gwkv16[2], wg.dv = s.gwkv16[3];
     wg.da = s.gwkv16[4], wg.db = s.gwkv16[5];
     wg.ds0 = s.kv_ds0;
+    prof->mark("bwd: time mix out");
+    prof->mark("element-wise", Level::Op);
     cuda::wkv7_train_backward(ctx, wkv, wg);
+    prof->mark("bwd: wkv");
+    prof->mark("wkv backward", Level::Op);
     copy_rows(t.dstate + so.kv, state_bytes(), s.kv_ds0, kv_bytes(), kv_bytes(), B);
 
     // ---- back through the preparation ----
@@ -461,6 +545,7 @@ struct Rwkv7TrainCuda::Impl {
     shift_backward(so.att_x);
     ct::layer_norm_backward(ctx, s.dh, c.x_in, M, C, y.ln1_w, c.ln1_mean, c.ln1_rstd, dx, gy.ln1_w,
                             gy.ln1_b, s.ta);
+    prof->mark("bwd: time mix in");
   }
 };
 
@@ -503,6 +588,7 @@ void Rwkv7TrainCuda::forward(int window, const int* tokens, int B, int T, const 
     RWKV_CUDA_CHECK(cudaMemcpyAsync(t.state_in, state_in, S * 4, cudaMemcpyHostToDevice, st));
   }
   t.has_loss = false;
+  m.prof->mark("other");
   cuda::embed(m.ctx, t.tokens, int(M), {DType::F32, d.V, d.C, m.p.emb}, t.x_last);
   ct::layer_norm_forward(m.ctx, t.x_last, int(M), d.C, m.p.ln0_w, m.p.ln0_b, kLayerNormEps, t.x_in[0],
                          t.x0_mean, t.x0_rstd);
@@ -514,6 +600,7 @@ void Rwkv7TrainCuda::forward(int window, const int* tokens, int B, int T, const 
   ct::layer_norm_forward(m.ctx, t.x_last, int(M), d.C, m.p.ln_out_w, m.p.ln_out_b, kLayerNormEps,
                          m.s.ln_out, t.out_mean, t.out_rstd);
   cuda::to_bf16(m.ctx, m.s.ln_out, M * C, t.xo16);
+  m.prof->mark("fwd: embed, ln0, ln_out");
   if (state_out) {
     RWKV_CUDA_CHECK(cudaMemcpyAsync(state_out, t.state_out, S * 4, cudaMemcpyDeviceToHost, st));
   }
@@ -544,10 +631,13 @@ double Rwkv7TrainCuda::loss(int window, const int* targets, double l2wrap, int* 
     const int rows = std::min(m.s.head_rows, t.M - r0);
     const bf16* x = t.xo16 + size_t(r0) * C;
     m.lin(x, m.w.head, rows, C, V, m.s.logits);
+    m.prof->mark("element-wise", Level::Op);
     ct::cross_entropy(m.ctx, m.s.logits, t.targets + r0, rows, V, scale, l2, t.loss_rows + r0, m.s.dlogits16);
+    m.prof->mark("cross-entropy", Level::Op);
     m.lin_dx(m.s.dlogits16, m.w.head, rows, C, V, t.dxo + size_t(r0) * C);
     m.lin_dw(m.s.dlogits16, x, rows, C, V, m.g.head);
   }
+  m.prof->mark("head + cross-entropy");
   std::vector<float> rows(size_t(t.M));
   RWKV_CUDA_CHECK(cudaMemcpyAsync(rows.data(), t.loss_rows, rows.size() * 4, cudaMemcpyDeviceToHost, st));
   m.ctx.synchronize();
@@ -577,6 +667,7 @@ void Rwkv7TrainCuda::backward(int window, const float* dstate_out, float* dstate
   ct::layer_norm_backward(m.ctx, t.dxo, t.x_last, int(M), d.C, m.p.ln_out_w, t.out_mean, t.out_rstd, s.dx,
                           m.g.ln_out_w, m.g.ln_out_b, s.ta);
   RWKV_CUDA_CHECK(cudaMemsetAsync(s.dv_first, 0, MC * 4, st));
+  m.prof->mark("bwd: ln_out");
   for (int l = d.L - 1; l >= 0; --l) {
     Cache& c = t.layers[t.recompute ? 0 : size_t(l)];
     c.x_in = t.x_in[size_t(l)];
@@ -589,8 +680,10 @@ void Rwkv7TrainCuda::backward(int window, const float* dstate_out, float* dstate
   ct::layer_norm_backward(m.ctx, s.dx, s.dh, int(M), d.C, m.p.ln0_w, t.x0_mean, t.x0_rstd, s.ddelta,
                           m.g.ln0_w, m.g.ln0_b, s.ta);
   ct::embed_backward(m.ctx, t.tokens, s.ddelta, int(M), d.C, m.g.emb);
+  m.prof->mark("bwd: ln0, embed");
   if (dstate_in) RWKV_CUDA_CHECK(cudaMemcpyAsync(dstate_in, t.dstate, S * 4, cudaMemcpyDeviceToHost, st));
   m.ctx.synchronize();
+  m.prof->collect();
 }
 
 double Rwkv7TrainCuda::grad_norm() {
@@ -614,6 +707,8 @@ void Rwkv7TrainCuda::adamw(const std::vector<AdamWGroup>& groups, float beta1, f
               m.p16_buf.as<bf16>(), {grp.offset, grp.count, grp.lr, grp.weight_decay}, beta1, beta2, eps, c1,
               c2, grad_scale);
   }
+  m.prof->mark("optimizer");
+  m.prof->mark("optimizer", Level::Op);
   m.ctx.synchronize();
 }
 

@@ -21,6 +21,24 @@ Context::~Context() {
   if (stream) cudaStreamDestroy(stream);
 }
 
+bool Context::choose_algorithm(GemmPlan& p) {
+  const CublasLt& l = cublaslt();
+  cublasLtMatmulPreference_t pref;
+  check_lt(l.pref_create(&pref), "preference");
+  const uint64_t ws = workspace.bytes();
+  l.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st = l.heuristic(lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+  l.pref_destroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    l.layout_destroy(p.a), l.layout_destroy(p.b), l.layout_destroy(p.c), l.desc_destroy(p.desc);
+    return false;
+  }
+  p.algo = result.algo;
+  return true;
+}
+
 void Context::synchronize() { RWKV_CUDA_CHECK(cudaStreamSynchronize(stream)); }
 
 }  // namespace rwkv::cuda

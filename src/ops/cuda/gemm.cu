@@ -50,19 +50,9 @@ void gemm(Context& ctx, const Gemm& g) {
       check_lt(lt.layout_create(&p.b, CUDA_R_16BF, uint64_t(g.K), uint64_t(g.M), g.lda), "layout B");
     }
     check_lt(lt.layout_create(&p.c, CUDA_R_32F, uint64_t(g.N), uint64_t(g.M), g.ldc), "layout C");
-    cublasLtMatmulPreference_t pref;
-    check_lt(lt.pref_create(&pref), "preference");
-    const uint64_t ws = ctx.workspace.bytes();
-    lt.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    const cublasStatus_t st = lt.heuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
-    lt.pref_destroy(pref);
-    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
-      lt.layout_destroy(p.a), lt.layout_destroy(p.b), lt.layout_destroy(p.c), lt.desc_destroy(p.desc);
+    if (!ctx.choose_algorithm(p)) {
       fail("cuBLASLt: no algorithm for a ", g.M, "×", g.K, " · ", g.K, "×", g.N, " bf16 product");
     }
-    p.algo = result.algo;
     it = ctx.gemm_plans.emplace(key, p).first;
   }
   const Context::GemmPlan& p = it->second;

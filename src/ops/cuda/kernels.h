@@ -43,6 +43,9 @@ class Context {
     cublasLtMatmulAlgo_t algo{};
   };
   std::map<std::tuple<int, int, int, int, bool>, GemmPlan> plans;
+  // Sets p.algo to cuBLASLt's first choice for p's descriptors within the workspace; when there
+  // is none, destroys p's descriptors and returns false.
+  bool choose_algorithm(GemmPlan& p);
   // The general products of training (gemm.h): M, N, K, lda, ldb, ldc, trans_a, trans_b, accumulate.
   using GemmKey = std::array<int, 9>;
   std::map<GemmKey, GemmPlan> gemm_plans;
@@ -81,9 +84,10 @@ double measure_gemm_tflops(Context& ctx, int n);
 void embed(Context& ctx, const int* tokens, int M, const ops::Matrix& emb, float* x);
 
 // LayerNorm of M rows of C; input row m at in + m·in_ld (eps, biased variance). out may alias in
-// when in_ld == C.
+// when in_ld == C. mean and rstd (M each, both or neither) receive the rows' statistics.
 void layer_norm(Context& ctx, const float* in, int in_ld, float* out, int M, int C,
-                const float* weight, const float* bias, float eps = 1e-5f);
+                const float* weight, const float* bias, float eps = 1e-5f, float* mean = nullptr,
+                float* rstd = nullptr);
 
 // The states of a batch: B sequences, sequence b's state at pool + slots[b]·floats.
 struct StateRef {

@@ -143,19 +143,9 @@ void gemm_lt_raw(Context& ctx, const ops::Matrix& W, const void* B, int M, float
     check_lt(lt.layout_create(&p.a, ab, uint64_t(K), uint64_t(R), int64_t(K)), "layout A");
     check_lt(lt.layout_create(&p.b, ab, uint64_t(K), uint64_t(M), int64_t(K)), "layout B");
     check_lt(lt.layout_create(&p.c, CUDA_R_32F, uint64_t(R), uint64_t(M), int64_t(R)), "layout C");
-    cublasLtMatmulPreference_t pref;
-    check_lt(lt.pref_create(&pref), "preference");
-    const uint64_t ws = ctx.workspace.bytes();
-    lt.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    const cublasStatus_t st = lt.heuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
-    lt.pref_destroy(pref);
-    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
-      lt.layout_destroy(p.a), lt.layout_destroy(p.b), lt.layout_destroy(p.c), lt.desc_destroy(p.desc);
+    if (!ctx.choose_algorithm(p)) {
       fail("cuBLASLt: no algorithm for ", M, "×", K, " · (", R, "×", K, ")ᵀ in ", dtype_name(W.dtype));
     }
-    p.algo = result.algo;
     it = ctx.plans.emplace(key, p).first;
   }
   const Context::GemmPlan& p = it->second;

@@ -17,8 +17,9 @@ __global__ void embed_kernel(const int* tokens, const T* emb, int C, float* x) {
 }
 
 // One block per row; two passes over the row (mean, then variance about it) as the CPU does.
+// mean/rstd (training's statistics) may be null.
 __global__ void layer_norm_kernel(const float* in, int in_ld, float* out, int C, const float* w,
-                                  const float* b, float eps) {
+                                  const float* b, float eps, float* mean_out, float* rstd_out) {
   __shared__ float scratch[32];
   const float* x = in + size_t(blockIdx.x) * size_t(in_ld);
   float* y = out + size_t(blockIdx.x) * size_t(C);
@@ -33,6 +34,7 @@ __global__ void layer_norm_kernel(const float* in, int in_ld, float* out, int C,
   const float inv = rsqrtf(block_sum(q, scratch) / float(C) + eps);
   __syncthreads();  // y may alias x: every read above is done
   for (int c = threadIdx.x; c < C; c += blockDim.x) y[c] = (x[c] - mean) * inv * w[c] + b[c];
+  if (threadIdx.x == 0 && mean_out) mean_out[blockIdx.x] = mean, rstd_out[blockIdx.x] = inv;
 }
 
 // Thread (b, chunk of rows, c). The thread of a sequence's first chunk is the only one that reads
@@ -127,9 +129,9 @@ void embed(Context& ctx, const int* tokens, int M, const ops::Matrix& emb, float
 }
 
 void layer_norm(Context& ctx, const float* in, int in_ld, float* out, int M, int C,
-                const float* weight, const float* bias, float eps) {
+                const float* weight, const float* bias, float eps, float* mean, float* rstd) {
   if (M <= 0) return;
-  layer_norm_kernel<<<M, row_threads(C), 0, ctx.stream>>>(in, in_ld, out, C, weight, bias, eps);
+  layer_norm_kernel<<<M, row_threads(C), 0, ctx.stream>>>(in, in_ld, out, C, weight, bias, eps, mean, rstd);
   RWKV_CUDA_LAUNCHED("layer_norm");
 }
 

@@ -24,25 +24,6 @@ __device__ __forceinline__ bf16 b16(float x) { return __float2bfloat16_rn(x); }
 
 // ---- LayerNorm ----
 
-__global__ void ln_forward_kernel(const float* x, int C, const float* w, const float* b, float eps,
-                                  float* out, float* mean_out, float* rstd_out) {
-  __shared__ float scratch[32];
-  const size_t row = blockIdx.x;
-  const float* xr = x + row * size_t(C);
-  float s = 0.f;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) s += xr[c];
-  const float mean = block_sum(s, scratch) / float(C);
-  float q = 0.f;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const float d = xr[c] - mean;
-    q += d * d;
-  }
-  const float rstd = rsqrtf(block_sum(q, scratch) / float(C) + eps);
-  float* o = out + row * size_t(C);
-  for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = (xr[c] - mean) * rstd * w[c] + b[c];
-  if (threadIdx.x == 0) mean_out[row] = mean, rstd_out[row] = rstd;
-}
-
 __global__ void ln_backward_kernel(const float* dout, const float* x, int C, const float* w,
                                    const float* mean_in, const float* rstd_in, float* dx,
                                    float* xhat_dout) {
@@ -438,9 +419,7 @@ __global__ void adamw_kernel(float* p, const float* g, float* m1, float* m2, bf1
 
 void layer_norm_forward(Context& ctx, const float* x, int M, int C, const float* w, const float* b,
                         float eps, float* out, float* mean, float* rstd) {
-  if (M <= 0) return;
-  ln_forward_kernel<<<M, 256, 0, ctx.stream>>>(x, C, w, b, eps, out, mean, rstd);
-  RWKV_CUDA_LAUNCHED("train layer_norm_forward");
+  layer_norm(ctx, x, C, out, M, C, w, b, eps, mean, rstd);
 }
 
 void layer_norm_backward(Context& ctx, const float* dout, const float* x, int M, int C, const float* w,

@@ -28,7 +28,7 @@ __global__ void __launch_bounds__(N, 2) wkv7_train_forward_kernel(Wkv7Train p, i
   for (int t0 = 0; t0 < T; t0 += kChunk) {
     const int rows = min(kChunk, T - t0);
     __syncthreads();  // the previous chunk's rows are read
-    for (int tt = 0; tt < rows; ++tt) {
+    const auto load = [&](int tt) {
       const size_t o = ((size_t(seq) * T + t0 + tt) * H + h) * N + i;
       rs[tt][i] = f(p.r[o]);
       ds[tt][i] = __expf(kScale / (1.f + __expf(-f(p.z[o]))));
@@ -36,6 +36,12 @@ __global__ void __launch_bounds__(N, 2) wkv7_train_forward_kernel(Wkv7Train p, i
       vs[tt][i] = f(p.v[o]);
       as[tt][i] = f(p.a[o]);
       bs[tt][i] = f(p.b[o]);
+    };
+    if (rows == kChunk) {  // unrolled: every load of the chunk in flight at once
+#pragma unroll
+      for (int tt = 0; tt < kChunk; ++tt) load(tt);
+    } else {
+      for (int tt = 0; tt < rows; ++tt) load(tt);
     }
     __syncthreads();
     for (int tt = 0; tt < rows; ++tt) {
@@ -49,7 +55,7 @@ __global__ void __launch_bounds__(N, 2) wkv7_train_forward_kernel(Wkv7Train p, i
       float y[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        s[j] = s[j] * ds[tt][j] + sat * bs[tt][j] + vi * ks[tt][j];
+        s[j] = s[j] * ds[tt][j] + (sat * bs[tt][j] + vi * ks[tt][j]);  // one FMA on s's chain
         y[j % 4] += s[j] * rs[tt][j];
       }
       p.y[o] = __float2bfloat16_rn((y[0] + y[1]) + (y[2] + y[3]));
@@ -84,7 +90,7 @@ __global__ void __launch_bounds__(N, 2) wkv7_train_backward_kernel(Wkv7Train p, 
   for (int c0 = (chunks - 1) * kChunk; c0 >= 0; c0 -= kChunk) {
     const int rows = min(kChunk, T - c0);
     __syncthreads();  // the previous chunk's rows are read
-    for (int tt = 0; tt < rows; ++tt) {
+    const auto load = [&](int tt) {
       const size_t o = ((size_t(seq) * T + c0 + tt) * H + h) * N + i;
       const float sig = 1.f / (1.f + __expf(-f(p.z[o])));
       rs[tt][i] = f(p.r[o]);
@@ -96,6 +102,12 @@ __global__ void __launch_bounds__(N, 2) wkv7_train_backward_kernel(Wkv7Train p, 
       bs[tt][i] = f(p.b[o]);
       dys[tt][i] = f(g.dy[o]);
       sas[tt][i] = p.sa[o];
+    };
+    if (rows == kChunk) {
+#pragma unroll
+      for (int tt = 0; tt < kChunk; ++tt) load(tt);
+    } else {
+      for (int tt = 0; tt < rows; ++tt) load(tt);
     }
     {  // the state after the chunk's last row
       const float4* c = reinterpret_cast<const float4*>(ckpt + size_t(c0 / kChunk) * N * N + size_t(i) * N);

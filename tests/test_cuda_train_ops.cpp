@@ -1,0 +1,240 @@
+// The GPU training ops (ops/cuda/train_ops.h) against their plain-loop twins (ops/train.h, the
+// optimizer's AdamW) on random inputs at odd shapes, outputs poisoned first: LayerNorm forward
+// and backward, token shift and its backward, the mixes and their backward, column sums, the
+// cross-entropy rows, the embedding's backward, Σg² and AdamW. The per-head RWKV-7 ops are
+// checked through the whole model's gradients (test_cuda_train). Skips without a GPU.
+#include <cmath>
+#include <random>
+
+#include "ops/train.h"
+#include "rwkv/model.h"
+#include "testing.h"
+#include "train/optimizer.h"
+
+#ifdef RWKV_WITH_CUDA
+#include "cuda_testing.h"
+#include "ops/cuda/train_ops.h"
+
+namespace rwkv {
+namespace {
+
+namespace ct = cuda::train;
+namespace ot = ops::train;
+using cuda::DeviceBuffer;
+using test::download_bf16;
+using test::download_f32;
+using test::upload;
+
+#define REQUIRE_GPU() \
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU"
+
+cuda::Context& context() {
+  static cuda::Context ctx(0);
+  return ctx;
+}
+
+std::vector<float> normal(size_t n, std::mt19937& rng, float scale = 1.f, float mean = 0.f) {
+  std::normal_distribution<float> d(mean, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+DeviceBuffer poisoned(size_t floats) { return test::poisoned_bytes(floats * 4); }
+
+// Relative error of fp32 results computed in another order: a few ulps of the largest terms.
+constexpr double kF32 = 2e-5;
+
+TEST(CudaTrainOps, LayerNormForwardAndBackward) {
+  REQUIRE_GPU();
+  std::mt19937 rng(1);
+  for (const int C : {8, 100, 768}) {
+    for (const int M : {1, 37}) {
+      const auto x = normal(size_t(M) * C, rng, 2.f, 0.5f), w = normal(C, rng, 0.5f, 1.f),
+                 b = normal(C, rng, 0.1f), dout = normal(size_t(M) * C, rng), dx0 = normal(size_t(M) * C, rng),
+                 dw0 = normal(C, rng), db0 = normal(C, rng);
+      std::vector<float> out(x.size()), mean(M), rstd(M), dx = dx0, dw = dw0, db = db0;
+      ot::layer_norm_forward<float>(x.data(), M, C, w.data(), b.data(), 1e-5f, out.data(), mean.data(), rstd.data());
+      ot::layer_norm_backward<float>(dout.data(), x.data(), M, C, w.data(), mean.data(), rstd.data(), dx.data(),
+                                     dw.data(), db.data());
+      auto gx = upload(x), gw = upload(w), gb = upload(b), gout = poisoned(x.size()), gmean = poisoned(M),
+           grstd = poisoned(M), gdout = upload(dout), gdx = upload(dx0), gdw = upload(dw0), gdb = upload(db0),
+           scratch = poisoned(x.size());
+      ct::layer_norm_forward(context(), gx.as<float>(), M, C, gw.as<float>(), gb.as<float>(), 1e-5f,
+                             gout.as<float>(), gmean.as<float>(), grstd.as<float>());
+      ct::layer_norm_backward(context(), gdout.as<float>(), gx.as<float>(), M, C, gw.as<float>(), gmean.as<float>(),
+                              grstd.as<float>(), gdx.as<float>(), gdw.as<float>(), gdb.as<float>(),
+                              scratch.as<float>());
+      const std::string at = "M " + std::to_string(M) + " C " + std::to_string(C);
+      EXPECT_LE(test::rel_norm_error(download_f32(gout, x.size()).data(), out.data(), x.size()), kF32) << at;
+      EXPECT_LE(test::rel_norm_error(download_f32(grstd, M).data(), rstd.data(), size_t(M)), kF32) << at;
+      EXPECT_LE(test::rel_norm_error(download_f32(gdx, x.size()).data(), dx.data(), x.size()), kF32) << at;
+      EXPECT_LE(test::rel_norm_error(download_f32(gdw, C).data(), dw.data(), size_t(C)), kF32) << at;
+      EXPECT_LE(test::rel_norm_error(download_f32(gdb, C).data(), db.data(), size_t(C)), kF32) << at;
+    }
+  }
+}
+
+TEST(CudaTrainOps, TokenShiftMixesAndTheirBackward) {
+  REQUIRE_GPU();
+  std::mt19937 rng(2);
+  for (const bool with_prev : {false, true}) {
+    const int B = 3, T = 5, C = 33, M = B * T;
+    const size_t n = size_t(M) * C, stride = 50;  // prev rows inside a wider state
+    const auto h = normal(n, rng), states = normal(size_t(B) * stride, rng), mu = normal(C, rng, 0.5f);
+    std::vector<float> prev(size_t(B) * C);
+    for (int b = 0; b < B; ++b) std::copy_n(states.begin() + long(b * stride + 7), C, prev.begin() + long(b * C));
+    std::vector<float> delta(n);
+    ot::token_shift_forward<float>(h.data(), with_prev ? prev.data() : nullptr, B, T, C, delta.data());
+    auto gh = upload(h), gstates = upload(states), gdelta = poisoned(n), gmu = upload(mu);
+    const ct::Rows rows{with_prev ? gstates.as<float>() + 7 : nullptr, stride};
+    ct::token_shift(context(), gh.as<float>(), rows, B, T, C, gdelta.as<float>());
+    EXPECT_EQ(download_f32(gdelta, n), delta);
+    // out = bf16(h + δ⊙μ), twice (two mixes in one launch).
+    auto o1 = test::poisoned_bytes(n * 2), o2 = test::poisoned_bytes(n * 2);
+    ct::mix_bf16(context(), gh.as<float>(), gdelta.as<float>(), M, C,
+                 {2, {gmu.as<float>(), gmu.as<float>()}, {o1.as<ct::bf16>(), o2.as<ct::bf16>()}});
+    const auto m1 = download_bf16(o1, n), m2 = download_bf16(o2, n);
+    for (size_t i = 0; i < n; ++i) {
+      // One bf16 rounding (2⁻⁹), whether or not either side fused the multiply-add.
+      const float want = h[i] + delta[i] * mu[i % C];
+      ASSERT_NEAR(m1[i], want, std::abs(want) * 0x1p-8 + 1e-30) << i;
+      ASSERT_EQ(m2[i], m1[i]);
+    }
+    // Backward of one mix, then of the shift.
+    const auto dout = normal(n, rng), dh0 = normal(n, rng), dd0 = normal(n, rng), dmu0 = normal(C, rng);
+    std::vector<float> dh = dh0, dd = dd0, dmu = dmu0, dprev(size_t(B) * C, 0.f);
+    for (size_t i = 0; i < n; ++i) {
+      dh[i] += dout[i];
+      dd[i] += dout[i] * mu[i % C];
+    }
+    for (size_t i = 0; i < n; ++i) dmu[i % C] += dout[i] * delta[i];
+    std::vector<float> dx = dh;
+    ot::token_shift_backward<float>(dd.data(), B, T, C, dx.data(), dprev.data());
+    auto gdout = upload(dout), gdh = upload(dh0), gdd = upload(dd0), gdmu = upload(dmu0), gdstates = upload(states);
+    ct::mix_backward(context(), gdout.as<float>(), gdelta.as<float>(), gmu.as<float>(), M, C, gdh.as<float>(),
+                     gdd.as<float>(), gdmu.as<float>());
+    EXPECT_LE(test::rel_norm_error(download_f32(gdmu, C).data(), dmu.data(), size_t(C)), kF32);
+    ct::token_shift_backward(context(), gdd.as<float>(), B, T, C, gdh.as<float>(), {gdstates.as<float>() + 7, stride});
+    EXPECT_LE(test::rel_norm_error(download_f32(gdh, n).data(), dx.data(), n), 1e-6);
+    const auto got_states = download_f32(gdstates, size_t(B) * stride);
+    for (int b = 0; b < B; ++b) {
+      for (size_t i = 0; i < stride; ++i) {
+        const bool in_row = i >= 7 && i < 7 + size_t(C);
+        if (in_row) {
+          ASSERT_NEAR(got_states[b * stride + i], dprev[b * C + i - 7], 1e-6 * (1 + std::abs(dprev[b * C + i - 7])));
+        } else {
+          ASSERT_EQ(got_states[b * stride + i], states[b * stride + i]) << b << " " << i;  // untouched
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaTrainOps, ColumnSumsAtOddShapes) {
+  REQUIRE_GPU();
+  std::mt19937 rng(3);
+  for (const int M : {1, 127, 128, 129, 1000}) {
+    for (const int C : {1, 33, 768}) {
+      for (const bool product : {false, true}) {
+        const auto a = normal(size_t(M) * C, rng), b = normal(size_t(M) * C, rng), out0 = normal(C, rng);
+        std::vector<double> want(out0.begin(), out0.end());
+        for (size_t i = 0; i < a.size(); ++i) want[i % C] += double(a[i]) * (product ? b[i] : 1.f);
+        auto ga = upload(a), gb = upload(b), gout = upload(out0);
+        ct::col_sum(context(), ga.as<float>(), product ? gb.as<float>() : nullptr, M, C, gout.as<float>());
+        EXPECT_LE(test::rel_norm_error(download_f32(gout, C).data(), want.data(), size_t(C)), kF32)
+            << M << "×" << C << (product ? " product" : "");
+      }
+    }
+  }
+}
+
+TEST(CudaTrainOps, CrossEntropyRows) {
+  REQUIRE_GPU();
+  std::mt19937 rng(4);
+  for (const int V : {7, 1000, 65536}) {
+    const int M = 9;
+    auto logits = normal(size_t(M) * V, rng, 3.f);
+    logits[5] = logits[6] = 40.f;  // a tie for the first maximum of row 0 (V > 6)
+    std::vector<int> targets(M);
+    std::uniform_int_distribution<int> pick(0, V - 1);
+    for (int& t : targets) t = pick(rng);
+    targets[3] = -1;  // skipped
+    std::vector<float> dlogits(logits.size());
+    int count = 0;
+    const float scale = 1.f / 8, l2 = 1e-4f / 8;
+    std::vector<double> row_loss(M, 0.0);
+    for (int m = 0; m < M; ++m) {
+      int c = 0;
+      row_loss[m] = ot::cross_entropy<float>(logits.data() + size_t(m) * V, targets.data() + m, 1, V, scale, l2,
+                                             dlogits.data() + size_t(m) * V, &c);
+      count += c;
+    }
+    EXPECT_EQ(count, M - 1);
+    auto gl = upload(logits), gt = upload(targets), gloss = poisoned(M), gd = test::poisoned_bytes(logits.size() * 2);
+    ct::cross_entropy(context(), gl.as<float>(), gt.as<int>(), M, V, scale, l2, gloss.as<float>(), gd.as<ct::bf16>());
+    const auto loss = download_f32(gloss, M);
+    const auto d = download_bf16(gd, logits.size());
+    for (int m = 0; m < M; ++m) EXPECT_NEAR(loss[m], row_loss[m], 1e-5 * (1 + row_loss[m])) << "V " << V << " row " << m;
+    // The gradient rounded to bf16 once: within 2⁻⁸ of each element.
+    for (size_t i = 0; i < d.size(); ++i) {
+      ASSERT_NEAR(d[i], dlogits[i], std::abs(dlogits[i]) * 0x1p-8 + 1e-12) << "V " << V << " element " << i;
+    }
+  }
+}
+
+TEST(CudaTrainOps, EmbeddingBackwardAddsRows) {
+  REQUIRE_GPU();
+  std::mt19937 rng(5);
+  const int V = 11, C = 70, M = 50;
+  std::vector<int> tokens(M);
+  for (int m = 0; m < M; ++m) tokens[m] = (m * 7) % 5;  // repeats: rows summed into one
+  const auto dx = normal(size_t(M) * C, rng), demb0 = normal(size_t(V) * C, rng);
+  std::vector<double> want(demb0.begin(), demb0.end());
+  for (int m = 0; m < M; ++m) {
+    for (int c = 0; c < C; ++c) want[size_t(tokens[m]) * C + c] += dx[size_t(m) * C + c];
+  }
+  auto gt = upload(tokens), gdx = upload(dx), gdemb = upload(demb0);
+  ct::embed_backward(context(), gt.as<int>(), gdx.as<float>(), M, C, gdemb.as<float>());
+  EXPECT_LE(test::rel_norm_error(download_f32(gdemb, want.size()).data(), want.data(), want.size()), kF32);
+}
+
+TEST(CudaTrainOps, SumOfSquaresAndAdamW) {
+  REQUIRE_GPU();
+  std::mt19937 rng(6);
+  const size_t n = 100003;
+  const auto p0 = normal(n, rng), g = normal(n, rng, 0.01f), m0 = normal(n, rng, 0.001f);
+  auto v0 = normal(n, rng, 1e-5f);
+  for (float& x : v0) x = std::abs(x);
+  double want_ss = 0;
+  for (float x : g) want_ss += double(x) * x;
+  auto gg = upload(g), gss = test::poisoned_bytes(8);
+  ct::sum_squares(context(), gg.as<float>(), n, gss.as<double>());
+  double ss = 0;
+  RWKV_CUDA_CHECK(cudaDeviceSynchronize());
+  RWKV_CUDA_CHECK(cudaMemcpy(&ss, gss.as(), 8, cudaMemcpyDeviceToHost));
+  EXPECT_NEAR(ss, want_ss, 1e-9 * want_ss);
+  // Two groups with different settings and a gap between them that must stay untouched.
+  const std::vector<train::ParamGroup> groups = {{"lr_1x", 0, 40000, 1.f, 0.f}, {"decay", 50000, n - 50000, 1.f, 0.1f}};
+  const float scale = 0.7f, lr = 1e-3f;
+  std::vector<float> p = p0, m = m0, v = v0, gs = g;
+  for (float& x : gs) x *= scale;
+  const train::AdamW adam{0.9f, 0.99f, 1e-8f};
+  adam.step(p.data(), gs.data(), m.data(), v.data(), groups, lr, 3);
+  auto gp = upload(p0), gm = upload(m0), gv = upload(v0), gp16 = test::poisoned_bytes(n * 2);
+  const float c1 = float(1 - std::pow(double(0.9f), 3)), c2 = float(1 - std::pow(double(0.99f), 3));
+  for (const auto& grp : groups) {
+    ct::adamw(context(), gp.as<float>(), gg.as<float>(), gm.as<float>(), gv.as<float>(), gp16.as<ct::bf16>(),
+              {grp.offset, grp.count, lr * grp.lr_scale, grp.weight_decay}, 0.9f, 0.99f, 1e-8f, c1, c2, scale);
+  }
+  const auto got = download_f32(gp, n), got_m = download_f32(gm, n), got16 = download_bf16(gp16, n);
+  EXPECT_LE(test::rel_norm_error(got.data(), p.data(), n), 1e-6);
+  EXPECT_LE(test::rel_norm_error(got_m.data(), m.data(), n), 1e-6);
+  for (size_t i = 40000; i < 50000; ++i) ASSERT_EQ(got[i], p0[i]) << i;  // the gap
+  for (size_t i = 0; i < 40000; ++i) ASSERT_EQ(got16[i], bf16_to_f32(f32_to_bf16(got[i]))) << i;
+}
+
+}  // namespace
+}  // namespace rwkv
+
+#endif  // RWKV_WITH_CUDA
