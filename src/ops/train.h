@@ -98,6 +98,17 @@ void wkv7_train_forward(const Wkv7Train<R>& head);
 template <class R>
 void wkv7_train_backward(const Wkv7Train<R>& head, const R* dy, const R* dS_T, R* dr, R* dw,
                          R* dk, R* dv, R* da, R* db, R* dS0, R* scratch);
+// The same WKV-7 in its chunked form (spec §4.5), chunks of Lc ∈ [1, 64] rows: matrix products
+// within a chunk, the state carried between chunks; the backward by reverse mode through the
+// chunk's matrices. The plain-loop reference of the GPU's tensor-core kernels (internally fp64;
+// no document resets). Forward: y and S (S₀ in, S_T out); backward: as wkv7_train_backward
+// (head.S is S₀ again; checkpoints and scratch unused).
+template <class R>
+void wkv7_chunked_forward(const Wkv7Train<R>& head, int Lc);
+template <class R>
+void wkv7_chunked_backward(const Wkv7Train<R>& head, int Lc, const R* dy, const R* dS_T, R* dr, R* dw, R* dk,
+                           R* dv, R* da, R* db, R* dS0);
+
 inline size_t wkv7_train_scratch(int chunk, int N) {
   return size_t(chunk + 3) * size_t(N) * size_t(N) + size_t(chunk) * size_t(N);
 }
