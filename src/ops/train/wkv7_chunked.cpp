@@ -7,6 +7,11 @@
 //   Γ = (I − A_ab)⁻¹, U = Γ A_ak V, W = Γ EA, SA = U + W S₀ᵀ
 //   Y = A_rk V + A_rb SA + ER S₀ᵀ
 //   S_next = S₀ diag(e^{G_L}) + Vᵀ (K⊙F) + SAᵀ (B⊙F),  F = e^{G_L − G}
+// The chunks are independent but for S₀, which enters linearly: S_next = S₀ M + C with
+// M = diag(e^{G_L}) + Wᵀ(B⊙F) and C = Vᵀ(K⊙F) + Uᵀ(B⊙F), and the backward's
+// ∂S₀ = ∂S_next Mᵀ + ∂Yᵀ(A_rb W + ER). So both passes run as the GPU kernels will: every chunk's
+// matrices at once, then a scan over chunks of N×N products (states forward, state gradients
+// backward), then every chunk's outputs (or gradients) at once.
 // Internally in double whatever R is.
 #include <cmath>
 #include <vector>
@@ -107,22 +112,54 @@ struct Chunk {
     mul(Gam, false, EA, false, W);
   }
 
-  // SA and Y from S₀ (value-major N×N); S₀ ← S_next.
-  void forward(Mat& S, Mat& Y) {
+  // SA and Y from the state before the chunk, S₀ (value-major N×N).
+  void output(const Mat& S0, Mat& Y) {
     SA = U;
-    mul(W, false, S, true, SA, true);
+    mul(W, false, S0, true, SA, true);
     mul(Ark, false, V, false, Y);
     mul(Arb, false, SA, false, Y, true);
-    mul(ER, false, S, true, Y, true);
-    Mat next(N, N);
-    for (int i = 0; i < N; ++i) {
-      for (int j = 0; j < N; ++j) next(i, j) = S(i, j) * EL[j];
-    }
-    Mat KF(L, N), BF(L, N);
+    mul(ER, false, S0, true, Y, true);
+  }
+  // S_next = S₀ M + C.
+  // K⊙F and B⊙F: the rows' weights in the state after the chunk.
+  void decayed(Mat& KF, Mat& BF) const {
+    KF = Mat(L, N), BF = Mat(L, N);
     for (size_t e = 0; e < KF.v.size(); ++e) KF.v[e] = K.v[e] * F.v[e], BF.v[e] = B.v[e] * F.v[e];
-    mul(V, true, KF, false, next, true);
-    mul(SA, true, BF, false, next, true);
-    S = next;
+  }
+  void transition(Mat& M, Mat& C) const {
+    Mat KF, BF;
+    decayed(KF, BF);
+    mul(W, true, BF, false, M);
+    for (int j = 0; j < N; ++j) M(j, j) += EL[j];
+    mul(V, true, KF, false, C);
+    mul(U, true, BF, false, C, true);
+  }
+  // ∂S₀ = ∂S_next Mᵀ + Q with Q = ∂Yᵀ(A_rb W + ER).
+  Mat state_grad_term(const Mat& dY) const {
+    Mat ArbW, Q;
+    mul(Arb, false, W, false, ArbW);
+    for (size_t e = 0; e < ArbW.v.size(); ++e) ArbW.v[e] += ER.v[e];
+    mul(dY, true, ArbW, false, Q);
+    return Q;
+  }
+};
+
+// Every chunk of a head with the states before each (phases 1 and 2 of the header).
+struct Chunks {
+  std::vector<Chunk> chunk;
+  std::vector<Mat> M, before;  // transitions; states before each chunk, then S_T last
+  template <class R>
+  Chunks(const Wkv7Train<R>& h, int Lc, Mat S0) {
+    for (int t0 = 0; t0 < h.T; t0 += Lc) chunk.emplace_back(h, t0, std::min(Lc, h.T - t0));
+    before.push_back(std::move(S0));
+    for (Chunk& c : chunk) {
+      Mat Mc, Cc, next;
+      c.transition(Mc, Cc);
+      mul(before.back(), false, Mc, false, next);
+      for (size_t e = 0; e < next.v.size(); ++e) next.v[e] += Cc.v[e];
+      M.push_back(std::move(Mc));
+      before.push_back(std::move(next));
+    }
   }
 };
 
@@ -131,6 +168,8 @@ void check(const Wkv7Train<R>& h, int Lc) {
   if (Lc < 1 || Lc > 64) fail("wkv7 chunked: chunk length ", Lc, " outside 1 … 64");
   if (h.reset) fail("wkv7 chunked: document resets are not supported");
 }
+
+int ch_start(size_t c, int Lc) { return int(c) * Lc; }
 
 template <class R>
 Mat load_state(const R* S, int N) {
@@ -145,14 +184,16 @@ template <class R>
 void wkv7_chunked_forward(const Wkv7Train<R>& h, int Lc) {
   check(h, Lc);
   const int N = h.N;
-  Mat S = load_state(h.S, N), Y;
-  for (int t0 = 0; t0 < h.T; t0 += Lc) {
-    Chunk c(h, t0, std::min(Lc, h.T - t0));
-    c.forward(S, Y);
-    for (int t = 0; t < c.L; ++t) {
-      for (int i = 0; i < N; ++i) h.y[size_t(t0 + t) * size_t(h.stride) + i] = R(Y(t, i));
+  Chunks all(h, Lc, load_state(h.S, N));
+  Mat Y;
+  for (size_t c = 0; c < all.chunk.size(); ++c) {
+    Chunk& ch = all.chunk[c];
+    ch.output(all.before[c], Y);
+    for (int t = 0; t < ch.L; ++t) {
+      for (int i = 0; i < N; ++i) h.y[size_t(ch_start(c, Lc) + t) * size_t(h.stride) + i] = R(Y(t, i));
     }
   }
+  const Mat& S = all.before.back();
   for (size_t e = 0; e < S.v.size(); ++e) h.S[e] = R(S.v[e]);
 }
 
@@ -160,39 +201,48 @@ template <class R>
 void wkv7_chunked_backward(const Wkv7Train<R>& h, int Lc, const R* dy, const R* dS_T, R* dr, R* dw, R* dk,
                            R* dv, R* da, R* db, R* dS0) {
   check(h, Lc);
-  const int N = h.N, chunks = (h.T + Lc - 1) / Lc;
-  // The state before every chunk, from a forward pass.
-  std::vector<Mat> before;
-  Mat S = load_state(h.S, N), Y;
-  for (int c = 0; c < chunks; ++c) {
-    before.push_back(S);
-    Chunk ch(h, c * Lc, std::min(Lc, h.T - c * Lc));
-    ch.forward(S, Y);
-  }
-  Mat dS = load_state(dS_T, N);  // ∂/∂S_next of the chunk being walked
-  for (int c = chunks - 1; c >= 0; --c) {
-    const int t0 = c * Lc;
-    Chunk ch(h, t0, std::min(Lc, h.T - t0));
-    const int L = ch.L;
-    Mat S0 = before[size_t(c)], Yc;
-    Mat Sn = S0;
-    ch.forward(Sn, Yc);  // sets ch.SA
-    Mat dY(L, N);
-    for (int t = 0; t < L; ++t) {
-      for (int i = 0; i < N; ++i) dY(t, i) = dy[size_t(t0 + t) * size_t(h.stride) + i];
+  const int N = h.N;
+  Chunks all(h, Lc, load_state(h.S, N));
+  const size_t chunks = all.chunk.size();
+  const auto rows_of = [&](size_t c) {
+    const Chunk& ch = all.chunk[c];
+    Mat dY(ch.L, N);
+    for (int t = 0; t < ch.L; ++t) {
+      for (int i = 0; i < N; ++i) dY(t, i) = dy[size_t(ch_start(c, Lc) + t) * size_t(h.stride) + i];
     }
+    return dY;
+  };
+  // ∂/∂(the state after each chunk), newest chunk first: ∂S₀ = ∂S_next Mᵀ + ∂Yᵀ(A_rb W + ER).
+  std::vector<Mat> dS_after(chunks);
+  Mat carry = load_state(dS_T, N);
+  for (size_t c = chunks; c-- > 0;) {
+    dS_after[c] = carry;
+    Mat next = all.chunk[c].state_grad_term(rows_of(c));
+    mul(carry, false, all.M[c], true, next, true);
+    carry = next;
+  }
+  if (dS0) {
+    for (size_t e = 0; e < carry.v.size(); ++e) dS0[e] = R(carry.v[e]);
+  }
+  // Every chunk's input gradients from its state before and the gradient of its state after.
+  for (size_t c = 0; c < chunks; ++c) {
+    Chunk& ch = all.chunk[c];
+    const int L = ch.L, t0 = ch_start(c, Lc);
+    const Mat& S0 = all.before[c];
+    const Mat& dS = dS_after[c];
+    const Mat dY = rows_of(c);
+    Mat Yc;
+    ch.output(S0, Yc);  // sets ch.SA
     Mat dR(L, N), dK(L, N), dV(L, N), dA(L, N), dB(L, N), dG(L, N), dGh(L, N), dF(L, N), dSA(L, N);
-    Mat dS0c(N, N);
     std::vector<double> dGL(size_t(N), 0.0);
     // S_next = S₀ diag(E_L) + Vᵀ (K⊙F) + SAᵀ (B⊙F)
     for (int i = 0; i < N; ++i) {
       for (int j = 0; j < N; ++j) {
-        dS0c(i, j) += dS(i, j) * ch.EL[j];
         dGL[j] += S0(i, j) * dS(i, j) * ch.EL[j];
       }
     }
-    Mat KF(L, N), BF(L, N), VdS, SAdS;
-    for (size_t e = 0; e < KF.v.size(); ++e) KF.v[e] = ch.K.v[e] * ch.F.v[e], BF.v[e] = ch.B.v[e] * ch.F.v[e];
+    Mat KF, BF, VdS, SAdS;
+    ch.decayed(KF, BF);
     mul(KF, false, dS, true, dV, true);
     mul(ch.V, false, dS, false, VdS);
     mul(BF, false, dS, true, dSA, true);
@@ -209,11 +259,9 @@ void wkv7_chunked_backward(const Wkv7Train<R>& h, int Lc, const R* dy, const R* 
     mul(dY, false, ch.SA, true, dArb), mask(dArb, true);
     mul(ch.Arb, true, dY, false, dSA, true);
     mul(dY, false, S0, false, dER);
-    mul(dY, true, ch.ER, false, dS0c, true);
     // SA = U + W S₀ᵀ ; U = Γ Z, Z = A_ak V ; W = Γ EA
     Mat dW, dGam, dZ, dAak, dEA, dAab;
     mul(dSA, false, S0, false, dW);
-    mul(dSA, true, ch.W, false, dS0c, true);
     mul(dSA, false, ch.Z, true, dGam);
     mul(ch.Gam, true, dSA, false, dZ);
     mul(dZ, false, ch.V, true, dAak), mask(dAak, false);
@@ -261,10 +309,6 @@ void wkv7_chunked_backward(const Wkv7Train<R>& h, int Lc, const R* dy, const R* 
         dr[o] = R(dR(t, j)), dk[o] = R(dK(t, j)), dv[o] = R(dV(t, j)), da[o] = R(dA(t, j)), db[o] = R(dB(t, j));
       }
     }
-    dS = dS0c;
-  }
-  if (dS0) {
-    for (size_t e = 0; e < dS.v.size(); ++e) dS0[e] = R(dS.v[e]);
   }
 }
 
