@@ -5,10 +5,21 @@
 #include <cstring>
 #include <vector>
 
-#include "ops/cuda/cuda_common.h"
+#include "ops/cuda/kernels.h"
+#include "rwkv/model.h"
 #include "rwkv/dtype.h"
 
+// Skips the current test on a machine without a GPU.
+#define RWKV_REQUIRE_GPU() \
+  if (::rwkv::cuda_device_count() == 0) GTEST_SKIP() << "no GPU"
+
 namespace rwkv::test {
+
+// One context on the first GPU for a test program's kernel calls.
+inline cuda::Context& cuda_context() {
+  static cuda::Context ctx(0);
+  return ctx;
+}
 
 inline cuda::DeviceBuffer upload(const void* data, size_t bytes) {
   cuda::DeviceBuffer b(bytes > 4 ? bytes : 4);

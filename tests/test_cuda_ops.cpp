@@ -19,13 +19,7 @@ namespace {
 using cuda::Act;
 using cuda::DeviceBuffer;
 
-#define RWKV_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU"
-
-cuda::Context& context() {
-  static cuda::Context ctx(0);
-  return ctx;
-}
+cuda::Context& context() { return test::cuda_context(); }
 
 std::vector<float> random_vector(size_t n, std::mt19937& rng, float scale = 1.f) {
   std::normal_distribution<float> d(0.f, scale);

@@ -20,6 +20,7 @@
 #include "train/trainer.h"
 
 #ifdef RWKV_WITH_CUDA
+#include "cuda_testing.h"
 #include "model/rwkv7_train_cuda.h"
 
 namespace rwkv {
@@ -29,8 +30,6 @@ using model::Rwkv7Tape;
 using model::Rwkv7Train;
 using model::Rwkv7TrainCuda;
 
-#define REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU"
 
 struct Batch {
   int B = 0, T = 0;
@@ -123,7 +122,7 @@ void expect_grads_close(const model::ParamTable& table, const std::vector<float>
 constexpr double kGradBound = 3e-2, kExposedBound = 0.4, kLossBound = 5e-3, kStateBound = 2e-2;
 
 TEST(CudaTrain, MatchesTheCpuTrainingForm) {
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   struct Case {
     int head, T;
     bool states;
@@ -155,7 +154,7 @@ TEST(CudaTrain, MatchesTheCpuTrainingForm) {
 
 TEST(CudaTrain, OfficialGradients) {
   RWKV_REQUIRE_SHARED("fixtures/official/v7/train");
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   const std::string dir = test::shared_path("fixtures/official/v7/train");
   std::ifstream in(dir + "/manifest.json");
   const nlohmann::json manifest = nlohmann::json::parse(in);
@@ -183,7 +182,7 @@ TEST(CudaTrain, OfficialGradients) {
 }
 
 TEST(CudaTrain, RecomputeGivesTheSameGradients) {
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   test::V7Dims dims;
   dims.n_layer = 2, dims.n_embd = 64, dims.head_size = 32, dims.vocab = 50;
   const auto ckpt = test::random_v7_checkpoint(dims, 3);
@@ -201,7 +200,7 @@ TEST(CudaTrain, RecomputeGivesTheSameGradients) {
 TEST(CudaTrain, SplitWindowsCarryStateAndGradient) {
   // Two windows of T/2 with the state carried and its gradient passed back equal one window
   // of T: the BPTT path of the sequential order.
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   test::V7Dims dims;
   dims.n_layer = 2, dims.n_embd = 64, dims.head_size = 32, dims.vocab = 50;
   const auto ckpt = test::random_v7_checkpoint(dims, 4);
@@ -235,7 +234,7 @@ TEST(CudaTrain, SplitWindowsCarryStateAndGradient) {
 }
 
 TEST(CudaTrain, RejectsWhatItCannotRun) {
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   test::V7Dims dims;
   dims.n_layer = 1, dims.n_embd = 64, dims.head_size = 16, dims.vocab = 50;
   EXPECT_THROW(Rwkv7TrainCuda(test::random_v7_checkpoint(dims, 1)->tensors(), "h16", 0), Error);
@@ -275,7 +274,7 @@ std::vector<train::LogRow> run(const train::TrainConfig& c, const train::TokenDa
 }
 
 TEST(CudaTrain, FiftyStepsFollowTheCpuLossTrajectory) {
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   const train::TokenData data = corpus();
   const std::string dir = test::temp_dir();
   const auto cpu = run(tiny_config(dir + "/cpu", "cpu"), data);
@@ -298,7 +297,7 @@ TEST(CudaTrain, FiftyStepsFollowTheCpuLossTrajectory) {
 }
 
 TEST(CudaTrain, ResumedRunFollowsTheUninterruptedOne) {
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   const train::TokenData data = corpus();
   const std::string dir = test::temp_dir();
   train::TrainConfig c = tiny_config(dir + "/whole", "cuda");

@@ -25,13 +25,7 @@ using test::download_bf16;
 using test::download_f32;
 using test::upload;
 
-#define REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU"
-
-cuda::Context& context() {
-  static cuda::Context ctx(0);
-  return ctx;
-}
+cuda::Context& context() { return test::cuda_context(); }
 
 std::vector<float> normal(size_t n, std::mt19937& rng, float scale = 1.f, float mean = 0.f) {
   std::normal_distribution<float> d(mean, scale);
@@ -46,7 +40,7 @@ DeviceBuffer poisoned(size_t floats) { return test::poisoned_bytes(floats * 4); 
 constexpr double kF32 = 2e-5;
 
 TEST(CudaTrainOps, LayerNormForwardAndBackward) {
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   std::mt19937 rng(1);
   for (const int C : {8, 100, 768}) {
     for (const int M : {1, 37}) {
@@ -76,7 +70,7 @@ TEST(CudaTrainOps, LayerNormForwardAndBackward) {
 }
 
 TEST(CudaTrainOps, TokenShiftMixesAndTheirBackward) {
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   std::mt19937 rng(2);
   for (const bool with_prev : {false, true}) {
     const int B = 3, T = 5, C = 33, M = B * T;
@@ -132,7 +126,7 @@ TEST(CudaTrainOps, TokenShiftMixesAndTheirBackward) {
 }
 
 TEST(CudaTrainOps, ColumnSumsAtOddShapes) {
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   std::mt19937 rng(3);
   for (const int M : {1, 127, 128, 129, 1000}) {
     for (const int C : {1, 33, 768}) {
@@ -150,7 +144,7 @@ TEST(CudaTrainOps, ColumnSumsAtOddShapes) {
 }
 
 TEST(CudaTrainOps, CrossEntropyRows) {
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   std::mt19937 rng(4);
   for (const int V : {7, 1000, 65536}) {
     const int M = 9;
@@ -184,7 +178,7 @@ TEST(CudaTrainOps, CrossEntropyRows) {
 }
 
 TEST(CudaTrainOps, EmbeddingBackwardAddsRows) {
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   std::mt19937 rng(5);
   const int V = 11, C = 70, M = 50;
   std::vector<int> tokens(M);
@@ -200,7 +194,7 @@ TEST(CudaTrainOps, EmbeddingBackwardAddsRows) {
 }
 
 TEST(CudaTrainOps, SumOfSquaresAndAdamW) {
-  REQUIRE_GPU();
+  RWKV_REQUIRE_GPU();
   std::mt19937 rng(6);
   const size_t n = 100003;
   const auto p0 = normal(n, rng), g = normal(n, rng, 0.01f), m0 = normal(n, rng, 0.001f);
