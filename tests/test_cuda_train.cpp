@@ -219,7 +219,9 @@ TEST(CudaTrain, SplitWindowsCarryStateAndGradient) {
   const size_t S = size_t(B) * gpu.dims().state_floats();
   std::vector<float> mid(S), dmid(S), grads(gpu.table().total);
   // Each window's loss is its own mean: weight them by their counted rows.
-  const auto counted = [](const std::vector<int>& t) { return double(std::count_if(t.begin(), t.end(), [](int x) { return x >= 0; })); };
+  const auto counted = [](const std::vector<int>& t) {
+    return double(std::count_if(t.begin(), t.end(), [](int x) { return x >= 0; }));
+  };
   const double na = counted(a.targets), nc = counted(c.targets);
   gpu.zero_grads();
   gpu.forward(0, a.tokens.data(), B, half, nullptr, mid.data());

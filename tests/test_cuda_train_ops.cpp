@@ -169,7 +169,9 @@ TEST(CudaTrainOps, CrossEntropyRows) {
     ct::cross_entropy(context(), gl.as<float>(), gt.as<int>(), M, V, scale, l2, gloss.as<float>(), gd.as<ct::bf16>());
     const auto loss = download_f32(gloss, M);
     const auto d = download_bf16(gd, logits.size());
-    for (int m = 0; m < M; ++m) EXPECT_NEAR(loss[m], row_loss[m], 1e-5 * (1 + row_loss[m])) << "V " << V << " row " << m;
+    for (int m = 0; m < M; ++m) {
+      EXPECT_NEAR(loss[m], row_loss[m], 1e-5 * (1 + row_loss[m])) << "V " << V << " row " << m;
+    }
     // The gradient rounded to bf16 once: within 2⁻⁸ of each element.
     for (size_t i = 0; i < d.size(); ++i) {
       ASSERT_NEAR(d[i], dlogits[i], std::abs(dlogits[i]) * 0x1p-8 + 1e-12) << "V " << V << " element " << i;

@@ -1,5 +1,6 @@
-// The RWKV-7 training loop on the CPU (spec §5): windows from a TokenData, the parallel
-// forward and hand-written backward (model/rwkv7_train.h), L2Wrap, gradient clipping, AdamW
+// The RWKV-7 training loop (spec §5) on the CPU or a GPU (train_net.h): windows from a
+// TokenData, the parallel forward and hand-written backward (model/rwkv7_train.h and its GPU
+// twin), L2Wrap, gradient clipping, AdamW
 // with the official parameter groups and schedule; checkpoints (official-layout .pth) and a
 // resumable training state written atomically; a CSV log and an SVG loss curve.
 //

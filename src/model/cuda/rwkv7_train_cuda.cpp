@@ -159,7 +159,9 @@ class Profile {
     double all = 0;
     for (const auto& [name, ms] : totals_) all += ms;
     std::fprintf(stderr, "GPU training time by section (%.1f ms in all):\n", all);
-    for (const auto& [name, ms] : totals_) std::fprintf(stderr, "  %-28s %9.2f ms  %5.1f%%\n", name.c_str(), ms, 100 * ms / all);
+    for (const auto& [name, ms] : totals_) {
+      std::fprintf(stderr, "  %-28s %9.2f ms  %5.1f%%\n", name.c_str(), ms, 100 * ms / all);
+    }
     totals_.clear();
   }
 
@@ -358,7 +360,7 @@ struct Rwkv7TrainCuda::Impl {
     // ---- time mix ----
     ct::layer_norm_forward(ctx, c.x_in, M, C, y.ln1_w, y.ln1_b, kLayerNormEps, c.h, c.ln1_mean, c.ln1_rstd);
     ct::token_shift(ctx, c.h, prev_att, B, T, C, s.delta);
-    ct::mix_bf16(ctx, c.h, s.delta, M, C, {6, {y.x_r, y.x_w, y.x_k, y.x_v, y.x_a, y.x_g}, {mx[0], mx[1], mx[2], mx[3], mx[4], mx[5]}});
+    ct::mix_bf16(ctx, c.h, s.delta, M, C, time_mixes(y));
     lin(mx[0], y16.receptance, M, C, C, c.r);
     lin(mx[2], y16.key, M, C, C, c.k_raw);
     lin(mx[3], y16.value, M, C, C, c.v_raw);
@@ -411,6 +413,12 @@ struct Rwkv7TrainCuda::Impl {
     lin(s.act16, y16.ffn_value, M, d.F, C, x_out, true);
     copy_rows(t.state_out + so.ffn_x, state_bytes(), c.h2 + size_t(T - 1) * C, size_t(T) * C * 4, size_t(C) * 4, B);
     prof->mark("fwd: time mix out + ffn");
+  }
+
+  // The six mixes of the time mix into s.mix16: r, w, k, v, a, g.
+  ct::Mixes time_mixes(const Rwkv7LayerParams<float>& y) {
+    bf16** mx = s.mix16;
+    return {6, {y.x_r, y.x_w, y.x_k, y.x_v, y.x_a, y.x_g}, {mx[0], mx[1], mx[2], mx[3], mx[4], mx[5]}};
   }
 
   void wkv_inputs(const Cache& c, size_t MC) {
@@ -520,7 +528,7 @@ struct Rwkv7TrainCuda::Impl {
 
     // ---- the projections and LoRAs back to the mixes, each mix back to h and δ ----
     ct::token_shift(ctx, c.h, prev_att, B, T, C, s.delta);
-    ct::mix_bf16(ctx, c.h, s.delta, M, C, {6, {y.x_r, y.x_w, y.x_k, y.x_v, y.x_a, y.x_g}, {mx[0], mx[1], mx[2], mx[3], mx[4], mx[5]}});
+    ct::mix_bf16(ctx, c.h, s.delta, M, C, time_mixes(y));
     zero(s.dh, MC);
     zero(s.ddelta, MC);
     lora_backward(s.dz, c.w_h, Act::Tanh, y16.w2, gy.w2, d.d_decay, y16.w1, gy.w1, mx[1], M);
