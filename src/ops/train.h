@@ -101,7 +101,7 @@ void wkv7_train_backward(const Wkv7Train<R>& head, const R* dy, const R* dS_T, R
 // The same WKV-7 in its chunked form (spec §4.5), chunks of Lc ∈ [1, 64] rows: matrix products
 // within a chunk, the state carried between chunks; the backward by reverse mode through the
 // chunk's matrices. The plain-loop reference of the GPU's tensor-core kernels (internally fp64;
-// no document resets). Forward: y and S (S₀ in, S_T out); backward: as wkv7_train_backward
+// a document reset ends a chunk). Forward: y and S (S₀ in, S_T out); backward: as wkv7_train_backward
 // (head.S is S₀ again; checkpoints and scratch unused).
 template <class R>
 void wkv7_chunked_forward(const Wkv7Train<R>& head, int Lc);

@@ -13,6 +13,7 @@
 // matrices at once, then a scan over chunks of N×N products (states forward, state gradients
 // backward), then every chunk's outputs (or gradients) at once.
 // Internally in double whatever R is.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -71,8 +72,11 @@ Mat unit_lower_inverse(const Mat& L) {
 }
 
 // One chunk's inputs (rows t0 … t0 + L − 1 of a head) and what the forward derives from them.
+// `restart`: its first row starts a new document (the state before it is zero and takes no
+// gradient).
 struct Chunk {
-  int L = 0, N = 0;
+  int t0 = 0, L = 0, N = 0;
+  bool restart = false;
   Mat R, K, V, A, B, lam;         // (L, N)
   Mat G, Gh;                      // cumsum λ, exclusive
   Mat ER, EK, EB, EA, F;          // as in the header
@@ -80,7 +84,8 @@ struct Chunk {
   std::vector<double> EL;         // e^{G_L}
 
   template <class R_>
-  Chunk(const Wkv7Train<R_>& h, int t0, int rows) : L(rows), N(h.N) {
+  Chunk(const Wkv7Train<R_>& h, int start, int rows)
+      : t0(start), L(rows), N(h.N), restart(h.reset && h.reset[start]) {
     for (Mat* m : {&R, &K, &V, &A, &B, &lam, &G, &Gh, &ER, &EK, &EB, &EA, &F}) *m = Mat(L, N);
     for (int t = 0; t < L; ++t) {
       const size_t o = size_t(t0 + t) * size_t(h.stride);
@@ -144,32 +149,40 @@ struct Chunk {
   }
 };
 
-// Every chunk of a head with the states before each (phases 1 and 2 of the header).
+// Every chunk of a head with the states before each (phases 1 and 2 of the header). A chunk
+// ends after Lc rows or before a row that starts a new document.
 struct Chunks {
   std::vector<Chunk> chunk;
   std::vector<Mat> M, before;  // transitions; states before each chunk, then S_T last
   template <class R>
   Chunks(const Wkv7Train<R>& h, int Lc, Mat S0) {
-    for (int t0 = 0; t0 < h.T; t0 += Lc) chunk.emplace_back(h, t0, std::min(Lc, h.T - t0));
-    before.push_back(std::move(S0));
+    for (int t0 = 0; t0 < h.T;) {
+      int end = std::min(h.T, t0 + Lc);
+      for (int t = t0 + 1; t < end && h.reset; ++t) {
+        if (h.reset[t]) end = t;
+      }
+      chunk.emplace_back(h, t0, end - t0);
+      t0 = end;
+    }
+    Mat S = std::move(S0);
     for (Chunk& c : chunk) {
+      if (c.restart) S = Mat(S.rows, S.cols);
       Mat Mc, Cc, next;
       c.transition(Mc, Cc);
-      mul(before.back(), false, Mc, false, next);
+      mul(S, false, Mc, false, next);
       for (size_t e = 0; e < next.v.size(); ++e) next.v[e] += Cc.v[e];
       M.push_back(std::move(Mc));
-      before.push_back(std::move(next));
+      before.push_back(std::move(S));
+      S = std::move(next);
     }
+    before.push_back(std::move(S));
   }
 };
 
 template <class R>
 void check(const Wkv7Train<R>& h, int Lc) {
   if (Lc < 1 || Lc > 64) fail("wkv7 chunked: chunk length ", Lc, " outside 1 … 64");
-  if (h.reset) fail("wkv7 chunked: document resets are not supported");
 }
-
-int ch_start(size_t c, int Lc) { return int(c) * Lc; }
 
 template <class R>
 Mat load_state(const R* S, int N) {
@@ -190,7 +203,7 @@ void wkv7_chunked_forward(const Wkv7Train<R>& h, int Lc) {
     Chunk& ch = all.chunk[c];
     ch.output(all.before[c], Y);
     for (int t = 0; t < ch.L; ++t) {
-      for (int i = 0; i < N; ++i) h.y[size_t(ch_start(c, Lc) + t) * size_t(h.stride) + i] = R(Y(t, i));
+      for (int i = 0; i < N; ++i) h.y[size_t(ch.t0 + t) * size_t(h.stride) + i] = R(Y(t, i));
     }
   }
   const Mat& S = all.before.back();
@@ -208,7 +221,7 @@ void wkv7_chunked_backward(const Wkv7Train<R>& h, int Lc, const R* dy, const R* 
     const Chunk& ch = all.chunk[c];
     Mat dY(ch.L, N);
     for (int t = 0; t < ch.L; ++t) {
-      for (int i = 0; i < N; ++i) dY(t, i) = dy[size_t(ch_start(c, Lc) + t) * size_t(h.stride) + i];
+      for (int i = 0; i < N; ++i) dY(t, i) = dy[size_t(ch.t0 + t) * size_t(h.stride) + i];
     }
     return dY;
   };
@@ -217,6 +230,10 @@ void wkv7_chunked_backward(const Wkv7Train<R>& h, int Lc, const R* dy, const R* 
   Mat carry = load_state(dS_T, N);
   for (size_t c = chunks; c-- > 0;) {
     dS_after[c] = carry;
+    if (all.chunk[c].restart) {  // the state before it was zero, not the one carried in
+      carry = Mat(N, N);
+      continue;
+    }
     Mat next = all.chunk[c].state_grad_term(rows_of(c));
     mul(carry, false, all.M[c], true, next, true);
     carry = next;
@@ -227,7 +244,7 @@ void wkv7_chunked_backward(const Wkv7Train<R>& h, int Lc, const R* dy, const R* 
   // Every chunk's input gradients from its state before and the gradient of its state after.
   for (size_t c = 0; c < chunks; ++c) {
     Chunk& ch = all.chunk[c];
-    const int L = ch.L, t0 = ch_start(c, Lc);
+    const int L = ch.L, t0 = ch.t0;
     const Mat& S0 = all.before[c];
     const Mat& dS = dS_after[c];
     const Mat dY = rows_of(c);
