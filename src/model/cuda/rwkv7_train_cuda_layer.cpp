@@ -1,0 +1,215 @@
+// RWKV-7 training on the GPU, one block (rwkv7_train_layer.cpp's walk with the ops of
+// ops/cuda): the time mix and the channel mix, forward and backward.
+#include "model/cuda/rwkv7_train_cuda_impl.h"
+
+namespace rwkv::model {
+
+// ---- forward ----
+
+void Rwkv7TrainCuda::Impl::layer_forward(Tape& t, int l, Cache& c, float* x_out) {
+  const Rwkv7LayerParams<float>& y = p.layers[size_t(l)];
+  const Rwkv7LayerParams<bf16>& y16 = w.layers[size_t(l)];
+  const int B = t.B, T = t.T, M = t.M, C = d.C, H = d.H, N = d.N;
+  const size_t MC = size_t(M) * C, SF = d.state_floats();
+  const StatePlace so = place(l);
+  const Rows prev_att{t.has_state_in ? t.state_in + so.att_x : nullptr, SF};
+  const Rows prev_ffn{t.has_state_in ? t.state_in + so.ffn_x : nullptr, SF};
+  bf16** mx = s.mix16;  // r, w, k, v, a, g
+
+  // ---- time mix ----
+  ct::layer_norm_forward(ctx, c.x_in, M, C, y.ln1_w, y.ln1_b, kLayerNormEps, c.h, c.ln1_mean, c.ln1_rstd);
+  ct::token_shift(ctx, c.h, prev_att, B, T, C, s.delta);
+  ct::mix_bf16(ctx, c.h, s.delta, M, C, time_mixes(y));
+  lin(mx[0], y16.receptance, M, C, C, c.r);
+  lin(mx[2], y16.key, M, C, C, c.k_raw);
+  lin(mx[3], y16.value, M, C, C, c.v_raw);
+  mm(mx[1], y16.w1, M, C, d.d_decay, c.w_h);
+  ct::activate_bf16(ctx, c.w_h, size_t(M) * d.d_decay, Act::Tanh, s.lora16);
+  mm(s.lora16, y16.w2, M, d.d_decay, C, c.z);
+  mm(mx[4], y16.a1, M, C, d.d_iclr, c.a_h);
+  ct::activate_bf16(ctx, c.a_h, size_t(M) * d.d_iclr, Act::None, s.lora16);
+  mm(s.lora16, y16.a2, M, d.d_iclr, C, c.alpha);
+  mm(mx[5], y16.g1, M, C, d.d_gate, c.g_h);
+  ct::activate_bf16(ctx, c.g_h, size_t(M) * d.d_gate, Act::Sigmoid, s.lora16);
+  mm(s.lora16, y16.g2, M, d.d_gate, C, c.g);
+  if (l > 0) {
+    mm(mx[3], y16.v1, M, C, d.d_value, c.v_h);
+    ct::activate_bf16(ctx, c.v_h, size_t(M) * d.d_value, Act::None, s.lora16);
+    mm(s.lora16, y16.v2, M, d.d_value, C, c.gate);
+  }
+  ct::rwkv7_prepare_forward(ctx, M, H, N, {c.z, c.alpha, c.gate, c.v, c.kn, c.k2, t.v_first, c.k_raw,
+                                           c.v_raw, y.w0, y.a0, y.v0, y.k_k, y.k_a, l == 0});
+  wkv_inputs(c, MC);
+  prof->mark("fwd: time mix in");
+  if (t.has_state_in) copy_rows(s.kv_s0, kv_bytes(), t.state_in + so.kv, state_bytes(), kv_bytes(), B);
+  cuda::Wkv7Train wkv;
+  wkv.B = B, wkv.T = T, wkv.H = H, wkv.N = N;
+  wkv.r = s.wkv16[0], wkv.z = s.wkv16[1], wkv.k = s.wkv16[2], wkv.v = s.wkv16[3];
+  wkv.a = s.wkv16[4], wkv.b = s.wkv16[5];
+  wkv.y = c.y;
+  wkv.s0 = t.has_state_in ? s.kv_s0 : nullptr;
+  wkv.sT = s.kv_sT;
+  wkv.checkpoints = c.checkpoints;
+  wkv.sa = c.sa;
+  prof->mark("element-wise", Level::Op);
+  cuda::wkv7_train_forward(ctx, wkv);
+  prof->mark("fwd: wkv");
+  prof->mark("wkv forward", Level::Op);
+  copy_rows(t.state_out + so.kv, state_bytes(), s.kv_sT, kv_bytes(), kv_bytes(), B);
+  ct::rwkv7_output_forward(ctx, M, H, N, kGroupNormEps, {c.y, c.r, c.k2, c.v, c.g, y.r_k, y.ln_x_w,
+                                                         y.ln_x_b, c.zo, c.gn_mean, c.gn_rstd, s.x16});
+  RWKV_CUDA_CHECK(cudaMemcpyAsync(c.x_mid, c.x_in, MC * 4, cudaMemcpyDeviceToDevice, ctx.stream));
+  lin(s.x16, y16.output, M, C, C, c.x_mid, true);
+  copy_rows(t.state_out + so.att_x, state_bytes(), c.h + size_t(T - 1) * C, size_t(T) * C * 4, size_t(C) * 4, B);
+
+  // ---- channel mix ----
+  ct::layer_norm_forward(ctx, c.x_mid, M, C, y.ln2_w, y.ln2_b, kLayerNormEps, c.h2, c.ln2_mean, c.ln2_rstd);
+  ct::token_shift(ctx, c.h2, prev_ffn, B, T, C, s.delta);
+  ct::mix_bf16(ctx, c.h2, s.delta, M, C, {1, {y.ffn_x_k}, {mx[0]}});
+  lin(mx[0], y16.ffn_key, M, C, d.F, c.ffn_pre);
+  ct::sqrelu_bf16(ctx, c.ffn_pre, size_t(M) * d.F, s.act16);
+  RWKV_CUDA_CHECK(cudaMemcpyAsync(x_out, c.x_mid, MC * 4, cudaMemcpyDeviceToDevice, ctx.stream));
+  lin(s.act16, y16.ffn_value, M, d.F, C, x_out, true);
+  copy_rows(t.state_out + so.ffn_x, state_bytes(), c.h2 + size_t(T - 1) * C, size_t(T) * C * 4, size_t(C) * 4, B);
+  prof->mark("fwd: time mix out + ffn");
+}
+
+ct::Mixes Rwkv7TrainCuda::Impl::time_mixes(const Rwkv7LayerParams<float>& y) {
+  bf16** mx = s.mix16;
+  return {6, {y.x_r, y.x_w, y.x_k, y.x_v, y.x_a, y.x_g}, {mx[0], mx[1], mx[2], mx[3], mx[4], mx[5]}};
+}
+
+void Rwkv7TrainCuda::Impl::wkv_inputs(const Cache& c, size_t MC) {
+  ct::rwkv7_wkv_inputs(ctx, MC, {c.r, c.z, c.k2, c.v, c.kn, c.alpha, s.wkv16[0], s.wkv16[1], s.wkv16[2],
+                                 s.wkv16[3], s.wkv16[4], s.wkv16[5]});
+}
+
+// ---- backward ----
+
+void Rwkv7TrainCuda::Impl::lora_backward(const float* dpre, const float* hidden, Act act, const bf16* up,
+                                         float* dup, int D, const bf16* down, float* ddown, const bf16* mix16,
+                                         int M) {
+  const int C = d.C;
+  cuda::to_bf16(ctx, dpre, size_t(M) * C, s.dp16);
+  convert(hidden, size_t(M) * D, s.lora16);
+  mm_dA(s.lora16, s.dp16, M, D, C, dup);
+  mm_dx(s.dp16, up, M, D, C, s.dlora);
+  ct::activation_backward_bf16(ctx, s.dlora, hidden, size_t(M) * D, act, s.dlora16);
+  mm_dA(mix16, s.dlora16, M, C, D, ddown);
+  mm_dx(s.dlora16, down, M, C, D, s.dmix);
+}
+
+void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
+  const Rwkv7LayerParams<float>& y = p.layers[size_t(l)];
+  const Rwkv7LayerParams<bf16>& y16 = w.layers[size_t(l)];
+  Rwkv7LayerParams<float>& gy = g.layers[size_t(l)];
+  const int B = t.B, T = t.T, M = t.M, C = d.C, H = d.H, N = d.N, F = d.F;
+  const size_t MC = size_t(M) * C, SF = d.state_floats();
+  const StatePlace so = place(l);
+  const Rows prev_att{t.has_state_in ? t.state_in + so.att_x : nullptr, SF};
+  const Rows prev_ffn{t.has_state_in ? t.state_in + so.ffn_x : nullptr, SF};
+  bf16** mx = s.mix16;
+  // ∂/∂(last row of h) from the state's token-shift piece; then that piece becomes
+  // ∂/∂(the initial state's piece).
+  const auto shift_backward = [&](size_t offset) {
+    ct::add_rows(ctx, {t.dstate + offset, SF}, B, C, {s.dh + size_t(T - 1) * C, size_t(T) * C});
+    ct::token_shift_backward(ctx, s.ddelta, B, T, C, s.dh, {t.dstate + offset, SF});
+  };
+  const auto zero = [&](float* a, size_t n) {
+    RWKV_CUDA_CHECK(cudaMemsetAsync(a, 0, n * 4, ctx.stream));
+  };
+
+  // ---- channel mix ----
+  convert(dx, MC, s.d16);
+  ct::sqrelu_bf16(ctx, c.ffn_pre, size_t(M) * F, s.act16);
+  lin_dw(s.d16, s.act16, M, F, C, gy.ffn_value);
+  lin_dx(s.d16, y16.ffn_value, M, F, C, s.dffn);
+  ct::sqrelu_backward_bf16(ctx, s.dffn, c.ffn_pre, size_t(M) * F, s.act16);
+  ct::token_shift(ctx, c.h2, prev_ffn, B, T, C, s.delta);
+  ct::mix_bf16(ctx, c.h2, s.delta, M, C, {1, {y.ffn_x_k}, {mx[0]}});
+  lin_dw(s.act16, mx[0], M, C, F, gy.ffn_key);
+  lin_dx(s.act16, y16.ffn_key, M, C, F, s.dmix);
+  zero(s.dh, MC);
+  zero(s.ddelta, MC);
+  ct::mix_backward(ctx, s.dmix, s.delta, y.ffn_x_k, M, C, s.dh, s.ddelta, gy.ffn_x_k);
+  shift_backward(so.ffn_x);
+  ct::layer_norm_backward(ctx, s.dh, c.x_mid, M, C, y.ln2_w, c.ln2_mean, c.ln2_rstd, dx, gy.ln2_w,
+                          gy.ln2_b, s.ta);
+  prof->mark("bwd: ffn");
+
+  // ---- time mix: output, gate, bonus, ln_x ----
+  convert(dx, MC, s.d16);
+  ct::gate_bf16(ctx, c.zo, c.g, MC, s.x16);
+  lin_dw(s.d16, s.x16, M, C, C, gy.output);
+  lin_dx(s.d16, y16.output, M, C, C, s.dxo);
+  ct::rwkv7_output_backward(ctx, M, H, N, {s.dxo, c.y, c.zo, c.gn_mean, c.gn_rstd, c.r, c.k2, c.v, c.g,
+                                           y.r_k, y.ln_x_w, s.dg, s.dr, s.dk2, s.dv, s.ta, s.tb, s.tc, s.dy16});
+  ct::col_sum(ctx, s.ta, nullptr, M, C, gy.ln_x_w);
+  ct::col_sum(ctx, s.tb, nullptr, M, C, gy.ln_x_b);
+  ct::col_sum(ctx, s.tc, nullptr, M, C, gy.r_k);
+
+  prof->mark("bwd: time mix out");
+  // ---- WKV ----
+  wkv_inputs(c, MC);
+  copy_rows(s.kv_sT, kv_bytes(), t.dstate + so.kv, state_bytes(), kv_bytes(), B);  // ∂/∂S_T
+  cuda::Wkv7Train wkv;
+  wkv.B = B, wkv.T = T, wkv.H = H, wkv.N = N;
+  wkv.r = s.wkv16[0], wkv.z = s.wkv16[1], wkv.k = s.wkv16[2], wkv.v = s.wkv16[3];
+  wkv.a = s.wkv16[4], wkv.b = s.wkv16[5];
+  wkv.checkpoints = c.checkpoints;
+  wkv.sa = c.sa;
+  cuda::Wkv7TrainGrads wg;
+  wg.dy = s.dy16;
+  wg.dsT = s.kv_sT;
+  wg.dr = s.gwkv16[0], wg.dz = s.gwkv16[1], wg.dk = s.gwkv16[2], wg.dv = s.gwkv16[3];
+  wg.da = s.gwkv16[4], wg.db = s.gwkv16[5];
+  wg.ds0 = s.kv_ds0;
+  prof->mark("bwd: time mix out");
+  prof->mark("element-wise", Level::Op);
+  cuda::wkv7_train_backward(ctx, wkv, wg);
+  prof->mark("bwd: wkv");
+  prof->mark("wkv backward", Level::Op);
+  copy_rows(t.dstate + so.kv, state_bytes(), s.kv_ds0, kv_bytes(), kv_bytes(), B);
+
+  // ---- back through the preparation ----
+  ct::rwkv7_prepare_backward(ctx, M, H, N, {s.gwkv16[0], s.gwkv16[1], s.gwkv16[2], s.gwkv16[3], s.gwkv16[4],
+                                            s.gwkv16[5], c.k_raw, c.v_raw, c.kn, c.alpha, c.gate, t.v_first,
+                                            y.k_k, y.k_a, s.dr, s.dk2, s.dv, s.dz, s.dalpha, s.dvf,
+                                            s.dv_first, s.ta, s.tb, l == 0});
+  ct::col_sum(ctx, s.ta, nullptr, M, C, gy.k_a);
+  ct::col_sum(ctx, s.tb, nullptr, M, C, gy.k_k);
+  ct::col_sum(ctx, s.dz, nullptr, M, C, gy.w0);
+  ct::col_sum(ctx, s.dalpha, nullptr, M, C, gy.a0);
+  if (l > 0) ct::col_sum(ctx, s.dvf, nullptr, M, C, gy.v0);
+
+  // ---- the projections and LoRAs back to the mixes, each mix back to h and δ ----
+  ct::token_shift(ctx, c.h, prev_att, B, T, C, s.delta);
+  ct::mix_bf16(ctx, c.h, s.delta, M, C, time_mixes(y));
+  zero(s.dh, MC);
+  zero(s.ddelta, MC);
+  lora_backward(s.dz, c.w_h, Act::Tanh, y16.w2, gy.w2, d.d_decay, y16.w1, gy.w1, mx[1], M);
+  ct::mix_backward(ctx, s.dmix, s.delta, y.x_w, M, C, s.dh, s.ddelta, gy.x_w);
+  lora_backward(s.dalpha, c.a_h, Act::None, y16.a2, gy.a2, d.d_iclr, y16.a1, gy.a1, mx[4], M);
+  ct::mix_backward(ctx, s.dmix, s.delta, y.x_a, M, C, s.dh, s.ddelta, gy.x_a);
+  lora_backward(s.dg, c.g_h, Act::Sigmoid, y16.g2, gy.g2, d.d_gate, y16.g1, gy.g1, mx[5], M);
+  ct::mix_backward(ctx, s.dmix, s.delta, y.x_g, M, C, s.dh, s.ddelta, gy.x_g);
+  if (l > 0) lora_backward(s.dvf, c.v_h, Act::None, y16.v2, gy.v2, d.d_value, y16.v1, gy.v1, mx[3], M);
+  convert(s.dv, MC, s.d16);
+  lin_dw(s.d16, mx[3], M, C, C, gy.value);
+  lin_dx(s.d16, y16.value, M, C, C, s.dmix, l > 0);
+  ct::mix_backward(ctx, s.dmix, s.delta, y.x_v, M, C, s.dh, s.ddelta, gy.x_v);
+  convert(s.dr, MC, s.d16);
+  lin_dw(s.d16, mx[0], M, C, C, gy.receptance);
+  lin_dx(s.d16, y16.receptance, M, C, C, s.dmix);
+  ct::mix_backward(ctx, s.dmix, s.delta, y.x_r, M, C, s.dh, s.ddelta, gy.x_r);
+  convert(s.dk2, MC, s.d16);  // ∂/∂k_raw after the preparation's backward
+  lin_dw(s.d16, mx[2], M, C, C, gy.key);
+  lin_dx(s.d16, y16.key, M, C, C, s.dmix);
+  ct::mix_backward(ctx, s.dmix, s.delta, y.x_k, M, C, s.dh, s.ddelta, gy.x_k);
+  shift_backward(so.att_x);
+  ct::layer_norm_backward(ctx, s.dh, c.x_in, M, C, y.ln1_w, c.ln1_mean, c.ln1_rstd, dx, gy.ln1_w,
+                          gy.ln1_b, s.ta);
+  prof->mark("bwd: time mix in");
+}
+
+}  // namespace rwkv::model
