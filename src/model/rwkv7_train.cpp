@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <type_traits>
 
 #include "model/rwkv7_train_impl.h"
 #include "ops/train.h"
@@ -80,6 +81,26 @@ bool is_unused_layer0_value_lora(const std::string& name) {
 
 }  // namespace
 
+void check_rwkv7_tokens(const int* tokens, size_t M, int V) {
+  for (size_t i = 0; i < M; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= V) {
+      fail("RWKV-7 training: token id ", tokens[i], " at position ", i, " is outside the vocabulary (", V, ")");
+    }
+  }
+}
+
+int count_rwkv7_targets(const int* targets, size_t M, int V) {
+  int counted = 0;
+  for (size_t m = 0; m < M; ++m) {
+    if (targets[m] >= V) {
+      fail("RWKV-7 training: target id ", targets[m], " at position ", m, " is outside the vocabulary (", V, ")");
+    }
+    counted += targets[m] >= 0;
+  }
+  if (counted == 0) fail("RWKV-7 training: no targets to score");
+  return counted;
+}
+
 Rwkv7Dims rwkv7_dims(const std::vector<TensorView>& tensors, const std::string& source) {
   Rwkv7Dims d;
   const TensorView& emb = need(tensors, "emb.weight", 2, source);
@@ -141,22 +162,29 @@ void Rwkv7Train<R>::zero_grads() {
   std::fill(grads_.begin(), grads_.end(), R(0));
 }
 
-template <class R>
-std::vector<TensorView> Rwkv7Train<R>::export_tensors(
-    DType dtype, std::vector<std::vector<uint8_t>>& storage) const {
+std::vector<TensorView> export_rwkv7_tensors(const ParamTable& table, const float* params, DType dtype,
+                                             std::vector<std::vector<uint8_t>>& storage) {
   if (dtype != DType::F32 && dtype != DType::BF16) {
     fail("RWKV-7 training: checkpoints are saved in fp32 or bf16, not ", dtype_name(dtype));
   }
   std::vector<TensorView> out;
-  std::vector<float> buf;
-  for (const ParamTensor& t : table_.tensors) {
-    buf.assign(params_.begin() + std::ptrdiff_t(t.offset),
-               params_.begin() + std::ptrdiff_t(t.offset + t.numel));
+  for (const ParamTensor& t : table.tensors) {
     storage.emplace_back(dtype_nbytes(dtype, t.numel));
-    convert_from_f32(dtype, buf.data(), storage.back().data(), t.numel);
+    convert_from_f32(dtype, params + t.offset, storage.back().data(), t.numel);
     out.push_back(TensorView{t.name, dtype, t.shape, storage.back().data()});
   }
   return out;
+}
+
+template <class R>
+std::vector<TensorView> Rwkv7Train<R>::export_tensors(
+    DType dtype, std::vector<std::vector<uint8_t>>& storage) const {
+  if constexpr (std::is_same_v<R, float>) {
+    return export_rwkv7_tensors(table_, params_.data(), dtype, storage);
+  } else {
+    const std::vector<float> f(params_.begin(), params_.end());
+    return export_rwkv7_tensors(table_, f.data(), dtype, storage);
+  }
 }
 
 // ---- the tape ------------------------------------------------------------------------------
@@ -257,12 +285,7 @@ const R* Rwkv7Train<R>::forward(Rwkv7Tape<R>& tape, const int* tokens, int B, in
                                 const R* state_in, R* state_out) {
   if (B <= 0 || T <= 0) fail("RWKV-7 training: batch ", B, " × length ", T, " is empty");
   const size_t M = size_t(B) * size_t(T), C = size_t(dims_.C);
-  for (size_t i = 0; i < M; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= dims_.V) {
-      fail("RWKV-7 training: token id ", tokens[i], " at position ", i, " is outside the vocabulary (",
-           dims_.V, ")");
-    }
-  }
+  check_rwkv7_tokens(tokens, M, dims_.V);
   auto& t = *tape.impl_;
   layout_tape<R>(t, dims_, B, T, options_.wkv_chunk, options_.recompute);
   t.tokens.assign(tokens, tokens + M);
@@ -299,15 +322,7 @@ template <class R>
 double Rwkv7Train<R>::loss(Rwkv7Tape<R>& tape, const int* targets, double l2wrap, int* count,
                            double weight) {
   auto& t = *tape.impl_;
-  int counted = 0;
-  for (int m = 0; m < t.M; ++m) {
-    if (targets[m] >= dims_.V) {
-      fail("RWKV-7 training: target id ", targets[m], " at position ", m,
-           " is outside the vocabulary (", dims_.V, ")");
-    }
-    counted += targets[m] >= 0;
-  }
-  if (counted == 0) fail("RWKV-7 training: no targets to score");
+  const int counted = count_rwkv7_targets(targets, size_t(t.M), dims_.V);
   int n = 0;
   const R scale = R(weight / counted);
   const double sum = ot::cross_entropy<R>(t.logits, targets, t.M, dims_.V, scale,

@@ -20,7 +20,25 @@ struct Rwkv7Dims {
   int L = 0, C = 0, H = 0, N = 0, V = 0, F = 0;  // layers, width, heads × head size, vocab, FFN
   int d_decay = 0, d_iclr = 0, d_value = 0, d_gate = 0;  // LoRA widths
   size_t state_floats() const { return size_t(L) * (2 * size_t(C) + size_t(H) * N * N); }
+  // Where layer l's pieces sit in one sequence's state (the inference layout).
+  struct LayerState {
+    size_t att_x, kv, ffn_x;
+  };
+  LayerState layer_state(int l) const {
+    const size_t c = size_t(C), kv = size_t(H) * N * N, base = size_t(l) * (2 * c + kv);
+    return {base, base + c, base + c + kv};
+  }
 };
+
+// The flat parameters `params` (laid out by `table`) as official tensors in `dtype` (F32 or BF16),
+// in table order, for saving; the views point into `storage`.
+std::vector<TensorView> export_rwkv7_tensors(const ParamTable& table, const float* params, DType dtype,
+                                             std::vector<std::vector<uint8_t>>& storage);
+
+// Throws rwkv::Error naming the position of the first token id outside [0, V).
+void check_rwkv7_tokens(const int* tokens, size_t M, int V);
+// The targets a loss scores (≥ 0; < 0 skips a row); rwkv::Error for one ≥ V or when none counts.
+int count_rwkv7_targets(const int* targets, size_t M, int V);
 
 // Pointers of one layer's tensors into a flat buffer (parameters or their gradients).
 template <class R>

@@ -41,14 +41,15 @@ class Rwkv7TrainCuda {
 
   // sqrt(Σ g²) over the gradient buffer (fp64 sum).
   double grad_norm();
-  // One AdamW step over the groups (train/optimizer.h's formula), gradients multiplied by
-  // grad_scale first (clipping), then the bf16 copy refreshed.
+  // One AdamW step over the groups (train/optimizer.h's formula, its bias corrections
+  // 1 − β^t given), gradients multiplied by grad_scale first (clipping), then the bf16 copy
+  // refreshed.
   struct AdamWGroup {
     size_t offset = 0, count = 0;
     float lr = 0, weight_decay = 0;
   };
-  void adamw(const std::vector<AdamWGroup>& groups, float beta1, float beta2, float eps, int64_t t,
-             float grad_scale);
+  void adamw(const std::vector<AdamWGroup>& groups, float beta1, float beta2, float eps, float correction1,
+             float correction2, float grad_scale);
 
   // Host copies of the flat buffers (table().total floats each).
   void read_params(float* out) const;
@@ -56,8 +57,6 @@ class Rwkv7TrainCuda {
   void read_grads(float* out) const;
   void read_moments(float* m, float* v) const;
   void write_moments(const float* m, const float* v);
-  // The parameters as official tensors (see Rwkv7Train::export_tensors).
-  std::vector<TensorView> export_tensors(DType dtype, std::vector<std::vector<uint8_t>>& storage);
 
   struct Impl;
 

@@ -28,16 +28,6 @@ void zero(R* p, size_t n) {
   std::fill(p, p + n, R(0));
 }
 
-// Where layer l's pieces sit in one sequence's state (the inference layout).
-struct StateOffsets {
-  size_t att_x, kv, ffn_x;
-};
-StateOffsets state_offsets(const Rwkv7Dims& d, int l) {
-  const size_t C = size_t(d.C), kv = size_t(d.H) * d.N * d.N;
-  const size_t base = size_t(l) * (2 * C + kv);
-  return {base, base + C, base + C + kv};
-}
-
 // rows[b] = state[b][offset … offset + C) for every sequence b.
 template <class R>
 void gather_state(const R* states, size_t state_floats, size_t offset, int B, int C, R* rows) {
@@ -119,7 +109,7 @@ void Rwkv7Train<R>::layer_forward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>&
   const Rwkv7Dims& d = dims_;
   const int B = t.B, T = t.T, M = t.M, C = d.C, H = d.H, N = d.N;
   const size_t MC = size_t(M) * size_t(C), SF = d.state_floats(), NN = size_t(N) * N;
-  const StateOffsets so = state_offsets(d, l);
+  const Rwkv7Dims::LayerState so = d.layer_state(l);
   R* delta = s.tmp;
   R* x = s.tmp2;
 
@@ -238,7 +228,7 @@ void Rwkv7Train<R>::layer_backward(Rwkv7Tape<R>& tape, int l, Rwkv7LayerCache<R>
   const int B = t.B, T = t.T, M = t.M, C = d.C, H = d.H, N = d.N;
   const size_t MC = size_t(M) * size_t(C), SF = d.state_floats(), NN = size_t(N) * N;
   const size_t MF = size_t(M) * d.F;
-  const StateOffsets so = state_offsets(d, l);
+  const Rwkv7Dims::LayerState so = d.layer_state(l);
   R* delta = s.tmp;
   R* x = s.tmp2;
   R* dstate = t.dstate.data();

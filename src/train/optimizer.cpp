@@ -46,16 +46,19 @@ std::vector<ParamGroup> official_param_groups(const model::ParamTable& table, fl
   return groups;
 }
 
-void AdamW::step(float* params, const float* grads, float* m, float* v,
-                 const std::vector<ParamGroup>& groups, float lr, int64_t t) const {
+AdamW::Corrections AdamW::check(float lr, int64_t t) const {
   if (t < 1) fail("AdamW::step: the step count t is 1-based, got ", t);
   if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1) || !(eps >= 0))
     fail("AdamW::step: need 0 <= beta1, beta2 < 1 and eps >= 0; got beta1 ", beta1, ", beta2 ",
          beta2, ", eps ", eps);
   if (!std::isfinite(lr) || lr < 0) fail("AdamW::step: lr must be finite and >= 0, got ", lr);
   // Bias corrections in double: beta2^t stays accurate for long runs.
-  const float correction1 = float(1.0 - std::pow(double(beta1), double(t)));
-  const float correction2 = float(1.0 - std::pow(double(beta2), double(t)));
+  return {float(1.0 - std::pow(double(beta1), double(t))), float(1.0 - std::pow(double(beta2), double(t)))};
+}
+
+void AdamW::step(float* params, const float* grads, float* m, float* v,
+                 const std::vector<ParamGroup>& groups, float lr, int64_t t) const {
+  const auto [correction1, correction2] = check(lr, t);
   const float b1 = beta1, b2 = beta2, epsilon = eps;
   for (const ParamGroup& group : groups) {
     const float group_lr = lr * group.lr_scale;
@@ -96,11 +99,16 @@ double global_grad_norm(const float* g, size_t n) {
   return std::sqrt(sum);
 }
 
+double clip_factor(double norm, double max_norm) {
+  if (max_norm <= 0 || !std::isfinite(norm)) return 1.0;
+  const double factor = max_norm / (norm + 1e-6);  // torch's clip_coef
+  return factor < 1.0 ? factor : 1.0;              // torch clamps the coefficient to 1
+}
+
 double clip_grad_norm(float* g, size_t n, double max_norm) {
   const double norm = global_grad_norm(g, n);
-  if (max_norm <= 0 || !std::isfinite(norm)) return norm;
-  const double factor = max_norm / (norm + 1e-6);  // torch's clip_coef
-  if (factor >= 1.0) return norm;                  // torch clamps the coefficient to 1
+  const double factor = clip_factor(norm, max_norm);
+  if (factor >= 1.0) return norm;
   const float f = float(factor);
   const int64_t count = int64_t(n);
 #pragma omp parallel for schedule(static) if (n >= kParallelThreshold)

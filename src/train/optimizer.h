@@ -42,10 +42,22 @@ struct AdamW {
   // read or written. Throws rwkv::Error for t < 1 or bad hyper-parameters.
   void step(float* params, const float* grads, float* m, float* v,
             const std::vector<ParamGroup>& groups, float lr, int64_t t) const;
+
+  // What step() checks first (rwkv::Error for t < 1, bad betas or eps, a non-finite or negative
+  // lr), and the bias corrections 1 − β^t it divides by (computed in double): for other
+  // implementations of the same step (the GPU's).
+  struct Corrections {
+    float c1, c2;
+  };
+  Corrections check(float lr, int64_t t) const;
 };
 
 // sqrt(sum g²), accumulated in double.
 double global_grad_norm(const float* g, size_t n);
+
+// torch's clip coefficient for a gradient of norm `norm`: max_norm / (norm + 1e-6) when that is
+// < 1, else 1 (no clipping); also 1 for max_norm ≤ 0 or a non-finite norm.
+double clip_factor(double norm, double max_norm);
 
 // torch.nn.utils.clip_grad_norm_ over one buffer: factor = max_norm / (norm + 1e-6); when the
 // factor is < 1 every gradient is multiplied by it. Returns the norm before clipping (what the

@@ -1,7 +1,6 @@
 // The CPU and GPU TrainNets (train_net.h).
 #include "train/train_net.h"
 
-#include <cmath>
 
 #include "model/rwkv7_train_cuda.h"
 #include "rwkv/error.h"
@@ -46,9 +45,6 @@ class CpuNet final : public TrainNet {
     m_ = m;
     v_ = v;
   }
-  std::vector<TensorView> export_tensors(DType dtype, std::vector<std::vector<uint8_t>>& storage) override {
-    return net_.export_tensors(dtype, storage);
-  }
 
  private:
   model::Rwkv7Tape<float>& tape(int window) {
@@ -79,22 +75,16 @@ class GpuNet final : public TrainNet {
     net_.backward(window, dstate_out, dstate_in);
   }
   double clip_grad_norm(double max_norm) override {
-    norm_ = net_.grad_norm();
-    scale_ = 1.f;
-    // torch's clip_coef, applied inside the AdamW step rather than by a pass of its own.
-    if (max_norm > 0 && std::isfinite(norm_) && max_norm / (norm_ + 1e-6) < 1.0) {
-      scale_ = float(max_norm / (norm_ + 1e-6));
-    }
-    return norm_;
+    const double norm = net_.grad_norm();
+    // The clip coefficient is applied inside the AdamW step rather than by a pass of its own.
+    scale_ = float(clip_factor(norm, max_norm));
+    return norm;
   }
   void adamw_step(const AdamW& adam, const std::vector<ParamGroup>& groups, float lr, int64_t t) override {
-    if (!(adam.beta1 >= 0 && adam.beta1 < 1) || !(adam.beta2 >= 0 && adam.beta2 < 1) || !(adam.eps >= 0)) {
-      fail("AdamW: need 0 <= beta1, beta2 < 1 and eps >= 0");
-    }
-    if (!std::isfinite(lr) || lr < 0) fail("AdamW: lr must be finite and >= 0, got ", lr);
+    const AdamW::Corrections c = adam.check(lr, t);
     std::vector<model::Rwkv7TrainCuda::AdamWGroup> g;
     for (const ParamGroup& p : groups) g.push_back({p.offset, p.count, lr * p.lr_scale, p.weight_decay});
-    net_.adamw(g, adam.beta1, adam.beta2, adam.eps, t, scale_);
+    net_.adamw(g, adam.beta1, adam.beta2, adam.eps, c.c1, c.c2, scale_);
     scale_ = 1.f;
   }
   void read_state(std::vector<float>& params, std::vector<float>& m, std::vector<float>& v) override {
@@ -108,14 +98,10 @@ class GpuNet final : public TrainNet {
     net_.write_params(params.data());
     net_.write_moments(m.data(), v.data());
   }
-  std::vector<TensorView> export_tensors(DType dtype, std::vector<std::vector<uint8_t>>& storage) override {
-    return net_.export_tensors(dtype, storage);
-  }
 
  private:
   model::Rwkv7TrainCuda net_;
-  double norm_ = 0;
-  float scale_ = 1.f;
+  float scale_ = 1.f;  // clip coefficient for the next AdamW step
 };
 #endif
 

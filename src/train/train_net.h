@@ -26,11 +26,11 @@ class TrainNet {
   // max_norm (> 0). Then one AdamW step (t 1-based) over the groups.
   virtual double clip_grad_norm(double max_norm) = 0;
   virtual void adamw_step(const AdamW& adam, const std::vector<ParamGroup>& groups, float lr, int64_t t) = 0;
-  // Host copies of parameters and moments (table().total floats each), for train_state.bin.
+  // Host copies of parameters and moments (table().total floats each), for train_state.bin and
+  // model.pth (model::export_rwkv7_tensors).
   virtual void read_state(std::vector<float>& params, std::vector<float>& m, std::vector<float>& v) = 0;
   virtual void write_state(const std::vector<float>& params, const std::vector<float>& m,
                            const std::vector<float>& v) = 0;
-  virtual std::vector<TensorView> export_tensors(DType dtype, std::vector<std::vector<uint8_t>>& storage) = 0;
 };
 
 // device: "cpu", "cuda" or "cuda:N" (rwkv::parse_device). Throws rwkv::Error for bad tensors,

@@ -165,14 +165,15 @@ void Run::load_state(const std::string& path) {
 }
 
 void Run::save(int64_t step_done) {
+  // One copy of the state (from the device, for a GPU run) serves both files.
+  std::vector<float> params, m, v;
+  net_->read_state(params, m, v);
   std::vector<std::vector<uint8_t>> storage;
   const DType dtype = c_.save_dtype == "fp32" ? DType::F32 : DType::BF16;
-  save_pth(c_.out_dir + "/model.pth", net_->export_tensors(dtype, storage));
+  save_pth(c_.out_dir + "/model.pth", model::export_rwkv7_tensors(net_->table(), params.data(), dtype, storage));
   TrainState st;
   const double elapsed = elapsed_before_ + std::chrono::duration<double>(Clock::now() - started_).count();
   st.meta = {{"step", step_done}, {"tokens", tokens_}, {"elapsed_s", elapsed}, {"config", c_.to_json()}};
-  std::vector<float> params, m, v;
-  net_->read_state(params, m, v);
   st.arrays.emplace_back("params", std::move(params));
   st.arrays.emplace_back("adam_m", std::move(m));
   st.arrays.emplace_back("adam_v", std::move(v));

@@ -29,11 +29,7 @@ void Rwkv7TrainCuda::forward(int window, const int* tokens, int B, int T, const 
   const Rwkv7Dims& d = m.d;
   if (B <= 0 || T <= 0) fail("RWKV-7 training: batch ", B, " × length ", T, " is empty");
   const size_t M = size_t(B) * size_t(T), C = size_t(d.C);
-  for (size_t i = 0; i < M; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= d.V) {
-      fail("RWKV-7 training: token id ", tokens[i], " at position ", i, " is outside the vocabulary (", d.V, ")");
-    }
-  }
+  check_rwkv7_tokens(tokens, M, d.V);
   Tape& t = m.tape(window);
   m.lay_out_tape(t, B, T);
   m.lay_out_scratch(B, T);
@@ -69,14 +65,7 @@ double Rwkv7TrainCuda::loss(int window, const int* targets, double l2wrap, int* 
   Tape& t = m.tape(window);
   if (t.M == 0) fail("RWKV-7 training: loss() before forward()");
   const Rwkv7Dims& d = m.d;
-  int counted = 0;
-  for (int i = 0; i < t.M; ++i) {
-    if (targets[i] >= d.V) {
-      fail("RWKV-7 training: target id ", targets[i], " at position ", i, " is outside the vocabulary (", d.V, ")");
-    }
-    counted += targets[i] >= 0;
-  }
-  if (counted == 0) fail("RWKV-7 training: no targets to score");
+  const int counted = count_rwkv7_targets(targets, size_t(t.M), d.V);
   m.lay_out_scratch(t.B, t.T);
   cudaStream_t st = m.ctx.stream;
   RWKV_CUDA_CHECK(cudaMemcpyAsync(t.targets, targets, size_t(t.M) * sizeof(int), cudaMemcpyHostToDevice, st));
@@ -153,11 +142,8 @@ double Rwkv7TrainCuda::grad_norm() {
 }
 
 void Rwkv7TrainCuda::adamw(const std::vector<AdamWGroup>& groups, float beta1, float beta2, float eps,
-                           int64_t t, float grad_scale) {
-  if (t < 1) fail("AdamW: the step count t is 1-based, got ", t);
+                           float c1, float c2, float grad_scale) {
   Impl& m = *impl_;
-  const float c1 = float(1.0 - std::pow(double(beta1), double(t)));
-  const float c2 = float(1.0 - std::pow(double(beta2), double(t)));
   for (const AdamWGroup& grp : groups) {
     if (grp.offset + grp.count > m.total) fail("AdamW: group outside the parameters");
     ct::adamw(m.ctx, m.params_buf.as<float>(), m.grads_buf.as<float>(), m.m_buf.as<float>(), m.v_buf.as<float>(),
@@ -181,11 +167,6 @@ void Rwkv7TrainCuda::write_moments(const float* m, const float* v) {
   RWKV_CUDA_CHECK(cudaMemcpyAsync(i.m_buf.as(), m, i.total * 4, cudaMemcpyHostToDevice, i.ctx.stream));
   RWKV_CUDA_CHECK(cudaMemcpyAsync(i.v_buf.as(), v, i.total * 4, cudaMemcpyHostToDevice, i.ctx.stream));
   i.ctx.synchronize();
-}
-
-std::vector<TensorView> Rwkv7TrainCuda::export_tensors(DType dtype, std::vector<std::vector<uint8_t>>& storage) {
-  read_params(impl_->host.params());
-  return impl_->host.export_tensors(dtype, storage);
 }
 
 }  // namespace rwkv::model

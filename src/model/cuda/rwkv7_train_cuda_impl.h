@@ -111,10 +111,6 @@ struct Scratch {
   int head_rows = 0;
 };
 
-struct StatePlace {
-  size_t att_x, kv, ffn_x;
-};
-
 // Where a step's GPU time goes: RWKV_TRAIN_PROFILE=sections (by part of the model) or =ops (matrix
 // products, WKV, the rest) in the environment. Events at the ends of spans on the stream; a
 // span's time is the gap since the previous mark. Printed to stderr at destruction. Off: each
@@ -222,11 +218,6 @@ struct Rwkv7TrainCuda::Impl {
   void download(const DeviceBuffer& b, float* out) {
     RWKV_CUDA_CHECK(cudaMemcpyAsync(out, b.as(), total * 4, cudaMemcpyDeviceToHost, ctx.stream));
     ctx.synchronize();
-  }
-
-  StatePlace place(int l) const {
-    const size_t C = size_t(d.C), kv = size_t(d.H) * d.N * d.N, base = size_t(l) * (2 * C + kv);
-    return {base, base + C, base + C + kv};
   }
 
   // ---- buffers ----

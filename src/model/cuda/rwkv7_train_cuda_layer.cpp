@@ -11,7 +11,7 @@ void Rwkv7TrainCuda::Impl::layer_forward(Tape& t, int l, Cache& c, float* x_out)
   const Rwkv7LayerParams<bf16>& y16 = w.layers[size_t(l)];
   const int B = t.B, T = t.T, M = t.M, C = d.C, H = d.H, N = d.N;
   const size_t MC = size_t(M) * C, SF = d.state_floats();
-  const StatePlace so = place(l);
+  const Rwkv7Dims::LayerState so = d.layer_state(l);
   const Rows prev_att{t.has_state_in ? t.state_in + so.att_x : nullptr, SF};
   const Rows prev_ffn{t.has_state_in ? t.state_in + so.ffn_x : nullptr, SF};
   bf16** mx = s.mix16;  // r, w, k, v, a, g
@@ -90,7 +90,7 @@ void Rwkv7TrainCuda::Impl::lora_backward(const float* dpre, const float* hidden,
                                          float* dup, int D, const bf16* down, float* ddown, const bf16* mix16,
                                          int M) {
   const int C = d.C;
-  cuda::to_bf16(ctx, dpre, size_t(M) * C, s.dp16);
+  convert(dpre, size_t(M) * C, s.dp16);
   convert(hidden, size_t(M) * D, s.lora16);
   mm_dA(s.lora16, s.dp16, M, D, C, dup);
   mm_dx(s.dp16, up, M, D, C, s.dlora);
@@ -105,7 +105,7 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
   Rwkv7LayerParams<float>& gy = g.layers[size_t(l)];
   const int B = t.B, T = t.T, M = t.M, C = d.C, H = d.H, N = d.N, F = d.F;
   const size_t MC = size_t(M) * C, SF = d.state_floats();
-  const StatePlace so = place(l);
+  const Rwkv7Dims::LayerState so = d.layer_state(l);
   const Rows prev_att{t.has_state_in ? t.state_in + so.att_x : nullptr, SF};
   const Rows prev_ffn{t.has_state_in ? t.state_in + so.ffn_x : nullptr, SF};
   bf16** mx = s.mix16;
