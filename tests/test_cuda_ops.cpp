@@ -18,15 +18,10 @@ namespace {
 
 using cuda::Act;
 using cuda::DeviceBuffer;
+using test::normal_floats;
 
 cuda::Context& context() { return test::cuda_context(); }
 
-std::vector<float> random_vector(size_t n, std::mt19937& rng, float scale = 1.f) {
-  std::normal_distribution<float> d(0.f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
 
 using test::upload;
 DeviceBuffer poisoned(size_t floats) { return test::poisoned_bytes(floats * 4); }
@@ -51,13 +46,13 @@ double input_rounding(DType dtype, int M) {
 // y = act(x·Wᵀ) (+ y) on the GPU against double sums over the same (rounded) weights. The bound
 // per element: (input rounding + 1e-6) · Σ|w||x|, through the activation's slope.
 void check_linear(DType dtype, int M, int rows, int cols, Act act, bool accumulate, std::mt19937& rng) {
-  const auto wf = random_vector(size_t(rows) * size_t(cols), rng, 0.5f);
+  const auto wf = normal_floats(size_t(rows) * size_t(cols), rng, 0.5f);
   std::vector<uint8_t> w(dtype_nbytes(dtype, wf.size()));
   convert_from_f32(dtype, wf.data(), w.data(), wf.size());
   std::vector<float> wr(wf.size());
   convert_to_f32(dtype, w.data(), wr.data(), wf.size());
-  const auto x = random_vector(size_t(M) * size_t(cols), rng);
-  const auto y0 = random_vector(size_t(M) * size_t(rows), rng);
+  const auto x = normal_floats(size_t(M) * size_t(cols), rng);
+  const auto y0 = normal_floats(size_t(M) * size_t(rows), rng);
   auto dw = upload(w.data(), w.size());
   auto dx = upload(x);
   auto dy = accumulate ? upload(y0) : poisoned(y0.size());
@@ -117,14 +112,14 @@ TEST(CudaOps, LinearJobsEqualSeparateProducts) {
     std::vector<cuda::LinearJob> jobs, singles;
     std::vector<std::pair<size_t, size_t>> outs;  // (index in keep of the job's y, single's y)
     for (const Spec& s : specs) {
-      const auto wf = random_vector(size_t(s.rows) * s.cols, rng, 0.3f);
+      const auto wf = normal_floats(size_t(s.rows) * s.cols, rng, 0.3f);
       std::vector<uint8_t> w(dtype_nbytes(s.dtype, wf.size()));
       convert_from_f32(s.dtype, wf.data(), w.data(), wf.size());
       keep.push_back(upload(w.data(), w.size()));
       const ops::Matrix W{s.dtype, s.rows, s.cols, keep.back().as()};
-      keep.push_back(upload(random_vector(size_t(M) * s.cols, rng)));
+      keep.push_back(upload(normal_floats(size_t(M) * s.cols, rng)));
       const float* x = keep.back().as<float>();
-      const auto y0 = random_vector(size_t(M) * s.rows, rng);
+      const auto y0 = normal_floats(size_t(M) * s.rows, rng);
       keep.push_back(s.acc ? upload(y0) : poisoned(y0.size()));
       float* y1 = keep.back().as<float>();
       keep.push_back(s.acc ? upload(y0) : poisoned(y0.size()));
@@ -149,7 +144,7 @@ TEST(CudaOps, EmbedAndLayerNorm) {
   for (int C : {1, 7, 64, 200, 1024, 2050}) {
     for (DType dtype : {DType::F32, DType::F16, DType::BF16}) {
       const int V = 11, M = 5;
-      const auto ef = random_vector(size_t(V) * C, rng);
+      const auto ef = normal_floats(size_t(V) * C, rng);
       std::vector<uint8_t> e(dtype_nbytes(dtype, ef.size()));
       convert_from_f32(dtype, ef.data(), e.data(), ef.size());
       const std::vector<int> tokens = {3, 0, 10, 3, 7};
@@ -166,9 +161,9 @@ TEST(CudaOps, EmbedAndLayerNorm) {
     }
     // LayerNorm over every other row of a strided input (the last-row logits path), and in place.
     const int M = 6;
-    auto x = random_vector(size_t(2 * M) * C, rng, 3.f);
+    auto x = normal_floats(size_t(2 * M) * C, rng, 3.f);
     for (float& v : x) v += 2.f;  // a mean to remove
-    const auto w = random_vector(size_t(C), rng), b = random_vector(size_t(C), rng);
+    const auto w = normal_floats(size_t(C), rng), b = normal_floats(size_t(C), rng);
     auto dx = upload(x), dw = upload(w), db = upload(b);
     auto dout = poisoned(size_t(M) * C);
     cuda::layer_norm(context(), dx.as<float>(), 2 * C, dout.as<float>(), M, C, dw.as<float>(), db.as<float>());
@@ -191,10 +186,10 @@ TEST(CudaOps, TokenShiftMixCarriesTheShiftState) {
     for (int n : {1, 6}) {
       const int B = 3, C = 70, floats = 3 * C, offset = C;  // shift vector in the middle
       const std::vector<int> slots = {2, 0, 3};
-      const auto xn = random_vector(size_t(B * T) * C, rng);
-      auto pool = random_vector(size_t(4) * floats, rng);
+      const auto xn = normal_floats(size_t(B * T) * C, rng);
+      auto pool = normal_floats(size_t(4) * floats, rng);
       std::vector<std::vector<float>> mixes;
-      for (int j = 0; j < n; ++j) mixes.push_back(random_vector(size_t(C), rng));
+      for (int j = 0; j < n; ++j) mixes.push_back(normal_floats(size_t(C), rng));
       auto dxn = upload(xn), dpool = upload(pool), dslots = upload(slots.data(), 12);
       std::vector<DeviceBuffer> dmix, dout;
       cuda::ShiftMix sm;
@@ -231,7 +226,7 @@ TEST(CudaOps, Wkv7ScanMatchesTheReference) {
       const size_t floats = size_t(H) * N * N + 8, offset = 4;
       const std::vector<int> slots = {1, 3, 0};
       const size_t MC = size_t(B * T) * C;
-      auto r = random_vector(MC, rng), k = random_vector(MC, rng, 0.5f), v = random_vector(MC, rng);
+      auto r = normal_floats(MC, rng), k = normal_floats(MC, rng, 0.5f), v = normal_floats(MC, rng);
       std::vector<float> w(MC), a(MC), b(MC);
       std::uniform_real_distribution<float> dec(-0.6f, -0.01f), u(0.f, 1.f);
       for (size_t i = 0; i < MC; ++i) w[i] = dec(rng);
@@ -246,7 +241,7 @@ TEST(CudaOps, Wkv7ScanMatchesTheReference) {
           b[row * N + i] = unit * u(rng);
         }
       }
-      auto pool = random_vector(4 * floats, rng, 0.3f);
+      auto pool = normal_floats(4 * floats, rng, 0.3f);
       auto dr = upload(r), dw = upload(w), dk = upload(k), dv = upload(v), da = upload(a), db = upload(b);
       auto dpool = upload(pool), dslots = upload(slots.data(), 12);
       auto dy = poisoned(MC);
@@ -278,11 +273,11 @@ TEST(CudaOps, Rwkv7PrepareAndOutput) {
     for (bool layer0 : {true, false}) {
       const int M = 5, H = 3, C = H * N;
       const size_t MC = size_t(M) * C;
-      auto w = random_vector(MC, rng), k = random_vector(MC, rng), v = random_vector(MC, rng),
-           a = random_vector(MC, rng), vf = random_vector(MC, rng), vl = random_vector(MC, rng);
-      auto w0 = random_vector(size_t(C), rng), a0 = random_vector(size_t(C), rng),
-           v0 = random_vector(size_t(C), rng), k_k = random_vector(size_t(C), rng),
-           k_a = random_vector(size_t(C), rng);
+      auto w = normal_floats(MC, rng), k = normal_floats(MC, rng), v = normal_floats(MC, rng),
+           a = normal_floats(MC, rng), vf = normal_floats(MC, rng), vl = normal_floats(MC, rng);
+      auto w0 = normal_floats(size_t(C), rng), a0 = normal_floats(size_t(C), rng),
+           v0 = normal_floats(size_t(C), rng), k_k = normal_floats(size_t(C), rng),
+           k_a = normal_floats(size_t(C), rng);
       auto dw = upload(w), dk = upload(k), dv = upload(v), da = upload(a), dvf = upload(vf), dvl = upload(vl);
       auto dw0 = upload(w0), da0 = upload(a0), dv0 = upload(v0), dkk = upload(k_k), dka = upload(k_a);
       auto db = poisoned(MC);
@@ -321,8 +316,8 @@ TEST(CudaOps, Rwkv7PrepareAndOutput) {
       EXPECT_EQ(download(dvf, MC), wvf) << "N=" << N;
 
       // Output: GroupNorm + bonus, gated.
-      auto y = random_vector(MC, rng, 2.f), r = random_vector(MC, rng), g = random_vector(MC, rng);
-      auto r_k = random_vector(size_t(C), rng), lw = random_vector(size_t(C), rng), lb = random_vector(size_t(C), rng);
+      auto y = normal_floats(MC, rng, 2.f), r = normal_floats(MC, rng), g = normal_floats(MC, rng);
+      auto r_k = normal_floats(size_t(C), rng), lw = normal_floats(size_t(C), rng), lb = normal_floats(size_t(C), rng);
       auto dy = upload(y), dr = upload(r), dg = upload(g), drk = upload(r_k), dlw = upload(lw), dlb = upload(lb);
       auto dk2 = upload(k), dv2 = upload(v);
       const float eps = 64e-5f;
@@ -353,7 +348,7 @@ TEST(CudaOps, Rwkv7PrepareAndOutput) {
 TEST(CudaOps, ActivateAndErrors) {
   RWKV_REQUIRE_GPU();
   std::mt19937 rng(7);
-  const auto x = random_vector(1001, rng, 3.f);
+  const auto x = normal_floats(1001, rng, 3.f);
   for (Act act : {Act::Tanh, Act::Sigmoid, Act::SqRelu}) {
     auto dx = upload(x);
     cuda::activate(context(), dx.as<float>(), x.size(), act);

@@ -153,15 +153,13 @@ TEST(CudaTrain, MatchesTheCpuTrainingForm) {
 }
 
 TEST(CudaTrain, OfficialGradients) {
-  RWKV_REQUIRE_SHARED("fixtures/official/v7/train");
+  RWKV_REQUIRE_SHARED(test::kTrainFixtureDir);
   RWKV_REQUIRE_GPU();
-  const std::string dir = test::shared_path("fixtures/official/v7/train");
-  std::ifstream in(dir + "/manifest.json");
-  const nlohmann::json manifest = nlohmann::json::parse(in);
+  const std::string dir = test::shared_path(test::kTrainFixtureDir);
+  const test::TrainFixture f = test::load_train_fixture();
+  const nlohmann::json& manifest = f.manifest;
   Batch b;
-  b.B = manifest["B"], b.T = manifest["T"];
-  for (const auto& row : manifest["input_ids"]) for (int v : row) b.tokens.push_back(v);
-  for (const auto& row : manifest["targets"]) for (int v : row) b.targets.push_back(v);
+  b.B = f.B, b.T = f.T, b.tokens = f.inputs, b.targets = f.targets;
   const Checkpoint ckpt = Checkpoint::open(test::shared_path("fixtures/official/v7/rwkv-v7-L2-D128-V256-fp32.pth"));
   Rwkv7TrainCuda gpu(ckpt.tensors(), ckpt.path(), 0);
   const Result got = run_gpu(gpu, b, 0.0);

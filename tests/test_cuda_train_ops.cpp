@@ -22,17 +22,12 @@ namespace ct = cuda::train;
 namespace ot = ops::train;
 using cuda::DeviceBuffer;
 using test::download_bf16;
+using test::normal_floats;
 using test::download_f32;
 using test::upload;
 
 cuda::Context& context() { return test::cuda_context(); }
 
-std::vector<float> normal(size_t n, std::mt19937& rng, float scale = 1.f, float mean = 0.f) {
-  std::normal_distribution<float> d(mean, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
 
 DeviceBuffer poisoned(size_t floats) { return test::poisoned_bytes(floats * 4); }
 
@@ -44,9 +39,9 @@ TEST(CudaTrainOps, LayerNormForwardAndBackward) {
   std::mt19937 rng(1);
   for (const int C : {8, 100, 768}) {
     for (const int M : {1, 37}) {
-      const auto x = normal(size_t(M) * C, rng, 2.f, 0.5f), w = normal(C, rng, 0.5f, 1.f),
-                 b = normal(C, rng, 0.1f), dout = normal(size_t(M) * C, rng), dx0 = normal(size_t(M) * C, rng),
-                 dw0 = normal(C, rng), db0 = normal(C, rng);
+      const auto x = normal_floats(size_t(M) * C, rng, 2.f, 0.5f), w = normal_floats(C, rng, 0.5f, 1.f),
+                 b = normal_floats(C, rng, 0.1f), dout = normal_floats(size_t(M) * C, rng),
+                 dx0 = normal_floats(size_t(M) * C, rng), dw0 = normal_floats(C, rng), db0 = normal_floats(C, rng);
       std::vector<float> out(x.size()), mean(M), rstd(M), dx = dx0, dw = dw0, db = db0;
       ot::layer_norm_forward<float>(x.data(), M, C, w.data(), b.data(), 1e-5f, out.data(), mean.data(), rstd.data());
       ot::layer_norm_backward<float>(dout.data(), x.data(), M, C, w.data(), mean.data(), rstd.data(), dx.data(),
@@ -75,7 +70,7 @@ TEST(CudaTrainOps, TokenShiftMixesAndTheirBackward) {
   for (const bool with_prev : {false, true}) {
     const int B = 3, T = 5, C = 33, M = B * T;
     const size_t n = size_t(M) * C, stride = 50;  // prev rows inside a wider state
-    const auto h = normal(n, rng), states = normal(size_t(B) * stride, rng), mu = normal(C, rng, 0.5f);
+    const auto h = normal_floats(n, rng), states = normal_floats(size_t(B) * stride, rng), mu = normal_floats(C, rng, 0.5f);
     std::vector<float> prev(size_t(B) * C);
     for (int b = 0; b < B; ++b) std::copy_n(states.begin() + long(b * stride + 7), C, prev.begin() + long(b * C));
     std::vector<float> delta(n);
@@ -96,7 +91,8 @@ TEST(CudaTrainOps, TokenShiftMixesAndTheirBackward) {
       ASSERT_EQ(m2[i], m1[i]);
     }
     // Backward of one mix, then of the shift.
-    const auto dout = normal(n, rng), dh0 = normal(n, rng), dd0 = normal(n, rng), dmu0 = normal(C, rng);
+    const auto dout = normal_floats(n, rng), dh0 = normal_floats(n, rng), dd0 = normal_floats(n, rng),
+               dmu0 = normal_floats(C, rng);
     std::vector<float> dh = dh0, dd = dd0, dmu = dmu0, dprev(size_t(B) * C, 0.f);
     for (size_t i = 0; i < n; ++i) {
       dh[i] += dout[i];
@@ -131,7 +127,8 @@ TEST(CudaTrainOps, ColumnSumsAtOddShapes) {
   for (const int M : {1, 127, 128, 129, 1000}) {
     for (const int C : {1, 33, 768}) {
       for (const bool product : {false, true}) {
-        const auto a = normal(size_t(M) * C, rng), b = normal(size_t(M) * C, rng), out0 = normal(C, rng);
+        const auto a = normal_floats(size_t(M) * C, rng), b = normal_floats(size_t(M) * C, rng),
+                   out0 = normal_floats(C, rng);
         std::vector<double> want(out0.begin(), out0.end());
         for (size_t i = 0; i < a.size(); ++i) want[i % C] += double(a[i]) * (product ? b[i] : 1.f);
         auto ga = upload(a), gb = upload(b), gout = upload(out0);
@@ -148,7 +145,7 @@ TEST(CudaTrainOps, CrossEntropyRows) {
   std::mt19937 rng(4);
   for (const int V : {7, 1000, 65536}) {
     const int M = 9;
-    auto logits = normal(size_t(M) * V, rng, 3.f);
+    auto logits = normal_floats(size_t(M) * V, rng, 3.f);
     logits[5] = logits[6] = 40.f;  // a tie for the first maximum of row 0 (V > 6)
     std::vector<int> targets(M);
     std::uniform_int_distribution<int> pick(0, V - 1);
@@ -185,7 +182,7 @@ TEST(CudaTrainOps, EmbeddingBackwardAddsRows) {
   const int V = 11, C = 70, M = 50;
   std::vector<int> tokens(M);
   for (int m = 0; m < M; ++m) tokens[m] = (m * 7) % 5;  // repeats: rows summed into one
-  const auto dx = normal(size_t(M) * C, rng), demb0 = normal(size_t(V) * C, rng);
+  const auto dx = normal_floats(size_t(M) * C, rng), demb0 = normal_floats(size_t(V) * C, rng);
   std::vector<double> want(demb0.begin(), demb0.end());
   for (int m = 0; m < M; ++m) {
     for (int c = 0; c < C; ++c) want[size_t(tokens[m]) * C + c] += dx[size_t(m) * C + c];
@@ -199,8 +196,8 @@ TEST(CudaTrainOps, SumOfSquaresAndAdamW) {
   RWKV_REQUIRE_GPU();
   std::mt19937 rng(6);
   const size_t n = 100003;
-  const auto p0 = normal(n, rng), g = normal(n, rng, 0.01f), m0 = normal(n, rng, 0.001f);
-  auto v0 = normal(n, rng, 1e-5f);
+  const auto p0 = normal_floats(n, rng), g = normal_floats(n, rng, 0.01f), m0 = normal_floats(n, rng, 0.001f);
+  auto v0 = normal_floats(n, rng, 1e-5f);
   for (float& x : v0) x = std::abs(x);
   double want_ss = 0;
   for (float x : g) want_ss += double(x) * x;

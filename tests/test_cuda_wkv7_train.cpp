@@ -30,14 +30,9 @@ struct Bf16Tensor {
   }
 };
 
-std::vector<float> normal(size_t n, std::mt19937& rng, float scale) {
-  std::normal_distribution<float> d(0.f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
 
 using test::download_bf16;
+using test::normal_floats;
 using test::download_f32;
 using test::upload;
 cuda::DeviceBuffer poisoned(size_t bytes) { return test::poisoned_bytes(bytes); }
@@ -54,13 +49,13 @@ TEST(CudaWkv7Train, ForwardAndBackwardMatchTheFp64Reference) {
     for (int T : {1, 5, 16, 17, 40, 100}) {
       const int B = 2, H = 3, C = H * N;
       const size_t MC = size_t(B) * T * C, S = size_t(B) * H * N * N;
-      Bf16Tensor r(normal(MC, rng, 1.f)), z(normal(MC, rng, 1.5f)), k(normal(MC, rng, 0.5f)),
-          v(normal(MC, rng, 1.f)), dy(normal(MC, rng, 1.f));
+      Bf16Tensor r(normal_floats(MC, rng, 1.f)), z(normal_floats(MC, rng, 1.5f)), k(normal_floats(MC, rng, 0.5f)),
+          v(normal_floats(MC, rng, 1.f)), dy(normal_floats(MC, rng, 1.f));
       // a = −κ̂, b = κ̂·α with κ̂ a unit vector per head and row, as the model makes them.
       std::vector<float> af(MC), bf(MC);
       std::uniform_real_distribution<float> unit(0.f, 1.f);
       for (size_t row = 0; row < MC / N; ++row) {
-        const auto kh = normal(size_t(N), rng, 1.f);
+        const auto kh = normal_floats(size_t(N), rng, 1.f);
         double norm = 0;
         for (float x : kh) norm += double(x) * x;
         for (int i = 0; i < N; ++i) {
@@ -70,7 +65,7 @@ TEST(CudaWkv7Train, ForwardAndBackwardMatchTheFp64Reference) {
         }
       }
       Bf16Tensor a(af), b(bf);
-      const auto s0 = normal(S, rng, 0.3f), dsT = normal(S, rng, 0.1f);
+      const auto s0 = normal_floats(S, rng, 0.3f), dsT = normal_floats(S, rng, 0.1f);
 
       auto dr_ = upload(r.bits.data(), MC * 2), dz_ = upload(z.bits.data(), MC * 2),
            dk_ = upload(k.bits.data(), MC * 2), dv_ = upload(v.bits.data(), MC * 2),

@@ -20,33 +20,15 @@ namespace {
 
 using model::Rwkv7Tape;
 using model::Rwkv7Train;
-const char* kTrainDir = "fixtures/official/v7/train";
+const char* kTrainDir = test::kTrainFixtureDir;
 const char* kCheckpoint = "fixtures/official/v7/rwkv-v7-L2-D128-V256-fp32.pth";
 
-struct TrainFixture {
-  nlohmann::json manifest;
-  std::vector<int> inputs, targets;
-  int B = 0, T = 0;
-};
-
-TrainFixture load_fixture() {
-  TrainFixture f;
-  std::ifstream in(test::shared_path(std::string(kTrainDir) + "/manifest.json"));
-  f.manifest = nlohmann::json::parse(in);
-  f.B = f.manifest["B"];
-  f.T = f.manifest["T"];
-  for (const auto& row : f.manifest["input_ids"]) {
-    for (int v : row) f.inputs.push_back(v);
-  }
-  for (const auto& row : f.manifest["targets"]) {
-    for (int v : row) f.targets.push_back(v);
-  }
-  return f;
-}
+using test::load_train_fixture;
+using test::TrainFixture;
 
 template <class R>
 void expect_fixture_gradients(double loss_tol, double grad_tol) {
-  const TrainFixture f = load_fixture();
+  const TrainFixture f = load_train_fixture();
   const Checkpoint ckpt = Checkpoint::open(test::shared_path(kCheckpoint));
   Rwkv7Train<R> net(ckpt.tensors(), ckpt.path());
   Rwkv7Tape<R> tape;
@@ -87,7 +69,7 @@ TEST(TrainRwkv7, OfficialGradientsFp64) {
 
 TEST(TrainRwkv7, GradCommandWritesOfficialGradients) {
   RWKV_REQUIRE_SHARED(kTrainDir);
-  const TrainFixture f = load_fixture();
+  const TrainFixture f = load_train_fixture();
   const std::string dir = test::temp_dir() + "/grad";
   const std::string batch = test::temp_dir() + "/batch.json";
   std::ofstream(batch) << nlohmann::json{{"input_ids", f.manifest["input_ids"]},

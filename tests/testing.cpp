@@ -7,6 +7,7 @@
 #include <cstring>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 #include "rwkv/file_io.h"
 
@@ -57,6 +58,28 @@ ErrorStats compare(std::span<const float> got, std::span<const float> want) {
     if (std::fabs(want[i]) > 1e-3) s.max_rel = std::max(s.max_rel, d / std::fabs(double(want[i])));
   }
   return s;
+}
+
+std::vector<float> normal_floats(size_t n, std::mt19937& rng, float scale, float mean) {
+  std::normal_distribution<float> d(mean, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+TrainFixture load_train_fixture() {
+  TrainFixture f;
+  std::ifstream in(shared_path(std::string(kTrainFixtureDir) + "/manifest.json"));
+  f.manifest = nlohmann::json::parse(in);
+  f.B = f.manifest["B"];
+  f.T = f.manifest["T"];
+  for (const auto& row : f.manifest["input_ids"]) {
+    for (int v : row) f.inputs.push_back(v);
+  }
+  for (const auto& row : f.manifest["targets"]) {
+    for (int v : row) f.targets.push_back(v);
+  }
+  return f;
 }
 
 }  // namespace rwkv::test

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <nlohmann/json.hpp>
+#include <random>
 #include <span>
 #include <string>
 #include <vector>
@@ -19,11 +21,24 @@ std::string temp_dir();
 std::vector<float> read_f32_file(const std::string& path);
 std::vector<double> read_f64_file(const std::string& path);
 
+// The official RWKV-7 training fixture (../shared/fixtures/official/v7/train): its manifest
+// (names and files of the fp64 gradients), the B×T input ids and targets.
+constexpr const char* kTrainFixtureDir = "fixtures/official/v7/train";
+struct TrainFixture {
+  nlohmann::json manifest;
+  std::vector<int> inputs, targets;
+  int B = 0, T = 0;
+};
+TrainFixture load_train_fixture();
+
 struct ErrorStats {
   double max_abs = 0;
   double max_rel = 0;  // max |a-b| / max(|b|, 1e-6) over elements with |b| > 1e-3
 };
 ErrorStats compare(std::span<const float> got, std::span<const float> want);
+
+// n values drawn from N(mean, scale²) in order, one std::normal_distribution<float>.
+std::vector<float> normal_floats(size_t n, std::mt19937& rng, float scale = 1.f, float mean = 0.f);
 
 // ‖got − want‖ / ‖want‖ over n values, in double; infinity when got holds a NaN.
 template <class A, class B>
