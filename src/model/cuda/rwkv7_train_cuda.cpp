@@ -36,6 +36,10 @@ void Rwkv7TrainCuda::forward(int window, const int* tokens, int B, int T, const 
   cudaStream_t st = m.ctx.stream;
   const size_t S = size_t(B) * d.state_floats();
   RWKV_CUDA_CHECK(cudaMemcpyAsync(t.tokens, tokens, M * sizeof(int), cudaMemcpyHostToDevice, st));
+  const ct::TokenRows grouped = ct::group_rows_by_token(tokens, M, d.V);
+  t.unique_tokens = grouped.unique;
+  RWKV_CUDA_CHECK(cudaMemcpyAsync(t.token_rows, grouped.data.data(), grouped.data.size() * sizeof(int),
+                                  cudaMemcpyHostToDevice, st));
   t.has_state_in = state_in != nullptr;
   if (state_in) {
     RWKV_CUDA_CHECK(cudaMemcpyAsync(t.state_in, state_in, S * 4, cudaMemcpyHostToDevice, st));
@@ -125,7 +129,7 @@ void Rwkv7TrainCuda::backward(int window, const float* dstate_out, float* dstate
   RWKV_CUDA_CHECK(cudaMemsetAsync(s.ddelta, 0, MC * 4, st));
   ct::layer_norm_backward(m.ctx, s.dx, s.dh, int(M), d.C, m.p.ln0_w, t.x0_mean, t.x0_rstd, s.ddelta,
                           m.g.ln0_w, m.g.ln0_b, s.ta);
-  ct::embed_backward(m.ctx, t.tokens, s.ddelta, int(M), d.C, m.g.emb);
+  ct::embed_backward(m.ctx, t.token_rows, t.unique_tokens, s.ddelta, int(M), d.C, m.g.emb);
   m.prof->mark("bwd: ln0, embed");
   if (dstate_in) RWKV_CUDA_CHECK(cudaMemcpyAsync(dstate_in, t.dstate, S * 4, cudaMemcpyDeviceToHost, st));
   m.ctx.synchronize();

@@ -375,15 +375,23 @@ __global__ void cross_entropy_kernel(const float* logits, const int* targets, in
   if (threadIdx.x == 0) loss[m] = logf(sum) + best - x[target];
 }
 
-__global__ void embed_backward_kernel(const int* tokens, const float* dx, int C, float* demb) {
-  const size_t m = blockIdx.x;
-  float* row = demb + size_t(tokens[m]) * size_t(C);
-  for (int c = threadIdx.x; c < C; c += blockDim.x) atomicAdd(row + c, dx[m * size_t(C) + c]);
+// One block per token in the batch; its rows summed in order, column by column.
+__global__ void embed_backward_kernel(const int* ids, const int* starts, const int* rows,
+                                      const float* dx, int C, float* demb) {
+  const int u = blockIdx.x, begin = starts[u], end = starts[u + 1];
+  float* out = demb + size_t(ids[u]) * size_t(C);
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float s = 0.f;
+    for (int i = begin; i < end; ++i) s += dx[size_t(rows[i]) * size_t(C) + c];
+    out[c] += s;
+  }
 }
 
 // ---- optimizer ----
 
-__global__ void sum_squares_kernel(const float* g, size_t n, double* out) {
+// Block b's Σg² over its grid-stride share into partial[b]; then one block adds the partials in
+// order (no atomics: the same bits every run, so a clipped step repeats exactly).
+__global__ void sum_squares_kernel(const float* g, size_t n, double* partial) {
   __shared__ double part[32];
   double s = 0;
   GRID_STRIDE(i, n) s += double(g[i]) * double(g[i]);
@@ -395,8 +403,14 @@ __global__ void sum_squares_kernel(const float* g, size_t n, double* out) {
   if (threadIdx.x == 0) {
     double t = 0;
     for (int w = 0; w < int(blockDim.x >> 5); ++w) t += part[w];
-    atomicAdd(out, t);
+    partial[blockIdx.x] = t;
   }
+}
+
+__global__ void sum_partials_kernel(const double* partial, int n, double* out) {
+  double t = 0;
+  for (int i = 0; i < n; ++i) t += partial[i];
+  *out = t;
 }
 
 __global__ void adamw_kernel(float* p, const float* g, float* m1, float* m2, bf16* p16, size_t n,
@@ -548,17 +562,44 @@ void cross_entropy(Context& ctx, const float* logits, const int* targets, int M,
   RWKV_CUDA_LAUNCHED("cross_entropy");
 }
 
-void embed_backward(Context& ctx, const int* tokens, const float* dx, int M, int C, float* demb) {
-  if (M <= 0) return;
-  embed_backward_kernel<<<M, 256, 0, ctx.stream>>>(tokens, dx, C, demb);
+TokenRows group_rows_by_token(const int* tokens, size_t M, int V) {
+  // A counting sort: stable, so each token's rows stay in increasing order.
+  std::vector<int> count(size_t(V) + 1, 0);
+  for (size_t m = 0; m < M; ++m) ++count[size_t(tokens[m]) + 1];
+  TokenRows g;
+  for (int v = 0; v < V; ++v) g.unique += count[size_t(v) + 1] > 0;
+  const size_t U = size_t(g.unique);
+  g.data.assign(U + (U + 1) + M, 0);
+  int* ids = g.data.data();
+  int* starts = ids + U;
+  int* rows = starts + U + 1;
+  size_t u = 0;
+  for (int v = 0; v < V; ++v) {
+    if (count[size_t(v) + 1] > 0) ids[u] = v, starts[u + 1] = starts[u] + count[size_t(v) + 1], ++u;
+    count[size_t(v) + 1] += count[size_t(v)];  // now: where token v's rows begin
+  }
+  for (size_t m = 0; m < M; ++m) rows[count[size_t(tokens[m])]++] = int(m);
+  return g;
+}
+
+void embed_backward(Context& ctx, const int* grouped, int unique, const float* dx, int M, int C,
+                    float* demb) {
+  if (M <= 0 || unique <= 0) return;
+  const int* starts = grouped + unique;
+  embed_backward_kernel<<<unique, 256, 0, ctx.stream>>>(grouped, starts, starts + unique + 1, dx, C, demb);
   RWKV_CUDA_LAUNCHED("embed_backward");
 }
 
 void sum_squares(Context& ctx, const float* g, size_t n, double* out) {
   RWKV_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double), ctx.stream));
   if (n == 0) return;
-  sum_squares_kernel<<<std::min(grid_for(n), 1024), 256, 0, ctx.stream>>>(g, n, out);
+  const int blocks = std::min(grid_for(n), 1024);
+  ctx.reduce.ensure(size_t(blocks) * sizeof(double));
+  double* partial = ctx.reduce.as<double>();
+  sum_squares_kernel<<<blocks, 256, 0, ctx.stream>>>(g, n, partial);
   RWKV_CUDA_LAUNCHED("sum_squares");
+  sum_partials_kernel<<<1, 1, 0, ctx.stream>>>(partial, blocks, out);
+  RWKV_CUDA_LAUNCHED("sum_partials");
 }
 
 void adamw(Context& ctx, float* params, const float* grads, float* m, float* v, bf16* params16,

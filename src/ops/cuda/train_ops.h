@@ -8,6 +8,8 @@
 #pragma once
 #include <cuda_bf16.h>
 
+#include <vector>
+
 #include "ops/cuda/kernels.h"
 
 namespace rwkv::cuda::train {
@@ -127,10 +129,21 @@ void rwkv7_prepare_backward(Context& ctx, int M, int H, int N, const PrepareBack
 void cross_entropy(Context& ctx, const float* logits, const int* targets, int M, int V, float scale,
                    float l2wrap, float* loss, bf16* dlogits16);
 
-// demb[tokens[m]] += dx[m] (atomic: the order of additions into one row varies).
-void embed_backward(Context& ctx, const int* tokens, const float* dx, int M, int C, float* demb);
+// The rows of a batch grouped by token, built on the host for embed_backward: one int array
+// [ids (unique) | starts (unique + 1) | rows (M)] — group u is token ids[u], whose rows are
+// rows[starts[u] .. starts[u+1]) in increasing order.
+struct TokenRows {
+  std::vector<int> data;
+  int unique = 0;
+};
+TokenRows group_rows_by_token(const int* tokens, size_t M, int V);
 
-// Σ g² over n values into *out (a device double, overwritten).
+// demb[token] += Σ dx[rows of that token], each row's sum in row order: deterministic (the
+// same bits every run), unlike atomic adds. `grouped` is TokenRows::data on the device.
+void embed_backward(Context& ctx, const int* grouped, int unique, const float* dx, int M, int C,
+                    float* demb);
+
+// Σ g² over n values into *out (a device double, overwritten); deterministic.
 void sum_squares(Context& ctx, const float* g, size_t n, double* out);
 // One AdamW group (train/optimizer.h's formula) with the gradient scaled by grad_scale first,
 // and the bf16 copy of the parameters refreshed.
