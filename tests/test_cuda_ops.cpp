@@ -32,6 +32,7 @@ double act_ref(double x, Act act) {
     case Act::Tanh: return std::tanh(x);
     case Act::Sigmoid: return 1 / (1 + std::exp(-x));
     case Act::SqRelu: return x > 0 ? x * x : 0;
+    case Act::Silu: return x / (1 + std::exp(-x));
     default: return x;
   }
 }
@@ -69,7 +70,8 @@ void check_linear(DType dtype, int M, int rows, int cols, Act act, bool accumula
         mag += std::abs(p);
       }
       const double bound_pre = (input_rounding(dtype, M) + 1e-6) * mag + 1e-30;
-      const double slope = act == Act::SqRelu ? 2 * std::abs(sum) + bound_pre : 1;
+      // Error out = error in × the activation's slope (SiLU's is below 1.1).
+      const double slope = act == Act::SqRelu ? 2 * std::abs(sum) + bound_pre : act == Act::Silu ? 1.1 : 1;
       const size_t i = size_t(m) * rows + r;
       const double want = accumulate ? y0[i] + sum : act_ref(sum, act);
       const double err = std::abs(double(got[i]) - want);
@@ -91,7 +93,7 @@ TEST(CudaOps, LinearAtManyShapesDtypesAndActivations) {
         check_linear(dtype, M, rows, cols, Act::None, false, rng);
       }
     }
-    for (Act act : {Act::Tanh, Act::Sigmoid, Act::SqRelu}) {
+    for (Act act : {Act::Tanh, Act::Sigmoid, Act::SqRelu, Act::Silu}) {
       for (int M : {1, 4, 33}) check_linear(dtype, M, 65, 72, act, false, rng);
     }
     for (int M : {1, 8, 20}) check_linear(dtype, M, 77, 136, Act::None, true, rng);
@@ -197,7 +199,8 @@ TEST(CudaOps, TokenShiftMixCarriesTheShiftState) {
       for (int j = 0; j < n; ++j) {
         dmix.push_back(upload(mixes[size_t(j)]));
         dout.push_back(poisoned(xn.size()));
-        sm.mix[j] = dmix.back().as<float>();
+        const bool difference = n == 6 && j == 5;  // a null mix: out = prev − xn
+        sm.mix[j] = difference ? nullptr : dmix.back().as<float>();
         sm.out[j] = dout.back().as<float>();
       }
       cuda::token_shift_mix(context(), dxn.as<float>(), B, T, C,
@@ -206,7 +209,11 @@ TEST(CudaOps, TokenShiftMixCarriesTheShiftState) {
       std::vector<float*> states;
       for (int b = 0; b < B; ++b) states.push_back(pool.data() + size_t(slots[size_t(b)]) * floats);
       model::token_shift(xn.data(), delta.data(), B, T, C, states.data(), size_t(offset));
-      for (int j = 0; j < n; ++j) {
+      // The null mix: the difference, bit for bit (the same subtraction as the CPU's).
+      if (n == 6) {
+        EXPECT_EQ(download(dout[5], xn.size()), delta) << "T=" << T;
+      }
+      for (int j = 0; j < (n == 6 ? 5 : n); ++j) {
         std::vector<float> want(xn.size());
         for (size_t i = 0; i < xn.size(); ++i) want[i] = xn[i] + delta[i] * mixes[size_t(j)][i % C];
         EXPECT_LE(test::compare(download(dout[size_t(j)], xn.size()), want).max_abs, 1e-6) << "T=" << T;

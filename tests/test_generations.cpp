@@ -150,8 +150,10 @@ std::vector<Case> all_cases() {
       for (Backend b : {Backend::Cpu, Backend::Ref}) cases.push_back({v, c, b});
     }
   }
-  // The GPU (skipped without one): RWKV-7 so far.
-  for (const char* c : {"fp32", "bf16"}) cases.push_back({"v7", c, Backend::Cuda});
+  // The GPU (skipped without one).
+  for (const char* v : {"v4", "v5", "v5.1", "v5.2", "v6", "v7"}) {
+    for (const char* c : {"fp32", "bf16"}) cases.push_back({v, c, Backend::Cuda});
+  }
   return cases;
 }
 
@@ -167,12 +169,23 @@ INSTANTIATE_TEST_SUITE_P(Versions, Official, ::testing::ValuesIn(all_cases()),
 
 // ---- The two forms on each generation ---------------------------------------------------------
 
-class Forms : public ::testing::TestWithParam<const char*> {
+// The forms on the CPU and on the GPU (skipped without one).
+struct FormCase {
+  const char* version;
+  Backend backend;
+};
+
+class Forms : public ::testing::TestWithParam<FormCase> {
  protected:
-  std::unique_ptr<Model> load(Backend backend = Backend::Cpu) {
-    const Fixture f = load_fixture(GetParam());
+  void SetUp() override {
+    RWKV_REQUIRE_SHARED(std::string("fixtures/official/") + version() + "/manifest.json");
+    if (GetParam().backend == Backend::Cuda && cuda_device_count() == 0) GTEST_SKIP() << "no GPU";
+  }
+  const char* version() const { return GetParam().version; }
+  std::unique_ptr<Model> load() {
+    const Fixture f = load_fixture(version());
     LoadOptions opt;
-    opt.backend = backend;
+    opt.backend = GetParam().backend;
     return load_model(f.checkpoint("fp32"), opt);
   }
 };
@@ -182,17 +195,14 @@ class Forms : public ::testing::TestWithParam<const char*> {
 constexpr double kFormTol = 2e-4;
 
 TEST_P(Forms, ParallelEqualsRecurrentAtOddLengthsAndAcrossChunks) {
-  RWKV_REQUIRE_SHARED(std::string("fixtures/official/") + GetParam() + "/manifest.json");
   test::expect_parallel_equals_recurrent(*load(), {1, 2, 15, 16, 17, 33, 100}, kFormTol);
 }
 
 TEST_P(Forms, SplitAndCarryStateAtArbitraryPoints) {
-  RWKV_REQUIRE_SHARED(std::string("fixtures/official/") + GetParam() + "/manifest.json");
   test::expect_split_and_carry(*load(), 77, {1, 16, 17, 31, 50, 76}, kFormTol);
 }
 
 TEST_P(Forms, BatchedSequencesAreIndependent) {
-  RWKV_REQUIRE_SHARED(std::string("fixtures/official/") + GetParam() + "/manifest.json");
   auto model = load();
   const size_t V = size_t(model->info().vocab_size), S = model->state_spec().floats;
   const int B = 3, T = 19;
@@ -212,12 +222,13 @@ TEST_P(Forms, BatchedSequencesAreIndependent) {
   }
 }
 
-TEST_P(Forms, CpuMatchesReferenceBackendForEveryWeightDtype) {
-  RWKV_REQUIRE_SHARED(std::string("fixtures/official/") + GetParam() + "/manifest.json");
-  const Fixture f = load_fixture(GetParam());
+// Recurrent steps: fp32 activations against the same (rounded) weights on both sides.
+TEST_P(Forms, MatchesReferenceBackendForEveryWeightDtype) {
+  const Fixture f = load_fixture(version());
   for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     LoadOptions ref_opt, cpu_opt;
     ref_opt.backend = Backend::Ref;
+    cpu_opt.backend = GetParam().backend;
     ref_opt.weight_dtype = cpu_opt.weight_dtype = dt;
     auto ref = load_model(f.checkpoint("fp32"), ref_opt), cpu = load_model(f.checkpoint("fp32"), cpu_opt);
     EXPECT_EQ(cpu->weight_dtype(), dt);
@@ -228,7 +239,6 @@ TEST_P(Forms, CpuMatchesReferenceBackendForEveryWeightDtype) {
 }
 
 TEST_P(Forms, TokenOutOfRangeIsAnErrorAndLeavesTheStateAlone) {
-  RWKV_REQUIRE_SHARED(std::string("fixtures/official/") + GetParam() + "/manifest.json");
   auto model = load();
   const int V = model->info().vocab_size;
   std::vector<float> state(model->state_spec().floats, 0.5f), logits(size_t(V) * 3);
@@ -240,11 +250,30 @@ TEST_P(Forms, TokenOutOfRangeIsAnErrorAndLeavesTheStateAlone) {
   EXPECT_EQ(state, before);
 }
 
-INSTANTIATE_TEST_SUITE_P(Versions, Forms, ::testing::Values("v4", "v5", "v5.1", "v5.2", "v6"),
+TEST_P(Forms, NewStatePoolSlotsStartAtTheInitialState) {
+  auto model = load();
+  std::vector<float> start(model->state_spec().floats), got(start.size(), std::nanf(""));
+  model->init_state(start.data());
+  auto pool = model->new_state_pool(3);
+  for (int i = 0; i < 3; ++i) {
+    pool->read(i, got.data());
+    EXPECT_EQ(got, start) << "slot " << i;  // RWKV-4's att_pp starts at −1e30, not 0
+  }
+}
+
+std::vector<FormCase> form_cases() {
+  std::vector<FormCase> cases;
+  for (Backend b : {Backend::Cpu, Backend::Cuda}) {
+    for (const char* v : {"v4", "v5", "v5.1", "v5.2", "v6"}) cases.push_back({v, b});
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Versions, Forms, ::testing::ValuesIn(form_cases()),
                          [](const auto& info) {
-                           std::string v = info.param;
+                           std::string v = info.param.version;
                            std::replace(v.begin(), v.end(), '.', '_');
-                           return v;
+                           return v + (info.param.backend == Backend::Cuda ? "_cuda" : "");
                          });
 
 }  // namespace

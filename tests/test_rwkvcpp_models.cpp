@@ -18,7 +18,18 @@ const std::string kDir = "reference/rwkv.cpp-tiny/";
 struct Tiny {
   const char* stem;    // "4v0-660K"
   const char* format;  // "FP32", "FP16", "Q5_0", "Q5_1"
+  Backend backend = Backend::Cpu;
 };
+
+// The file on the case's backend; a GPU case skips without a GPU (the GPU keeps Q5 weights as
+// fp16: within the same bounds, which rwkv.cpp's own activation rounding sets).
+std::unique_ptr<Model> load_tiny(const Tiny& t, const std::string& path) {
+  LoadOptions opt;
+  opt.backend = t.backend;
+  return load_model(test::shared_path(path), opt);
+}
+#define RWKV_REQUIRE_BACKEND(t) \
+  if ((t).backend == Backend::Cuda && cuda_device_count() == 0) GTEST_SKIP() << "no GPU"
 
 // Bounds against rwkv.cpp's outputs on the same file, per format. We decode the stored weights
 // exactly and multiply in fp32; rwkv.cpp (ggml) does not:
@@ -74,7 +85,8 @@ class TinyModels : public ::testing::TestWithParam<Tiny> {};
 TEST_P(TinyModels, MatchRwkvCppLogitsAndStateInBothForms) {
   const std::string stem = std::string("tiny-rwkv-") + GetParam().stem + "-" + GetParam().format;
   RWKV_REQUIRE_SHARED(kDir + stem + ".bin");
-  auto model = load_model(test::shared_path(kDir + stem + ".bin"));
+  RWKV_REQUIRE_BACKEND(GetParam());
+  auto model = load_tiny(GetParam(), kDir + stem + ".bin");
   const Bounds bound = bounds_for(GetParam().stem, GetParam().format);
   const auto want_logits = test::read_f32_file(test::shared_path(kDir + stem + ".steps.f32"));
   const auto want_state = test::read_f32_file(test::shared_path(kDir + stem + ".state.f32"));
@@ -115,7 +127,8 @@ TEST_P(TestVector, PerLogitInBothForms) {
   const std::string expected = kDir + "expected-logits-" + GetParam().stem + ".bin";
   RWKV_REQUIRE_SHARED(kDir + stem + ".bin");
   RWKV_REQUIRE_SHARED(expected);
-  auto model = load_model(test::shared_path(kDir + stem + ".bin"));
+  RWKV_REQUIRE_BACKEND(GetParam());
+  auto model = load_tiny(GetParam(), kDir + stem + ".bin");
   const auto want = test::read_f32_file(test::shared_path(expected));
   const int prompt[] = {34, 105, 110};
   std::vector<float> state(model->state_spec().floats), step(256), seq(256);
@@ -139,11 +152,15 @@ std::vector<Tiny> all_files() {
   }
   files.push_back({"6v0-3m", "Q5_0"});
   files.push_back({"6v0-3m", "Q5_1"});
+  // Every file again on the GPU.
+  const size_t cpu = files.size();
+  for (size_t i = 0; i < cpu; ++i) files.push_back({files[i].stem, files[i].format, Backend::Cuda});
   return files;
 }
 
 std::string file_name(const ::testing::TestParamInfo<Tiny>& info) {
-  std::string name = std::string(info.param.stem) + "_" + info.param.format;
+  std::string name = std::string(info.param.stem) + "_" + info.param.format +
+                     (info.param.backend == Backend::Cuda ? "_cuda" : "");
   for (char& c : name) {
     if (c == '-') c = '_';
   }

@@ -92,18 +92,22 @@ StateSpec BlockModel::state_spec() const {
   return make_state_spec(info_, size_t(info_.n_layer) * layer_floats(), fingerprint_);
 }
 
-void BlockModel::load_common(WeightLoader& load) {
-  const int C = info_.n_embd, V = info_.vocab_size;
-  emb_ = load.mat("emb.weight", V, C);
-  ln0_w_ = load.vec("blocks.0.ln0.weight", C);
-  ln0_b_ = load.vec("blocks.0.ln0.bias", C);
-  ln_out_w_ = load.vec("ln_out.weight", C);
-  ln_out_b_ = load.vec("ln_out.bias", C);
-  head_ = load.mat("head.weight", V, C);
+CommonWeights load_common_weights(WeightLoader& load, const ModelInfo& info) {
+  const int C = info.n_embd, V = info.vocab_size;
+  CommonWeights w;
+  w.emb = load.mat("emb.weight", V, C);
+  w.ln0_w = load.vec("blocks.0.ln0.weight", C);
+  w.ln0_b = load.vec("blocks.0.ln0.bias", C);
+  w.ln_out_w = load.vec("ln_out.weight", C);
+  w.ln_out_b = load.vec("ln_out.bias", C);
+  w.head = load.mat("head.weight", V, C);
+  return w;
 }
 
-ChannelMix BlockModel::load_channel_mix(WeightLoader& load, int l, FfnMix naming) {
-  const int C = info_.n_embd, F = info_.dim_ffn;
+void BlockModel::load_common(WeightLoader& load) { common_ = load_common_weights(load, info_); }
+
+ChannelMix load_channel_mix(WeightLoader& load, const ModelInfo& info, int l, FfnMix naming) {
+  const int C = info.n_embd, F = info.dim_ffn;
   const std::string p = cat("blocks.", l, "."), f = p + "ffn.";
   ChannelMix m;
   m.ln_w = load.vec(p + "ln2.weight", C);
@@ -128,7 +132,7 @@ void BlockModel::finish_load(WeightLoader& load, std::shared_ptr<const Checkpoin
   load.check_all_used();
   fingerprint_ = load.fingerprint();
   weight_dtype_ = load.matrix_dtype();
-  decode_bytes_ = load.matrix_bytes() - emb_.nbytes();
+  decode_bytes_ = load.matrix_bytes() - common_.emb.nbytes();
   owned_ = load.take_owned();
   checkpoint_ = std::move(checkpoint);
 }
@@ -161,11 +165,11 @@ void BlockModel::run(const int* tokens, int B, int T, float* const* states, floa
   }
   reserve(M);
   for (int m = 0; m < M; ++m) {
-    const size_t row_bytes = emb_.row_bytes();
-    convert_to_f32(emb_.dtype, static_cast<const uint8_t*>(emb_.data) + size_t(tokens[m]) * row_bytes,
+    const size_t row_bytes = common_.emb.row_bytes();
+    convert_to_f32(common_.emb.dtype, static_cast<const uint8_t*>(common_.emb.data) + size_t(tokens[m]) * row_bytes,
                    x_ + size_t(m) * size_t(C), size_t(C));
   }
-  layer_norm(x_, x_, M, C, ln0_w_, ln0_b_);
+  layer_norm(x_, x_, M, C, common_.ln0_w, common_.ln0_b);
   for (int l = 0; l < info_.n_layer; ++l) {
     time_mix(l, B, T, states, parallel);
     run_channel_mix(ffn_[size_t(l)], B, T, states, ffn_shift_offset(l));
@@ -177,8 +181,8 @@ void BlockModel::run(const int* tokens, int B, int T, float* const* states, floa
     const int m = mode == LogitsMode::All ? r : r * T + T - 1;
     std::memcpy(xn_ + size_t(r) * size_t(C), x_ + size_t(m) * size_t(C), size_t(C) * 4);
   }
-  layer_norm(xn_, xn_, rows, C, ln_out_w_, ln_out_b_);
-  kernels_->linear(head_, xn_, rows, logits);
+  layer_norm(xn_, xn_, rows, C, common_.ln_out_w, common_.ln_out_b);
+  kernels_->linear(common_.head, xn_, rows, logits);
 }
 
 void BlockModel::mixed_linear(const float* mix, const ops::Matrix& W, int M, float* out) {

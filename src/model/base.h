@@ -21,6 +21,20 @@ struct ChannelMix {
   ops::Matrix key, value, receptance;
 };
 
+// How each generation names and stores its channel-mix coefficients ("blocks.l.ffn.*"):
+//   kTimeMix  RWKV-4/5: time_mix_k/_r hold μ, the weight of x̂ (stored here as 1 − μ)
+//   kTimeMaa  RWKV-6:   time_maa_k/_r, the weight of x̂′ itself
+//   kX        RWKV-7:   x_k only (no receptance)
+enum class FfnMix { kTimeMix, kTimeMaa, kX };
+ChannelMix load_channel_mix(WeightLoader& load, const ModelInfo& info, int l, FfnMix naming);
+
+// The tensors outside the blocks: emb, ln0, ln_out, head.
+struct CommonWeights {
+  ops::Matrix emb, head;
+  const float *ln0_w = nullptr, *ln0_b = nullptr, *ln_out_w = nullptr, *ln_out_b = nullptr;
+};
+CommonWeights load_common_weights(WeightLoader& load, const ModelInfo& info);
+
 // rwkv::Error naming the first token id outside [0, vocab) and its position.
 void check_token_ids(const int* tokens, size_t n, int vocab);
 // The StateSpec of a model: its dimensions, `floats` per state and the weights' fingerprint.
@@ -56,12 +70,6 @@ class BlockModel : public Model {
   BlockModel(const ModelInfo& info, const LoadOptions& options);
   // Loads emb, ln0, ln_out and head; call first.
   void load_common(WeightLoader& load);
-  // How each generation names and stores its channel-mix coefficients ("blocks.l.ffn.*"):
-  //   kTimeMix  RWKV-4/5: time_mix_k/_r hold μ, the weight of x̂ (stored here as 1 − μ)
-  //   kTimeMaa  RWKV-6:   time_maa_k/_r, the weight of x̂′ itself
-  //   kX        RWKV-7:   x_k only (no receptance)
-  enum class FfnMix { kTimeMix, kTimeMaa, kX };
-  ChannelMix load_channel_mix(WeightLoader& load, int l, FfnMix naming);
   // Checks every tensor was used and takes ownership of the weights; call last.
   void finish_load(WeightLoader& load, std::shared_ptr<const Checkpoint> checkpoint);
 
@@ -89,8 +97,7 @@ class BlockModel : public Model {
   void run(const int* tokens, int B, int T, float* const* states, float* logits, LogitsMode mode,
            bool parallel);
 
-  ops::Matrix emb_, head_;
-  const float *ln0_w_ = nullptr, *ln0_b_ = nullptr, *ln_out_w_ = nullptr, *ln_out_b_ = nullptr;
+  CommonWeights common_;
   int rows_ = 0;
   std::vector<float> shared_;
   uint64_t fingerprint_ = 0;

@@ -4,7 +4,7 @@
 
 namespace rwkv::model {
 
-std::unique_ptr<Model> load_rwkv7_cuda(std::shared_ptr<const Checkpoint>, const ModelInfo&,
+std::unique_ptr<Model> load_cuda_model(std::shared_ptr<const Checkpoint>, const ModelInfo&,
                                        const LoadOptions&) {
   fail("this build has no CUDA backend (nvcc was not found when it was built)");
 }

@@ -16,8 +16,8 @@ std::unique_ptr<Model> load_rwkv6(std::shared_ptr<const Checkpoint> checkpoint,
                                   const ModelInfo& info, const LoadOptions& options);
 std::unique_ptr<Model> load_rwkv7(std::shared_ptr<const Checkpoint> checkpoint,
                                   const ModelInfo& info, const LoadOptions& options);
-// On a GPU (model/cuda/; a build without nvcc throws rwkv::Error saying so).
-std::unique_ptr<Model> load_rwkv7_cuda(std::shared_ptr<const Checkpoint> checkpoint,
+// Any generation on a GPU (model/cuda/; a build without nvcc throws rwkv::Error saying so).
+std::unique_ptr<Model> load_cuda_model(std::shared_ptr<const Checkpoint> checkpoint,
                                        const ModelInfo& info, const LoadOptions& options);
 
 }  // namespace rwkv::model

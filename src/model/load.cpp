@@ -11,10 +11,7 @@ std::unique_ptr<Model> load_model(std::shared_ptr<const Checkpoint> checkpoint,
                                   const LoadOptions& options) {
   const ModelInfo info = detect_model(*checkpoint);
   const std::string& g = info.generation;
-  if (options.backend == Backend::Cuda) {
-    if (g == "x070") return model::load_rwkv7_cuda(std::move(checkpoint), info, options);
-    fail(checkpoint->path(), ": ", info.family, " has no CUDA implementation yet (RWKV-7 has)");
-  }
+  if (options.backend == Backend::Cuda) return model::load_cuda_model(std::move(checkpoint), info, options);
   if (g == "x070") return model::load_rwkv7(std::move(checkpoint), info, options);
   if (g == "x060") return model::load_rwkv6(std::move(checkpoint), info, options);
   if (g == "5.0" || g == "5.1" || g == "5.2") return model::load_rwkv5(std::move(checkpoint), info, options);

@@ -61,7 +61,7 @@ class Rwkv7 final : public MatrixStateModel {
     load_common(load);
     for (int l = 0; l < info_.n_layer; ++l) {
       layers_.push_back(load_rwkv7_layer(load, info_, l));
-      ffn_.push_back(load_channel_mix(load, l, FfnMix::kX));
+      ffn_.push_back(load_channel_mix(load, info_, l, FfnMix::kX));
     }
   }
 

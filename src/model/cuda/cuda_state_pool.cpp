@@ -8,11 +8,14 @@ namespace {
 
 class CudaStatePool final : public StatePool {
  public:
-  CudaStatePool(std::shared_ptr<cuda::Context> ctx, int n, size_t floats)
+  CudaStatePool(std::shared_ptr<cuda::Context> ctx, int n, size_t floats, const float* start)
       : ctx_(std::move(ctx)), n_(n), floats_(floats) {
     if (n < 0) fail("state pool: ", n, " slots");
     data_.ensure(std::max<size_t>(size_t(n) * floats * 4, 4));
     RWKV_CUDA_CHECK(cudaMemsetAsync(data_.as(), 0, data_.bytes(), ctx_->stream));
+    for (int i = 0; start && i < n; ++i) {
+      RWKV_CUDA_CHECK(cudaMemcpyAsync(at(i), start, floats_ * 4, cudaMemcpyHostToDevice, ctx_->stream));
+    }
     ctx_->synchronize();
   }
   int size() const override { return n_; }
@@ -47,8 +50,8 @@ class CudaStatePool final : public StatePool {
 }  // namespace
 
 std::unique_ptr<StatePool> make_cuda_state_pool(std::shared_ptr<cuda::Context> ctx, int n,
-                                                size_t floats) {
-  return std::make_unique<CudaStatePool>(std::move(ctx), n, floats);
+                                                size_t floats, const float* start) {
+  return std::make_unique<CudaStatePool>(std::move(ctx), n, floats, start);
 }
 
 float* cuda_state_pool_data(StatePool& pool, const cuda::Context& ctx, size_t floats,

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "model/cuda/cuda_model.h"
 #include "model/rwkv7_train_cuda.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/train_ops.h"
@@ -28,23 +29,6 @@ using cuda::train::Rows;
 namespace ct = cuda::train;
 
 constexpr float kLayerNormEps = 1e-5f, kGroupNormEps = 64e-5f;
-
-// Carves one device allocation into aligned pieces; measure with a null base first.
-class Carver {
- public:
-  explicit Carver(char* base) : base_(base) {}
-  template <typename T>
-  T* take(size_t n) {
-    T* at = base_ ? reinterpret_cast<T*>(base_ + used_) : nullptr;
-    used_ += (n * sizeof(T) + 255) / 256 * 256;  // 256-byte aligned (cuBLASLt, 16-byte loads)
-    return at;
-  }
-  size_t used() const { return used_; }
-
- private:
-  char* base_;
-  size_t used_ = 0;
-};
 
 // What one block's forward saves (device pointers), as Rwkv7LayerCache on the CPU.
 struct Cache {

@@ -38,12 +38,13 @@ __device__ __forceinline__ void load8(const float* p, float* f) {
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
 
-// act: 0 none, 1 tanh, 2 sigmoid, 3 squared ReLU (the values of cuda::Act).
+// act: 0 none, 1 tanh, 2 sigmoid, 3 squared ReLU, 4 SiLU (the values of cuda::Act).
 __device__ __forceinline__ float apply_act(float x, int act) {
   switch (act) {
     case 1: return tanhf(x);
     case 2: return sigmoidf(x);
     case 3: { const float z = fmaxf(x, 0.f); return z * z; }
+    case 4: return x * sigmoidf(x);
     default: return x;
   }
 }

@@ -52,7 +52,7 @@ class Context {
 };
 
 // What a matrix product applies to its result.
-enum class Act : int { None, Tanh, Sigmoid, SqRelu };
+enum class Act : int { None, Tanh, Sigmoid, SqRelu, Silu };
 
 // y[M, W.rows] = act(x[M, W.cols] · Wᵀ), or y += x·Wᵀ with accumulate (act must be None).
 // Few rows (decode) run a matrix-vector kernel that streams W once for all rows; more rows run
@@ -98,7 +98,8 @@ struct StateRef {
 
 // Token shift and mixes for B sequences of T rows of C (spec §2.4):
 //   out_j[b,t] = xn[b,t] + (prev − xn[b,t])⊙mix_j, prev = xn[b,t−1] or the state at t = 0,
-// then the state's shift vector (at `offset`) ← xn[b,T−1].
+// then the state's shift vector (at `offset`) ← xn[b,T−1]. A null mix_j gives the difference
+// itself, out_j = prev − xn (RWKV-6's data-dependent mixes start from it).
 struct ShiftMix {
   int n = 0;  // mixes, ≤ 6
   const float* mix[6] = {};

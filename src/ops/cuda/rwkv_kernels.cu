@@ -52,7 +52,7 @@ __global__ void token_shift_mix_kernel(const float* xn, int B, int T, int C, Sta
   for (int t = t0; t < t1; ++t) {
     const size_t i = (base + t) * size_t(C) + c;
     const float x = xn[i], d = prev - x;
-    for (int j = 0; j < mixes.n; ++j) mixes.out[j][i] = x + d * mixes.mix[j][c];
+    for (int j = 0; j < mixes.n; ++j) mixes.out[j][i] = mixes.mix[j] ? x + d * mixes.mix[j][c] : d;
     prev = x;
   }
   if (t0 == 0) shift[c] = xn[(base + T - 1) * size_t(C) + c];

@@ -1,0 +1,202 @@
+// The CUDA ops of RWKV-4, RWKV-5 and RWKV-6 (kernels_v456.h): the WKV-4 and WKV-5/6 scans, the
+// gated GroupNorm, RWKV-6's ddlerp and two element-wise helpers. Deterministic: no atomics, every
+// sum in a fixed order.
+#include <algorithm>
+
+#include "ops/cuda/device_math.cuh"
+#include "ops/cuda/kernels_v456.h"
+
+namespace rwkv::cuda {
+namespace {
+
+// WKV-5/6 (spec §2.2, §2.3): one block per (head, sequence), thread j owns column j of the
+// key-major state in registers (s[i] = S[i][j]; a warp's loads of S[i][·] are one contiguous
+// line, so decode needs no separate kernel). Row t + 1's inputs are loaded while row t computes;
+// the output sum runs in four partial accumulators so the dependent chains are N/4 long.
+template <int N>
+__global__ void __launch_bounds__(N) wkv6_scan_kernel(int T, int H, const float* r, const float* k,
+                                                      const float* v, const float* w,
+                                                      const float* decay, const float* u, float* y,
+                                                      StateRef st, size_t offset) {
+  const int h = blockIdx.x, seq = blockIdx.y, j = threadIdx.x;
+  const int c = h * N + j;
+  const size_t A = size_t(H) * N;
+  float* S = st.pool + size_t(st.slots[seq]) * st.floats + offset + size_t(h) * N * N + j;
+  float s[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) s[i] = S[i * N];
+  __shared__ float rs[N], ks[N], uks[N], ds[N];
+  const float uc = u[c], dc = decay[c];
+  const size_t o0 = size_t(seq) * size_t(T) * A + c;
+  float nr = r[o0], nk = k[o0], nv = v[o0], nw = w ? w[o0] : 0.f;
+  for (int t = 0; t < T; ++t) {
+    const size_t o = o0 + size_t(t) * A;
+    __syncthreads();  // the previous row's reads of the shared inputs are done
+    rs[j] = nr;
+    ks[j] = nk;
+    uks[j] = uc * nk;
+    ds[j] = expf(w ? -expf(dc + nw) : dc);
+    const float vj = nv;
+    __syncthreads();
+    if (t + 1 < T) {
+      const size_t q = o + A;
+      nr = r[q], nk = k[q], nv = v[q];
+      if (w) nw = w[q];
+    }
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      acc[i % 4] += rs[i] * (uks[i] * vj + s[i]);
+      s[i] = ds[i] * s[i] + ks[i] * vj;
+    }
+    y[o] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) S[i * N] = s[i];
+}
+
+// WKV-4 (spec §2.1, §3.1): thread (channel, sequence) walks the T rows with its (aa, bb, pp) in
+// registers; the formulas and their order are ref::wkv4's, so pp (adds and maxima only) matches
+// the CPU bit for bit and aa, bb within the exponentials' rounding.
+__global__ void wkv4_scan_kernel(int T, int A, const float* k, const float* v, const float* r,
+                                 const float* decay, const float* first, float* y, StateRef st,
+                                 size_t offset) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x, seq = blockIdx.y;
+  if (c >= A) return;
+  float* state = st.pool + size_t(st.slots[seq]) * st.floats + offset;
+  float aa = state[c], bb = state[A + c], pp = state[2 * size_t(A) + c];
+  const float w = decay[c], u = first[c];
+  const size_t o0 = size_t(seq) * size_t(T) * size_t(A) + c;
+  for (int t = 0; t < T; ++t) {
+    const size_t o = o0 + size_t(t) * size_t(A);
+    const float kt = k[o], vt = v[o];
+    float q = fmaxf(pp, u + kt);
+    float e1 = expf(pp - q), e2 = expf(u + kt - q);
+    y[o] = r[o] * ((e1 * aa + e2 * vt) / (e1 * bb + e2));
+    q = fmaxf(pp + w, kt);
+    e1 = expf(pp + w - q);
+    e2 = expf(kt - q);
+    aa = e1 * aa + e2 * vt;
+    bb = e1 * bb + e2;
+    pp = q;
+  }
+  state[c] = aa;
+  state[A + c] = bb;
+  state[2 * size_t(A) + c] = pp;
+}
+
+// One warp per (row, head): two passes over the head's N channels (mean, then variance about
+// it, as the CPU does), then the affine and the gate. Warps of a block are independent.
+constexpr int kNormWarps = 4;
+__global__ void group_norm_gate_kernel(float* y, const float* g, size_t groups, int H, int N,
+                                       const float* weight, const float* bias, float eps) {
+  const size_t group = size_t(blockIdx.x) * kNormWarps + threadIdx.x / 32;  // m·H + h
+  if (group >= groups) return;  // whole warps leave: the shuffles below see full warps
+  const int lane = threadIdx.x & 31, h = int(group % size_t(H));
+  float* x = y + group * size_t(N);
+  float sum = 0.f;
+  for (int i = lane; i < N; i += 32) sum += x[i];
+  const float mean = warp_sum(sum) / float(N);
+  float sq = 0.f;
+  for (int i = lane; i < N; i += 32) {
+    const float d = x[i] - mean;
+    sq += d * d;
+  }
+  const float inv = rsqrtf(warp_sum(sq) / float(N) + eps);
+  const float* gate = g ? g + group * size_t(N) : nullptr;
+  for (int i = lane; i < N; i += 32) {
+    const int c = h * N + i;
+    const float out = (x[i] - mean) * inv * weight[c] + bias[c];
+    x[i] = gate ? out * gate[i] : out;
+  }
+}
+
+__global__ void mul_add_kernel(float* x, const float* a, const float* b, size_t n) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    x[i] += a[i] * b[i];
+}
+
+__global__ void copy_columns_kernel(const float* src, int src_ld, int D, size_t n, float* dst) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const size_t m = i / size_t(D), d = i % size_t(D);
+    dst[i] = src[m * size_t(src_ld) + d];
+  }
+}
+
+__global__ void ddlerp_kernel(int C, size_t n, const float* xn, const float* delta, const float* mix,
+                              const float* offset, float* out) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const float x = xn[i];
+    out[i] = x + delta[i] * (mix[i % size_t(C)] + offset[i]);
+  }
+}
+
+// Blocks for a grid-stride loop over n values: enough to fill any GPU, no more.
+constexpr int kThreads = 256;
+unsigned blocks_for(size_t n) { return unsigned(std::min<size_t>((n + kThreads - 1) / kThreads, 8192)); }
+
+}  // namespace
+
+void wkv6_scan(Context& ctx, int B, int T, int H, int N, const float* r, const float* k,
+               const float* v, const float* w, const float* decay, const float* u, float* y,
+               StateRef states, size_t offset) {
+  if (N != 16 && N != 32 && N != 64 && N != 128)
+    fail("CUDA wkv6: head size ", N, " is not supported (16, 32, 64 or 128)");
+  if (B <= 0 || T <= 0 || H <= 0) return;
+  const dim3 grid(H, B);
+#define RWKV_WKV6_CASE(n)                                                                     \
+  case n:                                                                                     \
+    wkv6_scan_kernel<n><<<grid, n, 0, ctx.stream>>>(T, H, r, k, v, w, decay, u, y, states, offset); \
+    break;
+  switch (N) {
+    RWKV_WKV6_CASE(16)
+    RWKV_WKV6_CASE(32)
+    RWKV_WKV6_CASE(64)
+    RWKV_WKV6_CASE(128)
+  }
+#undef RWKV_WKV6_CASE
+  RWKV_CUDA_LAUNCHED("wkv6_scan");
+}
+
+void wkv4_scan(Context& ctx, int B, int T, int A, const float* k, const float* v, const float* r,
+               const float* decay, const float* first, float* y, StateRef states, size_t offset) {
+  if (B <= 0 || T <= 0 || A <= 0) return;
+  const int threads = 128;
+  const dim3 grid((A + threads - 1) / threads, B);
+  wkv4_scan_kernel<<<grid, threads, 0, ctx.stream>>>(T, A, k, v, r, decay, first, y, states, offset);
+  RWKV_CUDA_LAUNCHED("wkv4_scan");
+}
+
+void group_norm_gate(Context& ctx, float* y, const float* g, int M, int H, int N,
+                     const float* weight, const float* bias, float eps) {
+  if (M <= 0 || H <= 0) return;
+  if (N < 1) fail("CUDA group_norm_gate: head size ", N, " must be ≥ 1");
+  const size_t groups = size_t(M) * size_t(H);
+  const unsigned blocks = unsigned((groups + kNormWarps - 1) / kNormWarps);
+  group_norm_gate_kernel<<<blocks, kNormWarps * 32, 0, ctx.stream>>>(y, g, groups, H, N, weight, bias, eps);
+  RWKV_CUDA_LAUNCHED("group_norm_gate");
+}
+
+void mul_add(Context& ctx, float* x, const float* a, const float* b, size_t n) {
+  if (n == 0) return;
+  mul_add_kernel<<<blocks_for(n), kThreads, 0, ctx.stream>>>(x, a, b, n);
+  RWKV_CUDA_LAUNCHED("mul_add");
+}
+
+void copy_columns(Context& ctx, const float* src, int src_ld, int M, int D, float* dst) {
+  if (M <= 0 || D <= 0) return;
+  if (src_ld < D) fail("CUDA copy_columns: leading dimension ", src_ld, " is below the ", D, " columns copied");
+  const size_t n = size_t(M) * size_t(D);
+  copy_columns_kernel<<<blocks_for(n), kThreads, 0, ctx.stream>>>(src, src_ld, D, n, dst);
+  RWKV_CUDA_LAUNCHED("copy_columns");
+}
+
+void ddlerp(Context& ctx, int M, int C, const float* xn, const float* delta, const float* mix,
+            const float* offset, float* out) {
+  if (M <= 0 || C <= 0) return;
+  const size_t n = size_t(M) * size_t(C);
+  ddlerp_kernel<<<blocks_for(n), kThreads, 0, ctx.stream>>>(C, n, xn, delta, mix, offset, out);
+  RWKV_CUDA_LAUNCHED("ddlerp");
+}
+
+}  // namespace rwkv::cuda
