@@ -50,7 +50,7 @@ std::vector<bool> touched(size_t count, size_t floats, const std::vector<int>& s
 TEST(CudaOpsV456, Wkv6ScanMatchesTheReference) {
   RWKV_REQUIRE_GPU();
   std::mt19937 rng(11);
-  for (int N : {16, 32, 64, 128}) {
+  for (int N : {8, 16, 32, 64, 128}) {
     for (int H : {1, 3}) {
       for (int B : {1, 2}) {
         for (int T : {1, 7, 33}) {

@@ -189,6 +189,10 @@ TEST(CudaTrainOps, EmbeddingBackwardAddsRows) {
   }
   const ct::TokenRows grouped = ct::group_rows_by_token(tokens.data(), M, V);
   ASSERT_EQ(grouped.unique, 5);
+  ASSERT_LE(grouped.data.size(), ct::token_rows_capacity(M));
+  std::vector<int> distinct(V);  // the most a batch needs: every row its own token
+  for (int m = 0; m < V; ++m) distinct[size_t(m)] = V - 1 - m;
+  EXPECT_EQ(ct::group_rows_by_token(distinct.data(), V, V).data.size(), ct::token_rows_capacity(V));
   auto gg = upload(grouped.data), gdx = upload(dx), gdemb = upload(demb0);
   ct::embed_backward(context(), gg.as<int>(), grouped.unique, gdx.as<float>(), M, C, gdemb.as<float>());
   const auto got = download_f32(gdemb, want.size());

@@ -14,7 +14,7 @@ using cuda::LinearJob;
 class Rwkv5Cuda final : public CudaBlockModel {
  public:
   Rwkv5Cuda(std::shared_ptr<const Checkpoint> ckpt, const ModelInfo& info, const LoadOptions& options)
-      : CudaBlockModel(info, options, {16, 32, 64, 128}) {
+      : CudaBlockModel(info, options, {8, 16, 32, 64, 128}) {
     check_head_dims(info_, ckpt->path());
     const bool rwkvcpp = ckpt->format() == "rwkv.cpp";
     group_norm_eps_ = rwkv5_group_norm_eps(rwkvcpp);

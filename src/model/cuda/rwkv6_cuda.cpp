@@ -14,7 +14,7 @@ using cuda::LinearJob;
 class Rwkv6Cuda final : public CudaBlockModel {
  public:
   Rwkv6Cuda(std::shared_ptr<const Checkpoint> ckpt, const ModelInfo& info, const LoadOptions& options)
-      : CudaBlockModel(info, options, {16, 32, 64, 128}), lora_(rwkv6_lora(info)) {
+      : CudaBlockModel(info, options, {8, 16, 32, 64, 128}), lora_(rwkv6_lora(info)) {
     check_head_dims(info_, ckpt->path());
     WeightLoader load(ckpt, load_options());
     load_common(load);

@@ -69,7 +69,7 @@ struct Tape {
   std::vector<Cache> layers;     // L, or 1 shared when recomputing
   std::vector<float*> x_in;      // per layer (M, C)
   int *tokens, *targets;         // (M)
-  int* token_rows;               // the rows grouped by token (cuda::TokenRows), ≤ 2M + 1
+  int* token_rows;               // the rows grouped by token (ct::TokenRows), ≤ 3M + 1
   int unique_tokens = 0;
   float *state_in, *state_out, *dstate;  // (B, state)
   float *x0_mean, *x0_rstd, *v_first, *x_last, *out_mean, *out_rstd;
@@ -228,7 +228,7 @@ struct Rwkv7TrainCuda::Impl {
       for (float*& x : t.x_in) x = c.take<float>(MC);
       t.tokens = c.take<int>(M);
       t.targets = c.take<int>(M);
-      t.token_rows = c.take<int>(2 * M + 1);
+      t.token_rows = c.take<int>(ct::token_rows_capacity(M));
       t.state_in = c.take<float>(S);
       t.state_out = c.take<float>(S);
       t.dstate = c.take<float>(S);

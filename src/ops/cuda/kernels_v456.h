@@ -11,10 +11,10 @@
 namespace rwkv::cuda {
 
 // RWKV-5/6 WKV, recurrent form (spec §2.2, §2.3), for B sequences of T rows and H heads of size
-// N ∈ {16, 32, 64, 128} (others throw rwkv::Error). A = H·N channels per row, c = h·N + i. The
-// log-decay of channel c on a row is −exp(decay[c] + w[row, c]) when w is given (RWKV-6: decay is
-// time_decay (A), w the LoRA output (B·T, A)) and decay[c] itself when w is null (RWKV-5: decay
-// already the log-decay, constant over rows). With d = e^{log-decay} and u the bonus (A):
+// N ∈ {8, 16, 32, 64, 128} (8: rwkv.cpp's small models; others throw rwkv::Error). A = H·N
+// channels per row, c = h·N + i. The log-decay of channel c on a row is −exp(decay[c] + w[row, c])
+// when w is given (RWKV-6: decay is time_decay (A), w the LoRA output (B·T, A)) and decay[c]
+// itself when w is null (RWKV-5: decay already the log-decay, constant over rows). With d = e^{log-decay} and u the bonus (A):
 //   y[row, h·N + j] = Σ_i r_i (u_i k_i v_j + S[i][j]) ;  S[i][j] ← d_i S[i][j] + k_i v_j
 // S of head h is key-major (i = key, j = value) at pool + slots[b]·floats + offset + h·N·N: the
 // layout of ops::Wkv6Head, whose ref::wkv6_recurrent is the CPU twin. Decode is T = 1.

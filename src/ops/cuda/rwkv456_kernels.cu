@@ -140,8 +140,8 @@ unsigned blocks_for(size_t n) { return unsigned(std::min<size_t>((n + kThreads -
 void wkv6_scan(Context& ctx, int B, int T, int H, int N, const float* r, const float* k,
                const float* v, const float* w, const float* decay, const float* u, float* y,
                StateRef states, size_t offset) {
-  if (N != 16 && N != 32 && N != 64 && N != 128)
-    fail("CUDA wkv6: head size ", N, " is not supported (16, 32, 64 or 128)");
+  if (N != 8 && N != 16 && N != 32 && N != 64 && N != 128)
+    fail("CUDA wkv6: head size ", N, " is not supported (8, 16, 32, 64 or 128)");
   if (B <= 0 || T <= 0 || H <= 0) return;
   const dim3 grid(H, B);
 #define RWKV_WKV6_CASE(n)                                                                     \
@@ -149,6 +149,7 @@ void wkv6_scan(Context& ctx, int B, int T, int H, int N, const float* r, const f
     wkv6_scan_kernel<n><<<grid, n, 0, ctx.stream>>>(T, H, r, k, v, w, decay, u, y, states, offset); \
     break;
   switch (N) {
+    RWKV_WKV6_CASE(8)
     RWKV_WKV6_CASE(16)
     RWKV_WKV6_CASE(32)
     RWKV_WKV6_CASE(64)

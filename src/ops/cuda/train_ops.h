@@ -137,6 +137,8 @@ struct TokenRows {
   int unique = 0;
 };
 TokenRows group_rows_by_token(const int* tokens, size_t M, int V);
+// The most ints TokenRows::data holds for M rows (every token distinct).
+constexpr size_t token_rows_capacity(size_t M) { return 3 * M + 1; }
 
 // demb[token] += Σ dx[rows of that token], each row's sum in row order: deterministic (the
 // same bits every run), unlike atomic adds. `grouped` is TokenRows::data on the device.
