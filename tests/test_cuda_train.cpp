@@ -190,8 +190,8 @@ TEST(CudaTrain, RecomputeGivesTheSameGradients) {
   gpu.set_options({.wkv_chunk = 16, .recompute = true});
   const Result again = run_gpu(gpu, b, 1e-4);
   EXPECT_EQ(plain.loss, again.loss);
-  // Only the embedding's atomic additions may differ in order.
-  expect_grads_close(gpu.table(), again.grads, plain.grads, 1e-6, "recompute");
+  // The same kernels on the same inputs in the same order (no atomics): the same bits.
+  EXPECT_EQ(again.grads, plain.grads);
   EXPECT_EQ(plain.dstate_in, again.dstate_in);
 }
 
@@ -286,7 +286,7 @@ TEST(CudaTrain, FiftyStepsFollowTheCpuLossTrajectory) {
   ASSERT_EQ(again.size(), 50u);
   for (size_t s = 0; s < gpu.size(); ++s) EXPECT_EQ(again[s].loss, gpu[s].loss) << "step " << s;
   // Each step's bf16 gradient noise (≈ 1e-2, above) moves the weights a little off the CPU's
-  // path, and the paths drift apart slowly: measured worst 7.7e-3 absolute at loss 0.13.
+  // path, and the paths drift apart slowly: measured worst 3.5e-3 absolute at loss 0.44 (H200).
   double worst = 0;
   for (size_t s = 0; s < cpu.size(); ++s) {
     const double e = std::abs(gpu[s].loss - cpu[s].loss);
