@@ -86,7 +86,9 @@ void check_linear(DType dtype, int M, int rows, int cols, Act act, bool accumula
 TEST(CudaOps, LinearAtManyShapesDtypesAndActivations) {
   RWKV_REQUIRE_GPU();
   std::mt19937 rng(1);
-  const std::pair<int, int> shapes[] = {{1, 8}, {7, 13}, {64, 64}, {33, 96}, {256, 200}, {130, 1024}, {96, 8}};
+  // Long rows split across 2, 4 and 8 warps (odd slice ends, and one not a multiple of 8).
+  const std::pair<int, int> shapes[] = {{1, 8},     {7, 13},     {64, 64},   {33, 96},   {256, 200},
+                                        {130, 1024}, {96, 8},    {5, 8192},  {37, 2056}, {3, 3001}};
   for (DType dtype : {DType::F32, DType::F16, DType::BF16}) {
     for (int M : {1, 2, 3, 5, 8, 9, 17, 64}) {
       for (const auto& [rows, cols] : shapes) {
@@ -109,7 +111,8 @@ TEST(CudaOps, LinearJobsEqualSeparateProducts) {
     struct Spec { DType dtype; int rows, cols; Act act; bool acc; };
     const Spec specs[] = {{DType::BF16, 64, 64, Act::None, false}, {DType::BF16, 16, 64, Act::Tanh, false},
                           {DType::BF16, 200, 16, Act::None, true}, {DType::F32, 9, 24, Act::Sigmoid, false},
-                          {DType::BF16, 33, 40, Act::SqRelu, false}};
+                          {DType::BF16, 33, 40, Act::SqRelu, false},
+                          {DType::BF16, 20, 4096, Act::None, false}};  // rows split over 8 warps
     std::vector<DeviceBuffer> keep;
     std::vector<cuda::LinearJob> jobs, singles;
     std::vector<std::pair<size_t, size_t>> outs;  // (index in keep of the job's y, single's y)

@@ -4,6 +4,8 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "ops/cuda/cublaslt.h"
 #include "ops/cuda/device_math.cuh"
@@ -12,13 +14,14 @@
 namespace rwkv::cuda {
 namespace {
 
-constexpr int kWarps = 8;  // output rows per block of the matrix-vector kernel, one per warp
+constexpr int kWarps = 8;  // warps per block of the matrix-vector kernel
 
 struct GemvJob {
   const void* W;
   const float* x;
   float* y;
   int rows, cols, act, accumulate, vectorized, first_block;
+  int split;  // warps per output row (1, 2, 4 or 8), each summing a slice of the row
 };
 
 struct GemvJobs {
@@ -26,24 +29,30 @@ struct GemvJobs {
   int n;
 };
 
-// One warp per output row: lanes stride over the row's weights (8 at a time when vectorized),
-// each keeping MR partial sums, one per input row; a shuffle sum ends the row.
+// `split` warps per output row, each over a contiguous slice of the row: lanes stride over the
+// slice's weights (8 at a time when vectorized), each keeping MR partial sums, one per input row;
+// a shuffle sum ends a warp's slice, and the row's first warp adds the slices in order (the same
+// bits every run). Splitting rows keeps enough loads in flight on matrices of few rows.
 template <typename TW, int MR>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const __grid_constant__ GemvJobs jobs) {
   int j = 0;
   while (j + 1 < jobs.n && int(blockIdx.x) >= jobs.job[j + 1].first_block) ++j;
   const GemvJob& job = jobs.job[j];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int row = (int(blockIdx.x) - job.first_block) * kWarps + warp;
-  if (row >= job.rows) return;
+  const int split = job.split, part = warp % split;
+  const int row = (int(blockIdx.x) - job.first_block) * (kWarps / split) + warp / split;
+  const bool live = row < job.rows;
   const int K = job.cols;
-  const TW* w = static_cast<const TW*>(job.W) + size_t(row) * size_t(K);
+  // This warp's slice [k0, k1): a multiple of 8 long, so vectorized loads stay aligned.
+  const int slice = ((K + split - 1) / split + 7) / 8 * 8;
+  const int k0 = min(K, part * slice), k1 = live ? min(K, k0 + slice) : k0;
+  const TW* w = static_cast<const TW*>(job.W) + size_t(live ? row : 0) * size_t(K);
   float acc[MR];
 #pragma unroll
   for (int m = 0; m < MR; ++m) acc[m] = 0.f;
   if (job.vectorized) {
 #pragma unroll 4
-    for (int k = lane * 8; k < K; k += 32 * 8) {
+    for (int k = k0 + lane * 8; k < k1; k += 32 * 8) {
       float wf[8];
       load8(w + k, wf);
 #pragma unroll
@@ -55,16 +64,24 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const __grid_constant
       }
     }
   } else {
-    for (int k = lane; k < K; k += 32) {
+    for (int k = k0 + lane; k < k1; k += 32) {
       const float wv = to_float(w[k]);
 #pragma unroll
       for (int m = 0; m < MR; ++m) acc[m] += wv * __ldg(job.x + size_t(m) * size_t(K) + k);
     }
   }
+  __shared__ float partial[kWarps][MR];
 #pragma unroll
   for (int m = 0; m < MR; ++m) {
-    const float s = warp_sum(acc[m]);
-    if (lane == 0) {
+    float s = warp_sum(acc[m]);
+    if (split > 1) {
+      if (lane == 0) partial[warp][m] = s;
+      __syncthreads();  // the block's split is uniform: every warp gets here
+      s = 0.f;
+      for (int p = 0; p < split; ++p) s += partial[warp - part + p][m];
+      __syncthreads();  // partial is read before the next m overwrites it
+    }
+    if (lane == 0 && part == 0 && live) {
       float* out = job.y + size_t(m) * size_t(job.rows) + row;
       *out = job.accumulate ? *out + s : apply_act(s, job.act);
     }
@@ -83,6 +100,19 @@ void launch_gemv(Context& ctx, const GemvJobs& jobs, int blocks, int M) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+// Warps per row for a (rows × cols) matrix: enough warps to fill the GPU (about 8192 for 132
+// SMs), each slice still at least 512 weights long. RWKV_CUDA_GEMV_SPLIT=0 keeps one warp per row
+// (side-by-side timing).
+int gemv_split(int rows, int cols) {
+  static const bool enabled = [] {
+    const char* v = std::getenv("RWKV_CUDA_GEMV_SPLIT");
+    return !(v && std::string(v) == "0");
+  }();
+  int split = 1;
+  while (enabled && split < kWarps && rows * split < 8192 && cols / (2 * split) >= 512) split *= 2;
+  return split;
+}
+
 // Jobs of one weight dtype, M ≤ kGemvRows, in one launch.
 void gemv(Context& ctx, const LinearJob* jobs, int n, int M) {
   GemvJobs g{};
@@ -90,9 +120,11 @@ void gemv(Context& ctx, const LinearJob* jobs, int n, int M) {
   for (int i = 0; i < n; ++i) {
     const LinearJob& s = jobs[i];
     GemvJob& d = g.job[i];
-    d = {s.W.data, s.x, s.y, s.W.rows, s.W.cols, int(s.act), s.accumulate ? 1 : 0, 0, blocks};
+    const int split = gemv_split(s.W.rows, s.W.cols);
+    d = {s.W.data, s.x, s.y, s.W.rows, s.W.cols, int(s.act), s.accumulate ? 1 : 0, 0, blocks, split};
     d.vectorized = s.W.cols % 8 == 0 && aligned16(s.W.data) && aligned16(s.x);
-    blocks += (s.W.rows + kWarps - 1) / kWarps;
+    const int rows_per_block = kWarps / split;
+    blocks += (s.W.rows + rows_per_block - 1) / rows_per_block;
   }
   g.n = n;
   if (blocks == 0) return;
