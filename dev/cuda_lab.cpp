@@ -66,16 +66,28 @@ int main(int argc, char** argv) try {
   Timer timer;
   std::mt19937 rng(1);
 
-  // Matrix-vector products (decode): bytes = the weights (the activations are small).
-  std::printf("\nlinear, bf16 weights            M   time(us)   GB/s  %%copy   TFLOP/s\n");
+  // Matrix-vector products (decode): bytes = the weights (the activations are small). Each
+  // timing runs 8 products back to back over copies of the matrix that together overflow the L2
+  // cache, as a decode step's matrices do (a repeated small matrix would be timed from L2).
+  std::printf("\nlinear, bf16 weights, from HBM  M   time(us)   GB/s  %%copy   TFLOP/s\n");
   const std::pair<int, int> shapes[] = {{C, C}, {F, C}, {C, F}, {V, C}, {64, C}, {C, 64}};
+  constexpr int kRuns = 8;
   for (const auto& [rows, cols] : shapes) {
-    auto w = random_device(size_t(rows) * cols, DType::BF16, rng);
+    const size_t bytes = size_t(rows) * size_t(cols) * 2;
+    const size_t copies = std::clamp<size_t>((size_t(256) << 20) / bytes, 2, 256);
+    std::vector<cuda::DeviceBuffer> w;
+    for (size_t i = 0; i < copies; ++i) w.push_back(random_device(size_t(rows) * cols, DType::BF16, rng));
+    size_t next = 0;
     for (int M : {1, 2, 4, 8, 16, 64, 512}) {
       auto x = random_device(size_t(M) * cols, DType::F32, rng);
       cuda::DeviceBuffer y(size_t(M) * rows * 4);
-      const ops::Matrix W{DType::BF16, rows, cols, w.as()};
-      const double ms = timer.median_ms(ctx, [&] { cuda::linear(ctx, W, x.as<float>(), M, y.as<float>()); });
+      const double ms = timer.median_ms(ctx, [&] {
+        for (int r = 0; r < kRuns; ++r) {
+          const ops::Matrix W{DType::BF16, rows, cols, w[next++ % copies].as()};
+          cuda::linear(ctx, W, x.as<float>(), M, y.as<float>());
+        }
+      }) / kRuns;
+      const ops::Matrix W{DType::BF16, rows, cols, nullptr};
       const double gbs = double(W.nbytes()) / (ms * 1e-3) / 1e9;
       const double tflops = 2.0 * M * rows * cols / (ms * 1e-3) / 1e12;
       std::printf("  %6d x %-6d                %4d %9.1f %7.0f %5.0f%% %9.2f\n", rows, cols, M, ms * 1e3,
