@@ -153,7 +153,7 @@ TEST(CudaRwkv7, GraphStepsEqualDirectSteps) {
   std::vector<float> a(12 * V), b(12 * V);
   const int slots[] = {5, 1, 7, 0, 2, 3, 4, 6, 8, 9, 10, 11}, small[] = {2, 0, 1};
   for (int i = 0; i < 24; ++i) {
-    const int B = i % 3 == 0 ? 1 : i % 3 == 1 ? 2 : 12;  // gemv path (≤ kGemvRows) and cuBLASLt path
+    const int B = i % 3 == 0 ? 1 : i % 3 == 1 ? 3 : 12;  // gemv path and cuBLASLt path
     const bool second = i % 4 == 3 && B <= 3;
     const auto tokens = random_tokens(size_t(B), dims.vocab, uint32_t(i));
     const int* sl = second ? small : slots;

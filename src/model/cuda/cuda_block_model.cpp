@@ -29,8 +29,6 @@ CudaBlockModel::CudaBlockModel(const ModelInfo& info, LoadOptions options,
   }
   const char* graphs = std::getenv("RWKV_CUDA_GRAPHS");  // 0: launch kernel by kernel
   use_graphs_ = !(graphs && std::string(graphs) == "0");
-  const char* prefetch = std::getenv("RWKV_CUDA_PREFETCH");
-  use_prefetch_ = !(prefetch && std::string(prefetch) == "0");
 }
 
 CudaBlockModel::~CudaBlockModel() { drop_graphs(); }
@@ -215,27 +213,15 @@ void CudaBlockModel::enqueue(int B, int T, const cuda::StateRef& states, LogitsM
   cuda::linear(c, common_.head, shared_.xn, rows, shared_.logits);
 }
 
-cuda::Prefetch CudaBlockModel::prefetch(int T, std::initializer_list<const ops::Matrix*> weights) {
-  if (T != 1 || !use_prefetch_) return {};
-  cuda::Span spans[8];
-  int n = 0;
-  for (const ops::Matrix* m : weights) {
-    if (m->data && n < 8) spans[n++] = {m->data, m->nbytes()};
-  }
-  return cuda::prefetch_l2(*ctx_, spans, n);
-}
-
 // Spec §2.1/§2.4: out = [σ(W_r x_r) ⊙] W_v sqrelu(W_k x_k), added to the residual.
 void CudaBlockModel::channel_mix(int l, int B, int T, const cuda::StateRef& states) {
   const ChannelMix& f = ffn_[size_t(l)];
   Shared& s = shared_;
   cuda::Context& c = *ctx_;
   const int C = info_.n_embd, M = B * T;
-  const cuda::Prefetch key_weights = prefetch(T, {&f.key, &f.receptance});
   cuda::layer_norm(c, s.x, C, s.xn, M, C, f.ln_w, f.ln_b);
   const cuda::ShiftMix mix{f.mix_r ? 2 : 1, {f.mix_k, f.mix_r}, {s.xk, s.xr}};
   cuda::token_shift_mix(c, s.xn, B, T, C, states, ffn_shift_offset(l), mix);
-  cuda::join(c, key_weights);
   if (!f.mix_r) {
     cuda::linear(c, f.key, s.xk, M, s.hidden, Act::SqRelu);
     cuda::linear(c, f.value, s.hidden, M, s.x, Act::None, /*accumulate=*/true);

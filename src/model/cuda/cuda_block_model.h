@@ -64,11 +64,6 @@ class CudaBlockModel : public Model {
   // Row-major (M, C) fp32 activations every generation uses, valid in time_mix: the residual
   // and its LayerNorm.
   float* x() const { return shared_.x; }
-  // In a decode step (T = 1), the products' weights are prefetched into L2 on a side stream
-  // while the small kernels before the products run; cuda::join(ctx(), p) before the product.
-  // Does nothing for T > 1 (the products' own streaming hides little there) or with
-  // RWKV_CUDA_PREFETCH=0 (side-by-side timing).
-  cuda::Prefetch prefetch(int T, std::initializer_list<const ops::Matrix*> weights);
   float* xn() const { return shared_.xn; }
   cuda::Context& ctx() const { return *ctx_; }
 
@@ -111,7 +106,6 @@ class CudaBlockModel : public Model {
   std::unique_ptr<StatePool> scratch_pool_;
   // Decode-step graphs by (batch, pool base, logits mode), valid for Context::generation.
   bool use_graphs_ = true;
-  bool use_prefetch_ = true;
   std::map<std::tuple<int, float*, int>, cudaGraphExec_t> graphs_;
   int graph_generation_ = 0;
 };

@@ -61,20 +61,15 @@ class Rwkv7Cuda final : public CudaBlockModel {
     cuda::Context& c = ctx();
     const int C = info_.n_embd, H = info_.n_head, N = info_.head_size, M = B * T;
     const size_t layer = size_t(l) * matrix_state_layer_floats(info_);
-    const cuda::Prefetch first_weights =
-        prefetch(T, {&L.receptance, &L.key, &L.value, &L.w1, &L.a1, &L.g1, &L.v1});
     cuda::layer_norm(c, x(), C, xn(), M, C, L.ln1_w, L.ln1_b);
     const cuda::ShiftMix mix{6, {L.x_r, L.x_w, L.x_k, L.x_v, L.x_a, L.x_g}, {xr, xw, xk, xv, xa, xg}};
     cuda::token_shift_mix(c, xn(), B, T, C, states, layer, mix);
-    cuda::join(c, first_weights);
     const bool v_residual = l > 0;
     const LinearJob first[] = {
         {L.receptance, xr, r}, {L.key, xk, k},          {L.value, xv, v},
         {L.w1, xw, hw, Act::Tanh}, {L.a1, xa, ha},      {L.g1, xg, hg, Act::Sigmoid},
         {L.v1, xv, hv}};
     cuda::linear_jobs(c, first, v_residual ? 7 : 6, M);
-    // The output projection's weights load while the LoRA ups and the WKV chain run.
-    const cuda::Prefetch output_weights = prefetch(T, {&L.output});
     // xr is free once r is computed: it takes the value LoRA's output.
     const LinearJob second[] = {{L.w2, hw, w}, {L.a2, ha, a}, {L.g2, hg, g}, {L.v2, hv, xr}};
     cuda::linear_jobs(c, second, v_residual ? 4 : 3, M);
@@ -82,7 +77,6 @@ class Rwkv7Cuda final : public CudaBlockModel {
                         {w, k, v, a, b, v_first, v_residual ? xr : nullptr, L.w0, L.a0, L.v0, L.k_k, L.k_a});
     cuda::wkv7_scan(c, B, T, H, N, r, w, k, v, a, b, y, states, matrix_state_kv_offset(info_, l));
     cuda::rwkv7_output(c, M, H, N, {y, r, k, v, g, L.r_k, L.ln_x_w, L.ln_x_b}, kRwkv7GroupNormEps);
-    cuda::join(c, output_weights);
     cuda::linear(c, L.output, y, M, x(), Act::None, /*accumulate=*/true);
   }
 

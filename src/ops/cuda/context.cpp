@@ -18,8 +18,6 @@ Context::~Context() {
   for (auto& [key, p] : plans) destroy(p);
   for (auto& [key, p] : gemm_plans) destroy(p);
   if (lt) cublaslt().destroy(lt);
-  for (cudaEvent_t e : events) cudaEventDestroy(e);
-  if (side) cudaStreamDestroy(side);
   if (stream) cudaStreamDestroy(stream);
 }
 

@@ -8,7 +8,6 @@
 #include <array>
 #include <map>
 #include <tuple>
-#include <vector>
 
 #include "ops/cuda/cuda_common.h"
 #include "ops/ops.h"
@@ -32,10 +31,6 @@ class Context {
   DeviceBuffer reduce;     // partial sums of reductions (train_ops.h col_sum)
   // Grows whenever a buffer above moves: CUDA graphs captured before hold stale pointers.
   int generation = 0;
-  // prefetch_l2's side stream and events (made on first use).
-  cudaStream_t side = nullptr;
-  std::vector<cudaEvent_t> events;
-  size_t next_event = 0;
   void ensure_x16(size_t bytes) {
     if (bytes > x16.bytes()) ++generation;
     x16.ensure(bytes);
@@ -76,30 +71,14 @@ struct LinearJob {
   bool accumulate = false;
 };
 constexpr int kMaxJobs = 8;
-// Up to this many rows the matrix-vector kernel wins (measured in dev/cuda_lab on an H200 with
-// the matrices streamed from HBM: at 4 rows it takes 25 µs for an 8192×2048 bf16 matrix where
-// cuBLASLt takes 15 µs for 8 rows; at 2 rows 15.5 µs, even).
-constexpr int kGemvRows = 2;
+// Up to this many rows the matrix-vector kernel wins (measured in dev/cuda_lab on an H200: at
+// 8 rows it reads each activation 8× per weight and runs at a third of cuBLASLt's speed).
+constexpr int kGemvRows = 4;
 void linear_jobs(Context& ctx, const LinearJob* jobs, int n, int M);
 
 // A bf16 n×n×n product on the prefill path (cuBLASLt, fp32 accumulation and output) on random
 // data, TFLOP/s: the ceiling prefill and training benchmarks quote.
 double measure_gemm_tflops(Context& ctx, int n);
-
-// Decode reads every weight once per step, and its chain of small kernels (norms, shifts, the
-// WKV) leaves the memory idle between the products. prefetch_l2 forks a side stream off
-// ctx.stream at this point and there brings the spans into L2 (bulk prefetches: a hint, no data
-// moves into registers); join makes ctx.stream wait for it before the product that reads them.
-// Every prefetch must be joined before a graph capture ends. Spans not 16-byte aligned are skipped.
-struct Span {
-  const void* data = nullptr;
-  size_t bytes = 0;
-};
-struct Prefetch {
-  cudaEvent_t done = nullptr;  // null: nothing was prefetched
-};
-Prefetch prefetch_l2(Context& ctx, const Span* spans, int n);
-void join(Context& ctx, const Prefetch& p);
 
 // x[m] = emb[tokens[m]] in fp32 (tokens on the device, already checked to be in range).
 void embed(Context& ctx, const int* tokens, int M, const ops::Matrix& emb, float* x);

@@ -91,8 +91,9 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const __grid_constant
 template <typename TW>
 void launch_gemv(Context& ctx, const GemvJobs& jobs, int blocks, int M) {
   using K = void (*)(const GemvJobs);
-  static_assert(kGemvRows == 2);
-  constexpr K kernels[kGemvRows] = {gemv_kernel<TW, 1>, gemv_kernel<TW, 2>};
+  static_assert(kGemvRows == 4);
+  constexpr K kernels[kGemvRows] = {gemv_kernel<TW, 1>, gemv_kernel<TW, 2>, gemv_kernel<TW, 3>,
+                                    gemv_kernel<TW, 4>};
   kernels[M - 1]<<<blocks, kWarps * 32, 0, ctx.stream>>>(jobs);
   RWKV_CUDA_LAUNCHED("gemv");
 }
