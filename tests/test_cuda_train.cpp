@@ -58,8 +58,10 @@ struct Result {
   std::vector<float> grads, state_out, dstate_in;
 };
 
-Result run_cpu(const std::vector<TensorView>& tensors, const Batch& b, double l2wrap) {
+Result run_cpu(const std::vector<TensorView>& tensors, const Batch& b, double l2wrap,
+               const Rwkv7Train<float>::Options& options = {}) {
   Rwkv7Train<float> net(tensors, "cpu");
+  net.set_options(options);
   Rwkv7Tape<float> tape;
   const size_t S = size_t(b.B) * net.dims().state_floats();
   Result r;
@@ -152,6 +154,35 @@ TEST(CudaTrain, MatchesTheCpuTrainingForm) {
   }
 }
 
+// reset_at_eod: the end-of-document token (0) restarts the WKV state and the token shift, on
+// rows placed to hit every case of the kernels — the first row of a window with a state in, a
+// chunk's first and last rows (16, 31), two resets in one chunk, two in a row, one near the end.
+TEST(CudaTrain, DocumentResetsMatchTheCpuTrainingForm) {
+  RWKV_REQUIRE_GPU();
+  for (int head : {32, 64}) {
+    test::V7Dims dims;
+    dims.n_layer = 2, dims.n_embd = 128, dims.head_size = head, dims.vocab = 97, dims.lora = 16;
+    const auto ckpt = test::random_v7_checkpoint(dims, 23);
+    Rwkv7TrainCuda gpu(ckpt->tensors(), "gpu", 0);
+    const Rwkv7Train<float>::Options options{.wkv_chunk = 16, .recompute = false, .reset_at_eod = true};
+    gpu.set_options(options);
+    Batch b = random_batch(2, 70, dims.vocab, gpu.dims().state_floats(), true, 7);
+    for (int& t : b.tokens) t = t == 0 ? 1 : t;  // resets only where placed
+    for (int row : {0, 16, 31, 40, 45, 46, 68}) b.tokens[size_t(row)] = 0;
+    for (int row : {3, 35, 36, 50}) b.tokens[size_t(70 + row)] = 0;
+    const Result want = run_cpu(ckpt->tensors(), b, 1e-4, options);
+    const Result plain = run_cpu(ckpt->tensors(), b, 1e-4);
+    const Result got = run_gpu(gpu, b, 1e-4);
+    SCOPED_TRACE(testing::Message() << "head " << head);
+    // The resets matter: a document started two rows before the end leaves another final state.
+    EXPECT_GT(test::rel_norm_error(plain.state_out.data(), want.state_out.data(), want.state_out.size()), 0.1);
+    EXPECT_NEAR(got.loss, want.loss, kLossBound * want.loss);
+    expect_grads_close(gpu.table(), got.grads, want.grads, kGradBound, "resets, GPU vs CPU");
+    EXPECT_LE(test::rel_norm_error(got.state_out.data(), want.state_out.data(), want.state_out.size()), kStateBound);
+    EXPECT_LE(test::rel_norm_error(got.dstate_in.data(), want.dstate_in.data(), want.dstate_in.size()), kGradBound);
+  }
+}
+
 TEST(CudaTrain, OfficialGradients) {
   RWKV_REQUIRE_SHARED(test::kTrainFixtureDir);
   RWKV_REQUIRE_GPU();
@@ -240,7 +271,6 @@ TEST(CudaTrain, RejectsWhatItCannotRun) {
   EXPECT_THROW(Rwkv7TrainCuda(test::random_v7_checkpoint(dims, 1)->tensors(), "h16", 0), Error);
   dims.head_size = 32;
   Rwkv7TrainCuda gpu(test::random_v7_checkpoint(dims, 1)->tensors(), "gpu", 0);
-  EXPECT_THROW(gpu.set_options({.wkv_chunk = 16, .recompute = false, .reset_at_eod = true}), Error);
   std::vector<int> bad = {1, 2, 50};
   EXPECT_THROW(gpu.forward(0, bad.data(), 1, 3, nullptr, nullptr), Error);
   std::vector<int> ok = {1, 2, 3}, bad_targets = {1, 99, 2};

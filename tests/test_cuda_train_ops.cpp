@@ -67,17 +67,24 @@ TEST(CudaTrainOps, LayerNormForwardAndBackward) {
 TEST(CudaTrainOps, TokenShiftMixesAndTheirBackward) {
   RWKV_REQUIRE_GPU();
   std::mt19937 rng(2);
-  for (const bool with_prev : {false, true}) {
+  for (const int variant : {0, 1, 2}) {  // no previous rows, previous rows, and document resets
+    const bool with_prev = variant > 0;
     const int B = 3, T = 5, C = 33, M = B * T;
+    // Resets at a sequence's first row (its previous row unused), mid-sequence, two in a row.
+    std::vector<unsigned char> reset_rows(M, 0);
+    for (int m : {5, 2, 8, 9, 14}) reset_rows[size_t(m)] = 1;
+    const unsigned char* reset = variant == 2 ? reset_rows.data() : nullptr;
+    auto greset_rows = upload(reset_rows);
+    const unsigned char* greset = reset ? greset_rows.as<unsigned char>() : nullptr;
     const size_t n = size_t(M) * C, stride = 50;  // prev rows inside a wider state
     const auto h = normal_floats(n, rng), states = normal_floats(size_t(B) * stride, rng), mu = normal_floats(C, rng, 0.5f);
     std::vector<float> prev(size_t(B) * C);
     for (int b = 0; b < B; ++b) std::copy_n(states.begin() + long(b * stride + 7), C, prev.begin() + long(b * C));
     std::vector<float> delta(n);
-    ot::token_shift_forward<float>(h.data(), with_prev ? prev.data() : nullptr, B, T, C, delta.data());
+    ot::token_shift_forward<float>(h.data(), with_prev ? prev.data() : nullptr, B, T, C, delta.data(), reset);
     auto gh = upload(h), gstates = upload(states), gdelta = poisoned(n), gmu = upload(mu);
     const ct::Rows rows{with_prev ? gstates.as<float>() + 7 : nullptr, stride};
-    ct::token_shift(context(), gh.as<float>(), rows, B, T, C, gdelta.as<float>());
+    ct::token_shift(context(), gh.as<float>(), rows, B, T, C, gdelta.as<float>(), greset);
     EXPECT_EQ(download_f32(gdelta, n), delta);
     // out = bf16(h + δ⊙μ), twice (two mixes in one launch).
     auto o1 = test::poisoned_bytes(n * 2), o2 = test::poisoned_bytes(n * 2);
@@ -100,12 +107,13 @@ TEST(CudaTrainOps, TokenShiftMixesAndTheirBackward) {
     }
     for (size_t i = 0; i < n; ++i) dmu[i % C] += dout[i] * delta[i];
     std::vector<float> dx = dh;
-    ot::token_shift_backward<float>(dd.data(), B, T, C, dx.data(), dprev.data());
+    ot::token_shift_backward<float>(dd.data(), B, T, C, dx.data(), dprev.data(), reset);
     auto gdout = upload(dout), gdh = upload(dh0), gdd = upload(dd0), gdmu = upload(dmu0), gdstates = upload(states);
     ct::mix_backward(context(), gdout.as<float>(), gdelta.as<float>(), gmu.as<float>(), M, C, gdh.as<float>(),
                      gdd.as<float>(), gdmu.as<float>());
     EXPECT_LE(test::rel_norm_error(download_f32(gdmu, C).data(), dmu.data(), size_t(C)), kF32);
-    ct::token_shift_backward(context(), gdd.as<float>(), B, T, C, gdh.as<float>(), {gdstates.as<float>() + 7, stride});
+    ct::token_shift_backward(context(), gdd.as<float>(), B, T, C, gdh.as<float>(), {gdstates.as<float>() + 7, stride},
+                             greset);
     EXPECT_LE(test::rel_norm_error(download_f32(gdh, n).data(), dx.data(), n), 1e-6);
     const auto got_states = download_f32(gdstates, size_t(B) * stride);
     for (int b = 0; b < B; ++b) {

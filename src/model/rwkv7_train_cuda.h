@@ -25,8 +25,7 @@ class Rwkv7TrainCuda {
 
   const Rwkv7Dims& dims() const;
   const ParamTable& table() const;
-  // wkv_chunk is ignored (the kernel saves a state every 16 rows); reset_at_eod is not
-  // supported yet (rwkv::Error).
+  // wkv_chunk is ignored (the kernel saves a state every 16 rows); reset_at_eod as on the CPU.
   void set_options(const Rwkv7Train<float>::Options& options);
 
   void zero_grads();

@@ -13,10 +13,7 @@ Rwkv7TrainCuda::~Rwkv7TrainCuda() = default;
 const Rwkv7Dims& Rwkv7TrainCuda::dims() const { return impl_->d; }
 const ParamTable& Rwkv7TrainCuda::table() const { return impl_->host.table(); }
 
-void Rwkv7TrainCuda::set_options(const Rwkv7Train<float>::Options& options) {
-  if (options.reset_at_eod) fail("GPU training does not support reset_at_eod yet");
-  impl_->options = options;
-}
+void Rwkv7TrainCuda::set_options(const Rwkv7Train<float>::Options& options) { impl_->options = options; }
 
 void Rwkv7TrainCuda::zero_grads() {
   Impl& m = *impl_;
@@ -38,6 +35,13 @@ void Rwkv7TrainCuda::forward(int window, const int* tokens, int B, int T, const 
   RWKV_CUDA_CHECK(cudaMemcpyAsync(t.tokens, tokens, M * sizeof(int), cudaMemcpyHostToDevice, st));
   const ct::TokenRows grouped = ct::group_rows_by_token(tokens, M, d.V);
   t.unique_tokens = grouped.unique;
+  t.reset = nullptr;
+  if (m.options.reset_at_eod) {  // the end-of-document token (0) starts a new document
+    std::vector<unsigned char> reset(M);
+    for (size_t i = 0; i < M; ++i) reset[i] = tokens[i] == 0;
+    RWKV_CUDA_CHECK(cudaMemcpyAsync(t.reset_rows, reset.data(), M, cudaMemcpyHostToDevice, st));
+    t.reset = t.reset_rows;
+  }
   RWKV_CUDA_CHECK(cudaMemcpyAsync(t.token_rows, grouped.data.data(), grouped.data.size() * sizeof(int),
                                   cudaMemcpyHostToDevice, st));
   t.has_state_in = state_in != nullptr;

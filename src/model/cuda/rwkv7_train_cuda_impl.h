@@ -71,6 +71,8 @@ struct Tape {
   int *tokens, *targets;         // (M)
   int* token_rows;               // the rows grouped by token (ct::TokenRows), ≤ 3M + 1
   int unique_tokens = 0;
+  unsigned char* reset = nullptr;  // (M) rows where a document starts (reset_at_eod), or null
+  unsigned char* reset_rows;     // its storage
   float *state_in, *state_out, *dstate;  // (B, state)
   float *x0_mean, *x0_rstd, *v_first, *x_last, *out_mean, *out_rstd;
   bf16* xo16;                    // ln_out output in bf16 (M, C): the head's input
@@ -229,6 +231,7 @@ struct Rwkv7TrainCuda::Impl {
       t.tokens = c.take<int>(M);
       t.targets = c.take<int>(M);
       t.token_rows = c.take<int>(ct::token_rows_capacity(M));
+      t.reset_rows = c.take<unsigned char>(M);
       t.state_in = c.take<float>(S);
       t.state_out = c.take<float>(S);
       t.dstate = c.take<float>(S);

@@ -18,7 +18,7 @@ void Rwkv7TrainCuda::Impl::layer_forward(Tape& t, int l, Cache& c, float* x_out)
 
   // ---- time mix ----
   ct::layer_norm_forward(ctx, c.x_in, M, C, y.ln1_w, y.ln1_b, kLayerNormEps, c.h, c.ln1_mean, c.ln1_rstd);
-  ct::token_shift(ctx, c.h, prev_att, B, T, C, s.delta);
+  ct::token_shift(ctx, c.h, prev_att, B, T, C, s.delta, t.reset);
   ct::mix_bf16(ctx, c.h, s.delta, M, C, time_mixes(y));
   lin(mx[0], y16.receptance, M, C, C, c.r);
   lin(mx[2], y16.key, M, C, C, c.k_raw);
@@ -51,6 +51,7 @@ void Rwkv7TrainCuda::Impl::layer_forward(Tape& t, int l, Cache& c, float* x_out)
   wkv.sT = s.kv_sT;
   wkv.checkpoints = c.checkpoints;
   wkv.sa = c.sa;
+  wkv.reset = t.reset;
   prof->mark("element-wise", Level::Op);
   cuda::wkv7_train_forward(ctx, wkv);
   prof->mark("fwd: wkv");
@@ -64,7 +65,7 @@ void Rwkv7TrainCuda::Impl::layer_forward(Tape& t, int l, Cache& c, float* x_out)
 
   // ---- channel mix ----
   ct::layer_norm_forward(ctx, c.x_mid, M, C, y.ln2_w, y.ln2_b, kLayerNormEps, c.h2, c.ln2_mean, c.ln2_rstd);
-  ct::token_shift(ctx, c.h2, prev_ffn, B, T, C, s.delta);
+  ct::token_shift(ctx, c.h2, prev_ffn, B, T, C, s.delta, t.reset);
   ct::mix_bf16(ctx, c.h2, s.delta, M, C, {1, {y.ffn_x_k}, {mx[0]}});
   lin(mx[0], y16.ffn_key, M, C, d.F, c.ffn_pre);
   ct::sqrelu_bf16(ctx, c.ffn_pre, size_t(M) * d.F, s.act16);
@@ -113,7 +114,7 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
   // ∂/∂(the initial state's piece).
   const auto shift_backward = [&](size_t offset) {
     ct::add_rows(ctx, {t.dstate + offset, SF}, B, C, {s.dh + size_t(T - 1) * C, size_t(T) * C});
-    ct::token_shift_backward(ctx, s.ddelta, B, T, C, s.dh, {t.dstate + offset, SF});
+    ct::token_shift_backward(ctx, s.ddelta, B, T, C, s.dh, {t.dstate + offset, SF}, t.reset);
   };
   const auto zero = [&](float* a, size_t n) {
     RWKV_CUDA_CHECK(cudaMemsetAsync(a, 0, n * 4, ctx.stream));
@@ -125,7 +126,7 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
   lin_dw(s.d16, s.act16, M, F, C, gy.ffn_value);
   lin_dx(s.d16, y16.ffn_value, M, F, C, s.dffn);
   ct::sqrelu_backward_bf16(ctx, s.dffn, c.ffn_pre, size_t(M) * F, s.act16);
-  ct::token_shift(ctx, c.h2, prev_ffn, B, T, C, s.delta);
+  ct::token_shift(ctx, c.h2, prev_ffn, B, T, C, s.delta, t.reset);
   ct::mix_bf16(ctx, c.h2, s.delta, M, C, {1, {y.ffn_x_k}, {mx[0]}});
   lin_dw(s.act16, mx[0], M, C, F, gy.ffn_key);
   lin_dx(s.act16, y16.ffn_key, M, C, F, s.dmix);
@@ -152,12 +153,16 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
   // ---- WKV ----
   wkv_inputs(c, MC);
   copy_rows(s.kv_sT, kv_bytes(), t.dstate + so.kv, state_bytes(), kv_bytes(), B);  // ∂/∂S_T
+  // S₀ again: below a document reset in the first chunk the backward recomputes from it.
+  if (t.has_state_in) copy_rows(s.kv_s0, kv_bytes(), t.state_in + so.kv, state_bytes(), kv_bytes(), B);
   cuda::Wkv7Train wkv;
   wkv.B = B, wkv.T = T, wkv.H = H, wkv.N = N;
   wkv.r = s.wkv16[0], wkv.z = s.wkv16[1], wkv.k = s.wkv16[2], wkv.v = s.wkv16[3];
   wkv.a = s.wkv16[4], wkv.b = s.wkv16[5];
+  wkv.s0 = t.has_state_in ? s.kv_s0 : nullptr;
   wkv.checkpoints = c.checkpoints;
   wkv.sa = c.sa;
+  wkv.reset = t.reset;
   cuda::Wkv7TrainGrads wg;
   wg.dy = s.dy16;
   wg.dsT = s.kv_sT;
@@ -183,7 +188,7 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
   if (l > 0) ct::col_sum(ctx, s.dvf, nullptr, M, C, gy.v0);
 
   // ---- the projections and LoRAs back to the mixes, each mix back to h and δ ----
-  ct::token_shift(ctx, c.h, prev_att, B, T, C, s.delta);
+  ct::token_shift(ctx, c.h, prev_att, B, T, C, s.delta, t.reset);
   ct::mix_bf16(ctx, c.h, s.delta, M, C, time_mixes(y));
   zero(s.dh, MC);
   zero(s.ddelta, MC);

@@ -79,23 +79,30 @@ __global__ void col_finish_kernel(const float* partial, int chunks, int C, float
 
 // ---- token shift and mixes ----
 
-__global__ void token_shift_kernel(const float* x, Rows prev, int T, int C, size_t n, float* delta) {
+__global__ void token_shift_kernel(const float* x, Rows prev, int T, int C, size_t n, float* delta,
+                                   const unsigned char* reset) {
   GRID_STRIDE(i, n) {
     const size_t m = i / size_t(C);
     const int c = int(i % size_t(C)), t = int(m % size_t(T));
     const size_t b = m / size_t(T);
-    const float p = t > 0 ? x[i - size_t(C)] : prev.base ? prev.base[b * prev.stride + c] : 0.f;
+    const float p = reset && reset[m] ? 0.f  // a new document: the previous token is zeros
+                    : t > 0           ? x[i - size_t(C)]
+                    : prev.base       ? prev.base[b * prev.stride + c]
+                                      : 0.f;
     delta[i] = p - x[i];
   }
 }
 
 __global__ void token_shift_backward_kernel(const float* ddelta, int T, int C, size_t n, float* dx,
-                                            MutRows dprev) {
+                                            MutRows dprev, const unsigned char* reset) {
   GRID_STRIDE(i, n) {
     const size_t m = i / size_t(C);
     const int c = int(i % size_t(C)), t = int(m % size_t(T));
-    dx[i] += (t + 1 < T ? ddelta[i + size_t(C)] : 0.f) - ddelta[i];
-    if (t == 0 && dprev.base) dprev.base[(m / size_t(T)) * dprev.stride + c] = ddelta[i];
+    const bool next_uses = t + 1 < T && !(reset && reset[m + 1]);
+    dx[i] += (next_uses ? ddelta[i + size_t(C)] : 0.f) - ddelta[i];
+    if (t == 0 && dprev.base) {
+      dprev.base[(m / size_t(T)) * dprev.stride + c] = reset && reset[m] ? 0.f : ddelta[i];
+    }
   }
 }
 
@@ -457,18 +464,19 @@ void col_sum(Context& ctx, const float* a, const float* b, int M, int C, float* 
   RWKV_CUDA_LAUNCHED("col_sum finish");
 }
 
-void token_shift(Context& ctx, const float* x, Rows prev, int B, int T, int C, float* delta) {
+void token_shift(Context& ctx, const float* x, Rows prev, int B, int T, int C, float* delta,
+                 const unsigned char* reset) {
   const size_t n = size_t(B) * size_t(T) * size_t(C);
   if (n == 0) return;
-  token_shift_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(x, prev, T, C, n, delta);
+  token_shift_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(x, prev, T, C, n, delta, reset);
   RWKV_CUDA_LAUNCHED("token_shift");
 }
 
 void token_shift_backward(Context& ctx, const float* ddelta, int B, int T, int C, float* dx,
-                          MutRows dprev) {
+                          MutRows dprev, const unsigned char* reset) {
   const size_t n = size_t(B) * size_t(T) * size_t(C);
   if (n == 0) return;
-  token_shift_backward_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(ddelta, T, C, n, dx, dprev);
+  token_shift_backward_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(ddelta, T, C, n, dx, dprev, reset);
   RWKV_CUDA_LAUNCHED("token_shift_backward");
 }
 

@@ -35,11 +35,14 @@ void layer_norm_backward(Context& ctx, const float* dout, const float* x, int M,
                          const float* mean, const float* rstd, float* dx, float* dw, float* db,
                          float* scratch);
 
-// delta[b,t] = x[b,t−1] − x[b,t], x[b,−1] = prev row b.
-void token_shift(Context& ctx, const float* x, Rows prev, int B, int T, int C, float* delta);
-// dx[b,t] += ddelta[b,t+1] − ddelta[b,t] (t+1 < T); dprev row b = ddelta[b,0] (overwritten).
+// delta[b,t] = x[b,t−1] − x[b,t], x[b,−1] = prev row b. reset (B·T, device, or null): a nonzero
+// entry starts a new document at that row, whose previous token is zeros (ops::train's reset).
+void token_shift(Context& ctx, const float* x, Rows prev, int B, int T, int C, float* delta,
+                 const unsigned char* reset = nullptr);
+// dx[b,t] += ddelta[b,t+1] − ddelta[b,t] (t+1 < T); dprev row b = ddelta[b,0] (overwritten);
+// each term only where the forward used that previous row.
 void token_shift_backward(Context& ctx, const float* ddelta, int B, int T, int C, float* dx,
-                          MutRows dprev);
+                          MutRows dprev, const unsigned char* reset = nullptr);
 // out_j = bf16(h + delta⊙mu_j) for up to 6 mixes.
 struct Mixes {
   int n = 0;

@@ -46,6 +46,10 @@ __global__ void __launch_bounds__(N, 2) wkv7_train_forward_kernel(Wkv7Train p, i
     __syncthreads();
     for (int tt = 0; tt < rows; ++tt) {
       const size_t o = ((size_t(seq) * T + t0 + tt) * H + h) * N + i;
+      if (p.reset && p.reset[size_t(seq) * T + t0 + tt]) {  // a new document (uniform over the block)
+#pragma unroll
+        for (int j = 0; j < N; ++j) s[j] = 0.f;
+      }
       float sa[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int j = 0; j < N; ++j) sa[j % 4] += s[j] * as[tt][j];
@@ -122,9 +126,11 @@ __global__ void __launch_bounds__(N, 2) wkv7_train_backward_kernel(Wkv7Train p, 
       const size_t o = ((size_t(seq) * T + c0 + tt) * H + h) * N + i;
       const float ri = rs[tt][i], di = ds[tt][i], ki = ks[tt][i], ai = as[tt][i], bi = bs[tt][i];
       const float dyi = dys[tt][i], sig = sgs[tt][i];
+      // A reset row saw a zero state (uniform over the block).
+      const bool restart = p.reset && p.reset[size_t(seq) * T + c0 + tt];
       // ∂r_i = Σ_j ∂y_j S_t[j, i]; then S_t → S_{t−1} by undoing the row's update.
       float dr = 0.f;
-      const float inv = 1.f / di;
+      const float inv = restart ? 0.f : 1.f / di;
 #pragma unroll
       for (int j = 0; j < N; ++j) {
         dr += s[j] * dys[tt][j];
@@ -158,6 +164,31 @@ __global__ void __launch_bounds__(N, 2) wkv7_train_backward_kernel(Wkv7Train p, 
         dcol[j] = dcol[j] * di + ai * dsas[j];
       }
       g.da[o] = __float2bfloat16_rn(da);
+      if (restart) {
+        // Nothing flows into the state before a document; and that state (the previous
+        // document's, after row tt − 1) is recomputed from the one before the chunk.
+#pragma unroll
+        for (int j = 0; j < N; ++j) drow[j] = dcol[j] = 0.f;
+        if (tt > 0) {
+          if (c0 > 0) {
+            const float4* c = reinterpret_cast<const float4*>(ckpt + size_t(c0 / kChunk - 1) * N * N + size_t(i) * N);
+#pragma unroll
+            for (int j = 0; j < N; j += 4) {
+              const float4 q = c[j / 4];
+              s[j] = q.x, s[j + 1] = q.y, s[j + 2] = q.z, s[j + 3] = q.w;
+            }
+          } else {
+#pragma unroll
+            for (int j = 0; j < N; ++j) s[j] = p.s0 ? p.s0[(head * N + j) * N + i] : 0.f;
+          }
+          for (int u = 0; u < tt; ++u) {
+            const bool zero = p.reset[size_t(seq) * T + c0 + u];
+            const float du = ds[u][i], ku = ks[u][i], bu = bs[u][i];
+#pragma unroll
+            for (int j = 0; j < N; ++j) s[j] = (zero ? 0.f : s[j] * du) + (sas[u][j] * bu + vs[u][j] * ku);
+          }
+        }
+      }
     }
   }
   if (g.ds0) {

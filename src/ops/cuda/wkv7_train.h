@@ -4,7 +4,9 @@
 //   forward   y = WKV(r, z, k, v, a, b) from S0; saves S every 16 rows and S·a per row
 //   backward  ∂L/∂(r, z, k, v, a, b) and ∂L/∂S0 from ∂L/∂y and ∂L/∂S_T; walks the rows backwards,
 //             undoing each row's update from the checkpoint after its chunk (the decay is
-//             ≥ e^{−e^{−1/2}} ≈ 0.545, so dividing by it is stable over 16 rows)
+//             ≥ e^{−e^{−1/2}} ≈ 0.545, so dividing by it is stable over 16 rows); below a
+//             document reset, where the state cannot be undone, it is recomputed forward from
+//             the checkpoint before the chunk
 // Layouts: activations (B, T, H, N) = rows of C = H·N; states (B, H, N, N) value-major.
 #pragma once
 #include <cuda_bf16.h>
@@ -24,6 +26,9 @@ struct Wkv7Train {
   float* sT = nullptr;         // (B, H, N, N) or null
   float* checkpoints = nullptr;  // wkv7_train_checkpoint_floats()
   float* sa = nullptr;           // (B, T, H, N)
+  // (B, T) or null: a nonzero entry restarts S from zero before that row (a new document; no
+  // gradient flows into the state before it), as ops::train's reset.
+  const unsigned char* reset = nullptr;
 };
 
 struct Wkv7TrainGrads {
