@@ -177,7 +177,11 @@ TEST(CudaTrain, DocumentResetsMatchTheCpuTrainingForm) {
     // The resets matter: a document started two rows before the end leaves another final state.
     EXPECT_GT(test::rel_norm_error(plain.state_out.data(), want.state_out.data(), want.state_out.size()), 0.1);
     EXPECT_NEAR(got.loss, want.loss, kLossBound * want.loss);
-    expect_grads_close(gpu.table(), got.grads, want.grads, kGradBound, "resets, GPU vs CPU");
+    // Every document starts from the zero state: with head size 64 the exposed gradients are
+    // mostly bf16 rounding there, as in MatchesTheCpuTrainingForm (measured 6.4e-2 on x_r,
+    // 5.1e-2 on receptance; every other tensor < 3e-2; the kernels alone match fp64 to 5e-3).
+    expect_grads_close(gpu.table(), got.grads, want.grads, kGradBound, "resets, GPU vs CPU",
+                       head == 64 ? kExposedBound : 0);
     EXPECT_LE(test::rel_norm_error(got.state_out.data(), want.state_out.data(), want.state_out.size()), kStateBound);
     EXPECT_LE(test::rel_norm_error(got.dstate_in.data(), want.dstate_in.data(), want.dstate_in.size()), kGradBound);
   }
