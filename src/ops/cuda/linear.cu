@@ -295,7 +295,13 @@ void linear_jobs(Context& ctx, const LinearJob* jobs, int n, int M) {
     }
     return;
   }
-  gemm_jobs(ctx, jobs, n, M);
+  // RWKV_CUDA_JOB_BATCH=0: one conversion and one activation per product (side-by-side timing).
+  static const bool batched = [] {
+    const char* v = std::getenv("RWKV_CUDA_JOB_BATCH");
+    return !(v && std::string(v) == "0");
+  }();
+  if (batched) return gemm_jobs(ctx, jobs, n, M);
+  for (int i = 0; i < n; ++i) gemm_jobs(ctx, jobs + i, 1, M);
 }
 
 void linear(Context& ctx, const ops::Matrix& W, const float* x, int M, float* y, Act act,
