@@ -136,9 +136,9 @@ void gemv(Context& ctx, const LinearJob* jobs, int n, int M) {
   }
 }
 
-// Several element-wise tensors in one launch: tensor j covers [start[j], start[j+1]) of the
-// flattened index range (a job batch's inputs to convert, or its outputs to activate — one
-// launch instead of one per product, which at batch 64 is a sixth of a decode step).
+// Several element-wise tensors in one launch (a job batch's inputs to convert, or its outputs to
+// activate — one launch instead of one per product, which at batch 64 is a sixth of a decode
+// step): tensor j has start[j+1] − start[j] values; blocks (x, j) stride over tensor j.
 struct Tensors {
   const float* in[kMaxJobs];
   void* out[kMaxJobs];
@@ -147,38 +147,39 @@ struct Tensors {
   int n;
 };
 
-__device__ __forceinline__ int tensor_of(const Tensors& t, size_t i) {
-  int j = 0;
-  while (j + 1 < t.n && i >= t.start[j + 1]) ++j;
-  return j;
-}
+#define RWKV_FOR_TENSOR(t, j, i)                                                             \
+  const int j = blockIdx.y;                                                                  \
+  const size_t count_ = t.start[j + 1] - t.start[j];                                         \
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count_; i += size_t(gridDim.x) * blockDim.x)
 
 // out_j = 16-bit(in_j).
 template <typename T>
 __global__ void convert_kernel(const __grid_constant__ Tensors t) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < t.start[t.n]; i += size_t(gridDim.x) * blockDim.x) {
-    const int j = tensor_of(t, i);
-    const float x = t.in[j][i - t.start[j]];
+  RWKV_FOR_TENSOR(t, j, i) {
     if constexpr (std::is_same_v<T, __half>) {
-      static_cast<T*>(t.out[j])[i - t.start[j]] = __float2half_rn(x);
+      static_cast<T*>(t.out[j])[i] = __float2half_rn(t.in[j][i]);
     } else {
-      static_cast<T*>(t.out[j])[i - t.start[j]] = __float2bfloat16_rn(x);
+      static_cast<T*>(t.out[j])[i] = __float2bfloat16_rn(t.in[j][i]);
     }
   }
 }
 
 // out_j ← act_j(out_j) (fp32, in place).
 __global__ void activate_kernel(const __grid_constant__ Tensors t) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < t.start[t.n]; i += size_t(gridDim.x) * blockDim.x) {
-    const int j = tensor_of(t, i);
-    float* y = static_cast<float*>(t.out[j]) + (i - t.start[j]);
+  RWKV_FOR_TENSOR(t, j, i) {
+    float* y = static_cast<float*>(t.out[j]) + i;
     *y = apply_act(*y, t.act[j]);
   }
 }
+#undef RWKV_FOR_TENSOR
 
-int grid_for(size_t n, int threads) {
-  return int(std::min<size_t>((n + size_t(threads) - 1) / size_t(threads), 65536));
+// Blocks for the largest tensor of t, by tensors.
+dim3 tensors_grid(const Tensors& t) {
+  size_t most = 0;
+  for (int j = 0; j < t.n; ++j) most = std::max(most, t.start[j + 1] - t.start[j]);
+  return dim3(unsigned(std::min<size_t>((most + 255) / 256, 4096)), unsigned(t.n));
 }
+
 
 // y (M × R, row-major) = x (M × K) · Wᵀ through cuBLASLt, x already in ctx.x16 for 16-bit W (or
 // at `x` for fp32 W). In column-major terms yᵀ = W·xᵀ: A is W stored K × R (transposed), B is xᵀ
@@ -212,7 +213,7 @@ void gemm_lt_raw(Context& ctx, const ops::Matrix& W, const void* B, int M, float
 
 void launch_activate(Context& ctx, const Tensors& t) {
   if (t.n == 0 || t.start[t.n] == 0) return;
-  activate_kernel<<<grid_for(t.start[t.n], 256), 256, 0, ctx.stream>>>(t);
+  activate_kernel<<<tensors_grid(t), 256, 0, ctx.stream>>>(t);
   RWKV_CUDA_LAUNCHED("activate");
 }
 
@@ -249,9 +250,9 @@ void gemm_jobs(Context& ctx, const LinearJob* jobs, int n, int M) {
     for (int j = 0; j < t.n; ++j) t.out[j] = base + offset[d][j];
     if (t.n == 0) continue;
     if (d == 0) {
-      convert_kernel<__nv_bfloat16><<<grid_for(t.start[t.n], 256), 256, 0, ctx.stream>>>(t);
+      convert_kernel<__nv_bfloat16><<<tensors_grid(t), 256, 0, ctx.stream>>>(t);
     } else {
-      convert_kernel<__half><<<grid_for(t.start[t.n], 256), 256, 0, ctx.stream>>>(t);
+      convert_kernel<__half><<<tensors_grid(t), 256, 0, ctx.stream>>>(t);
     }
     RWKV_CUDA_LAUNCHED("convert");
   }
