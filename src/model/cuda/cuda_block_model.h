@@ -4,6 +4,7 @@
 // graphs. A generation derives from CudaBlockModel, loads its layers, lists their tensors for the
 // upload and implements its time mix.
 #pragma once
+#include <algorithm>
 #include <functional>
 #include <map>
 #include <memory>
@@ -124,6 +125,18 @@ bool ensure_activations(cuda::DeviceBuffer& buffer, int& rows, int M, LayOut lay
   rows = M;
   return true;
 }
+
+// RWKV-5/6/7: the matrix-state layout of model/base.h, all zeros at the start of a sequence.
+class CudaMatrixStateModel : public CudaBlockModel {
+ public:
+  std::vector<StatePiece> state_layout() const override { return matrix_state_layout(info_); }
+  void init_state(float* state) const override { std::fill(state, state + state_spec().floats, 0.f); }
+
+ protected:
+  using CudaBlockModel::CudaBlockModel;
+  size_t state_floats() const { return size_t(info_.n_layer) * matrix_state_layer_floats(info_); }
+  size_t ffn_shift_offset(int l) const override { return matrix_state_ffn_offset(info_, l); }
+};
 
 // Each generation's GPU model (rwkv4_cuda.cpp … rwkv7_cuda.cpp); load_cuda_model picks one.
 std::unique_ptr<Model> load_rwkv4_cuda(std::shared_ptr<const Checkpoint> checkpoint,

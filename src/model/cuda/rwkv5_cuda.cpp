@@ -11,10 +11,10 @@ namespace {
 using cuda::Act;
 using cuda::LinearJob;
 
-class Rwkv5Cuda final : public CudaBlockModel {
+class Rwkv5Cuda final : public CudaMatrixStateModel {
  public:
   Rwkv5Cuda(std::shared_ptr<const Checkpoint> ckpt, const ModelInfo& info, const LoadOptions& options)
-      : CudaBlockModel(info, options, {8, 16, 32, 64, 128}) {
+      : CudaMatrixStateModel(info, options, {8, 16, 32, 64, 128}) {
     check_head_dims(info_, ckpt->path());
     const bool rwkvcpp = ckpt->format() == "rwkv.cpp";
     group_norm_eps_ = rwkv5_group_norm_eps(rwkvcpp);
@@ -24,11 +24,8 @@ class Rwkv5Cuda final : public CudaBlockModel {
       att_.push_back(load_rwkv5_layer(load, info_, l, rwkvcpp));
       ffn_.push_back(load_channel_mix(load, info_, l, FfnMix::kTimeMix));
     }
-    finish_load(load, size_t(info_.n_layer) * matrix_state_layer_floats(info_));
+    finish_load(load, state_floats());
   }
-
-  std::vector<StatePiece> state_layout() const override { return matrix_state_layout(info_); }
-  void init_state(float* state) const override { std::fill(state, state + state_spec().floats, 0.f); }
 
  private:
   void visit_layers(const VecVisitor& vec, const MatVisitor& mat) override {
@@ -43,8 +40,6 @@ class Rwkv5Cuda final : public CudaBlockModel {
       }
     }
   }
-
-  size_t ffn_shift_offset(int l) const override { return matrix_state_ffn_offset(info_, l); }
 
   bool reserve(int M) override {
     return ensure_activations(buffer_, rows_, M, [&](Carver& c, int n) {

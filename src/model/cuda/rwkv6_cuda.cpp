@@ -11,10 +11,10 @@ namespace {
 using cuda::Act;
 using cuda::LinearJob;
 
-class Rwkv6Cuda final : public CudaBlockModel {
+class Rwkv6Cuda final : public CudaMatrixStateModel {
  public:
   Rwkv6Cuda(std::shared_ptr<const Checkpoint> ckpt, const ModelInfo& info, const LoadOptions& options)
-      : CudaBlockModel(info, options, {8, 16, 32, 64, 128}), lora_(rwkv6_lora(info)) {
+      : CudaMatrixStateModel(info, options, {8, 16, 32, 64, 128}), lora_(rwkv6_lora(info)) {
     check_head_dims(info_, ckpt->path());
     WeightLoader load(ckpt, load_options());
     load_common(load);
@@ -22,11 +22,8 @@ class Rwkv6Cuda final : public CudaBlockModel {
       att_.push_back(load_rwkv6_layer(load, info_, l));
       ffn_.push_back(load_channel_mix(load, info_, l, FfnMix::kTimeMaa));
     }
-    finish_load(load, size_t(info_.n_layer) * matrix_state_layer_floats(info_));
+    finish_load(load, state_floats());
   }
-
-  std::vector<StatePiece> state_layout() const override { return matrix_state_layout(info_); }
-  void init_state(float* state) const override { std::fill(state, state + state_spec().floats, 0.f); }
 
  private:
   void visit_layers(const VecVisitor& vec, const MatVisitor& mat) override {
@@ -42,8 +39,6 @@ class Rwkv6Cuda final : public CudaBlockModel {
       }
     }
   }
-
-  size_t ffn_shift_offset(int l) const override { return matrix_state_ffn_offset(info_, l); }
 
   bool reserve(int M) override {
     return ensure_activations(buffer_, rows_, M, [&](Carver& c, int n) {

@@ -11,10 +11,10 @@ namespace {
 using cuda::Act;
 using cuda::LinearJob;
 
-class Rwkv7Cuda final : public CudaBlockModel {
+class Rwkv7Cuda final : public CudaMatrixStateModel {
  public:
   Rwkv7Cuda(std::shared_ptr<const Checkpoint> ckpt, const ModelInfo& info, const LoadOptions& options)
-      : CudaBlockModel(info, options, {16, 32, 64, 128}) {
+      : CudaMatrixStateModel(info, options, {16, 32, 64, 128}) {
     check_rwkv7_dims(info_);
     WeightLoader load(ckpt, load_options());
     load_common(load);
@@ -23,11 +23,8 @@ class Rwkv7Cuda final : public CudaBlockModel {
       ffn_.push_back(load_channel_mix(load, info_, l, FfnMix::kX));
     }
     for (const auto& [name, width] : info_.lora) max_lora_ = std::max(max_lora_, width);
-    finish_load(load, size_t(info_.n_layer) * matrix_state_layer_floats(info_));
+    finish_load(load, state_floats());
   }
-
-  std::vector<StatePiece> state_layout() const override { return matrix_state_layout(info_); }
-  void init_state(float* state) const override { std::fill(state, state + state_spec().floats, 0.f); }
 
  private:
   void visit_layers(const VecVisitor& vec, const MatVisitor& mat) override {
@@ -43,8 +40,6 @@ class Rwkv7Cuda final : public CudaBlockModel {
       }
     }
   }
-
-  size_t ffn_shift_offset(int l) const override { return matrix_state_ffn_offset(info_, l); }
 
   bool reserve(int M) override {
     return ensure_activations(buffer_, rows_, M, [&](Carver& c, int n) {
