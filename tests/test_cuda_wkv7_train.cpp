@@ -87,8 +87,8 @@ Outputs<float> run_gpu(cuda::Context& ctx, const Inputs& in, const std::vector<u
   auto dr_ = upload(in.r.bits.data(), MC * 2), dz_ = upload(in.z.bits.data(), MC * 2),
        dk_ = upload(in.k.bits.data(), MC * 2), dv_ = upload(in.v.bits.data(), MC * 2),
        da_ = upload(in.a.bits.data(), MC * 2), db_ = upload(in.b.bits.data(), MC * 2),
-       ddy = upload(in.dy.bits.data(), MC * 2), ds0 = upload(in.s0.data(), S * 4), ddsT = upload(in.dsT.data(), S * 4),
-       dreset = upload(reset.data(), std::max<size_t>(reset.size(), 1));
+       ddy = upload(in.dy.bits.data(), MC * 2), ds0 = upload(in.s0.data(), S * 4), ddsT = upload(in.dsT.data(), S * 4);
+  cuda::DeviceBuffer dreset = reset.empty() ? cuda::DeviceBuffer() : upload(reset);
   auto y = poisoned(MC * 2), sT = poisoned(S * 4), sa = poisoned(MC * 4),
        ckpt = poisoned(cuda::wkv7_train_checkpoint_floats(in.B, in.T, in.H, in.N) * 4);
   cuda::DeviceBuffer g[6];
