@@ -226,15 +226,13 @@ TEST(CudaOps, TokenShiftMixCarriesTheShiftState) {
   }
 }
 
-// The WKV-7 scan against ops::ref::wkv7_recurrent for every head size, scattered slots. 6, 90
-// and 270 (sequence, head) pairs: a head's rows split over the most blocks, fewer, and none.
+// The WKV-7 scan against ops::ref::wkv7_recurrent for every head size, scattered slots.
 TEST(CudaOps, Wkv7ScanMatchesTheReference) {
   RWKV_REQUIRE_GPU();
   std::mt19937 rng(5);
-  const std::pair<int, int> heads_rows[] = {{2, 1}, {2, 7}, {2, 33}, {30, 7}, {90, 33}};
   for (int N : {16, 32, 64, 128}) {
-    for (const auto& [H, T] : heads_rows) {
-      const int B = 3, C = H * N;
+    for (int T : {1, 7, 33}) {
+      const int B = 3, H = 2, C = H * N;
       const size_t floats = size_t(H) * N * N + 8, offset = 4;
       const std::vector<int> slots = {1, 3, 0};
       const size_t MC = size_t(B * T) * C;
@@ -270,10 +268,9 @@ TEST(CudaOps, Wkv7ScanMatchesTheReference) {
           ops::ref::wkv7_recurrent(head);
         }
       }
-      EXPECT_LE(test::compare(download(dy, MC), y).max_abs, 2e-5 * std::sqrt(double(N * T)))
-          << "N=" << N << " H=" << H << " T=" << T;
+      EXPECT_LE(test::compare(download(dy, MC), y).max_abs, 2e-5 * std::sqrt(double(N * T))) << "N=" << N << " T=" << T;
       EXPECT_LE(test::compare(download(dpool, pool.size()), pool).max_abs, 2e-5 * std::sqrt(double(N * T)))
-          << "N=" << N << " H=" << H << " T=" << T;
+          << "N=" << N << " T=" << T;
     }
   }
 }

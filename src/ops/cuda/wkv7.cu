@@ -1,7 +1,6 @@
-// WKV-7, recurrent form on the GPU (spec §2.4): one block per (sequence, head, group of state
-// rows), thread i owns row i of the value-major state in registers and walks the T rows. Decode
-// (T = 1) and, until the chunked tensor-core form lands, prefill.
-#include <algorithm>
+// WKV-7, recurrent form on the GPU (spec §2.4): one block per (sequence, head), thread i owns row
+// i of the value-major state in registers and walks the T rows. Decode (T = 1) and, until the
+// chunked tensor-core form lands, prefill.
 #include <cstdlib>
 #include <string>
 
@@ -11,18 +10,12 @@
 namespace rwkv::cuda {
 namespace {
 
-// Rows of S are independent given a token's shared vectors (S a, S r and the update of row i read
-// only row i), so a head's N rows may be split over N/R blocks of R threads: a prefill of one
-// sequence then runs on H·N/R blocks instead of H. Each block stages the token's N-wide vectors
-// (R threads, N/R values each); thread i owns state row i0 + i.
-template <int N, int R>
-__global__ void __launch_bounds__(R) wkv7_scan_kernel(int T, int H, const float* r, const float* w,
+template <int N>
+__global__ void __launch_bounds__(N) wkv7_scan_kernel(int T, int H, const float* r, const float* w,
                                                       const float* k, const float* v, const float* a,
                                                       const float* b, float* y, StateRef st,
                                                       size_t offset) {
-  constexpr int kPer = N / R;  // staged values per thread
-  const int h = blockIdx.x / kPer, seq = blockIdx.y, tid = threadIdx.x;
-  const int i = (blockIdx.x % kPer) * R + tid;  // this thread's state row
+  const int h = blockIdx.x, seq = blockIdx.y, i = threadIdx.x;
   const size_t C = size_t(H) * N;
   float* S = st.pool + size_t(st.slots[seq]) * st.floats + offset + (size_t(h) * N + i) * N;
   float s[N];
@@ -34,34 +27,21 @@ __global__ void __launch_bounds__(R) wkv7_scan_kernel(int T, int H, const float*
   __shared__ float rs[N], ds[N], ks[N], as[N], bs[N];
   // Row t's inputs are loaded while row t − 1 computes (they are independent of the state);
   // the sums run in four partial accumulators, so the dependent chains are N/4 long.
-  const size_t stride = C, head0 = size_t(seq) * T * C + size_t(h) * N;
-  float nr[kPer], nw[kPer], nk[kPer], na[kPer], nb[kPer];
-  const auto prefetch = [&](size_t row) {
-#pragma unroll
-    for (int e = 0; e < kPer; ++e) {
-      const size_t q = row + size_t(e * R + tid);
-      nr[e] = r[q], nw[e] = w[q], nk[e] = k[q], na[e] = a[q], nb[e] = b[q];
-    }
-  };
-  prefetch(head0);
-  float nv = v[head0 + i];
+  const size_t stride = C, o0 = size_t(seq) * T * C + size_t(h) * N + i;
+  float nr = r[o0], nw = w[o0], nk = k[o0], nv = v[o0], na = a[o0], nb = b[o0];
   for (int t = 0; t < T; ++t) {
-    const size_t o = head0 + size_t(t) * stride + i;
+    const size_t o = o0 + size_t(t) * stride;
     __syncthreads();  // the previous row's reads of the shared inputs are done
-#pragma unroll
-    for (int e = 0; e < kPer; ++e) {
-      const int j = e * R + tid;
-      rs[j] = nr[e];
-      ds[j] = expf(nw[e]);
-      ks[j] = nk[e];
-      as[j] = na[e];
-      bs[j] = nb[e];
-    }
+    rs[i] = nr;
+    ds[i] = expf(nw);
+    ks[i] = nk;
+    as[i] = na;
+    bs[i] = nb;
     const float vi = nv;
     __syncthreads();
     if (t + 1 < T) {
-      prefetch(head0 + size_t(t + 1) * stride);
-      nv = v[o + stride];
+      const size_t q = o + stride;
+      nr = r[q], nw = w[q], nk = k[q], nv = v[q], na = a[q], nb = b[q];
     }
     float sa[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -144,24 +124,6 @@ __global__ void __launch_bounds__(N / 16 * 32) wkv7_step_kernel(int H, const flo
   }
 }
 
-// How many blocks share a head's rows in the scan: doubling while there are fewer than two
-// blocks per SM and each block keeps at least 16 rows. RWKV_CUDA_WKV_SPLIT=0: one block per head.
-int scan_split(int heads, int N) {
-  static const int sms = [] {
-    int device = 0, n = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
-    return std::max(n, 1);
-  }();
-  static const bool enabled = [] {
-    const char* v = std::getenv("RWKV_CUDA_WKV_SPLIT");
-    return !(v && std::string(v) == "0");
-  }();
-  int split = 1;
-  while (enabled && heads * split < 2 * sms && N / (2 * split) >= 16) split *= 2;
-  return split;
-}
-
 // RWKV_CUDA_WKV_STEP=0 sends decode rows through the scan kernel too (side-by-side timing).
 bool step_kernel_enabled() {
   static const bool on = [] {
@@ -186,28 +148,19 @@ void wkv7_scan(Context& ctx, int B, int T, int H, int N, const float* r, const f
     RWKV_CUDA_LAUNCHED("wkv7_step");
     return;
   }
-  // Rows per block: split heads until there are two blocks per SM, down to 16 rows a block.
-  const int split = scan_split(B * H, N);
-  const dim3 scan_grid(H * split, B);
-#define RWKV_WKV7_CASE(n, parts)                                                                       \
-  if (N == n && split == parts) {                                                                      \
-    wkv7_scan_kernel<n, n / parts><<<scan_grid, n / parts, 0, ctx.stream>>>(T, H, r, w, k, v, a, b, y, \
-                                                                          states, offset);             \
-    RWKV_CUDA_LAUNCHED("wkv7_scan");                                                                   \
-    return;                                                                                            \
+#define RWKV_WKV7_CASE(n)                                                                    \
+  case n:                                                                                    \
+    wkv7_scan_kernel<n><<<grid, n, 0, ctx.stream>>>(T, H, r, w, k, v, a, b, y, states, offset); \
+    break;
+  switch (N) {
+    RWKV_WKV7_CASE(16)
+    RWKV_WKV7_CASE(32)
+    RWKV_WKV7_CASE(64)
+    RWKV_WKV7_CASE(128)
+    default: fail("CUDA wkv7: head size ", N, " is not supported (16, 32, 64 or 128)");
   }
-  RWKV_WKV7_CASE(16, 1)
-  RWKV_WKV7_CASE(32, 1)
-  RWKV_WKV7_CASE(32, 2)
-  RWKV_WKV7_CASE(64, 1)
-  RWKV_WKV7_CASE(64, 2)
-  RWKV_WKV7_CASE(64, 4)
-  RWKV_WKV7_CASE(128, 1)
-  RWKV_WKV7_CASE(128, 2)
-  RWKV_WKV7_CASE(128, 4)
-  RWKV_WKV7_CASE(128, 8)
 #undef RWKV_WKV7_CASE
-  fail("CUDA wkv7: head size ", N, " is not supported (16, 32, 64 or 128)");
+  RWKV_CUDA_LAUNCHED("wkv7_scan");
 }
 
 }  // namespace rwkv::cuda
