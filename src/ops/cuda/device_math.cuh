@@ -1,9 +1,23 @@
-// Device helpers shared by the kernels: 16-bit loads, activations, warp and block sums.
+// Device helpers shared by the kernels: 16-bit loads, activations, warp and block sums, and the
+// grid-stride loop of the element-wise kernels with its launch size.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <cstddef>
+
 namespace rwkv::cuda {
+
+// Thread-wide loop over i ∈ [0, n) however many blocks were launched.
+#define GRID_STRIDE(i, n) \
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < (n); i += size_t(gridDim.x) * blockDim.x)
+
+// Blocks of `threads` for a grid-stride loop over n values: one value per thread up to 65536
+// blocks (at least one block).
+inline int grid_for(size_t n, int threads = 256) {
+  return int(std::max<size_t>(1, std::min<size_t>((n + size_t(threads) - 1) / size_t(threads), 65536)));
+}
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }

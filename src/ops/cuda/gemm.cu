@@ -2,23 +2,21 @@
 #include <algorithm>
 
 #include "ops/cuda/cublaslt.h"
+#include "ops/cuda/device_math.cuh"
 #include "ops/cuda/gemm.h"
 
 namespace rwkv::cuda {
 namespace {
 
 __global__ void to_bf16_kernel(const float* in, __nv_bfloat16* out, size_t n) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    out[i] = __float2bfloat16_rn(in[i]);
-  }
+  GRID_STRIDE(i, n) out[i] = __float2bfloat16_rn(in[i]);
 }
 
 }  // namespace
 
 void to_bf16(Context& ctx, const float* src, size_t n, __nv_bfloat16* dst) {
   if (n == 0) return;
-  const int blocks = int(std::min<size_t>((n + 255) / 256, 65536));
-  to_bf16_kernel<<<blocks, 256, 0, ctx.stream>>>(src, dst, n);
+  to_bf16_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(src, dst, n);
   RWKV_CUDA_LAUNCHED("to_bf16");
 }
 

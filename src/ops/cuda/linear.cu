@@ -147,10 +147,10 @@ struct Tensors {
   int n;
 };
 
-#define RWKV_FOR_TENSOR(t, j, i)                                                             \
-  const int j = blockIdx.y;                                                                  \
-  const size_t count_ = t.start[j + 1] - t.start[j];                                         \
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count_; i += size_t(gridDim.x) * blockDim.x)
+#define RWKV_FOR_TENSOR(t, j, i)                     \
+  const int j = blockIdx.y;                          \
+  const size_t count_ = t.start[j + 1] - t.start[j]; \
+  GRID_STRIDE(i, count_)
 
 // out_j = 16-bit(in_j).
 template <typename T>
@@ -317,7 +317,7 @@ namespace rwkv::cuda {
 namespace {
 
 __global__ void fill_kernel(__nv_bfloat16* p, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+  GRID_STRIDE(i, n) {
     uint32_t h = uint32_t(i) * 2654435761u ^ seed;
     h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
     p[i] = __float2bfloat16(float(h & 0xffff) / 65536.f - 0.5f);  // random data: zeros run faster

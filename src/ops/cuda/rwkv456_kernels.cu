@@ -112,12 +112,11 @@ __global__ void group_norm_gate_kernel(float* y, const float* g, size_t groups, 
 }
 
 __global__ void mul_add_kernel(float* x, const float* a, const float* b, size_t n) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    x[i] += a[i] * b[i];
+  GRID_STRIDE(i, n) x[i] += a[i] * b[i];
 }
 
 __global__ void copy_columns_kernel(const float* src, int src_ld, int D, size_t n, float* dst) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+  GRID_STRIDE(i, n) {
     const size_t m = i / size_t(D), d = i % size_t(D);
     dst[i] = src[m * size_t(src_ld) + d];
   }
@@ -125,15 +124,13 @@ __global__ void copy_columns_kernel(const float* src, int src_ld, int D, size_t 
 
 __global__ void ddlerp_kernel(int C, size_t n, const float* xn, const float* delta, const float* mix,
                               const float* offset, float* out) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+  GRID_STRIDE(i, n) {
     const float x = xn[i];
     out[i] = x + delta[i] * (mix[i % size_t(C)] + offset[i]);
   }
 }
 
-// Blocks for a grid-stride loop over n values: enough to fill any GPU, no more.
 constexpr int kThreads = 256;
-unsigned blocks_for(size_t n) { return unsigned(std::min<size_t>((n + kThreads - 1) / kThreads, 8192)); }
 
 }  // namespace
 
@@ -180,7 +177,7 @@ void group_norm_gate(Context& ctx, float* y, const float* g, int M, int H, int N
 
 void mul_add(Context& ctx, float* x, const float* a, const float* b, size_t n) {
   if (n == 0) return;
-  mul_add_kernel<<<blocks_for(n), kThreads, 0, ctx.stream>>>(x, a, b, n);
+  mul_add_kernel<<<grid_for(n, kThreads), kThreads, 0, ctx.stream>>>(x, a, b, n);
   RWKV_CUDA_LAUNCHED("mul_add");
 }
 
@@ -188,7 +185,7 @@ void copy_columns(Context& ctx, const float* src, int src_ld, int M, int D, floa
   if (M <= 0 || D <= 0) return;
   if (src_ld < D) fail("CUDA copy_columns: leading dimension ", src_ld, " is below the ", D, " columns copied");
   const size_t n = size_t(M) * size_t(D);
-  copy_columns_kernel<<<blocks_for(n), kThreads, 0, ctx.stream>>>(src, src_ld, D, n, dst);
+  copy_columns_kernel<<<grid_for(n, kThreads), kThreads, 0, ctx.stream>>>(src, src_ld, D, n, dst);
   RWKV_CUDA_LAUNCHED("copy_columns");
 }
 
@@ -196,7 +193,7 @@ void ddlerp(Context& ctx, int M, int C, const float* xn, const float* delta, con
             const float* offset, float* out) {
   if (M <= 0 || C <= 0) return;
   const size_t n = size_t(M) * size_t(C);
-  ddlerp_kernel<<<blocks_for(n), kThreads, 0, ctx.stream>>>(C, n, xn, delta, mix, offset, out);
+  ddlerp_kernel<<<grid_for(n, kThreads), kThreads, 0, ctx.stream>>>(C, n, xn, delta, mix, offset, out);
   RWKV_CUDA_LAUNCHED("ddlerp");
 }
 

@@ -13,13 +13,6 @@ constexpr float kNormEps = 1e-12f;       // F.normalize's default
 constexpr int kColRows = 128;            // rows per partial column sum
 constexpr int kHeadWarps = 8;            // (row, head) pairs per block of the per-head kernels
 
-#define GRID_STRIDE(i, n) \
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < (n); i += size_t(gridDim.x) * blockDim.x)
-
-int grid_for(size_t n, int threads = 256) {
-  return int(std::max<size_t>(1, std::min<size_t>((n + size_t(threads) - 1) / size_t(threads), 65536)));
-}
-
 __device__ __forceinline__ bf16 b16(float x) { return __float2bfloat16_rn(x); }
 
 // ---- LayerNorm ----
