@@ -9,9 +9,7 @@
 #include "rwkv/model.h"
 #include "rwkv/dtype.h"
 
-// Skips the current test on a machine without a GPU.
-#define RWKV_REQUIRE_GPU() \
-  if (::rwkv::cuda_device_count() == 0) GTEST_SKIP() << "no GPU"
+#include "testing.h"  // RWKV_REQUIRE_GPU
 
 namespace rwkv::test {
 

@@ -19,9 +19,6 @@ namespace {
 using test::random_tokens;
 using test::slice;
 
-#define RWKV_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU"
-
 LoadOptions on_gpu(std::optional<DType> dtype = std::nullopt) {
   LoadOptions o;
   o.backend = Backend::Cuda;

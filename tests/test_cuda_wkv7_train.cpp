@@ -169,7 +169,7 @@ Outputs<double> reference(const Inputs& in, const std::vector<unsigned char>& re
 }
 
 TEST(CudaWkv7Train, ForwardAndBackwardMatchTheFp64Reference) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU";
+  RWKV_REQUIRE_GPU();
   cuda::Context ctx(0);
   std::mt19937 rng(11);
   for (int N : {32, 64}) {
@@ -183,7 +183,7 @@ TEST(CudaWkv7Train, ForwardAndBackwardMatchTheFp64Reference) {
 // Document resets (reset_at_eod): at a window's first row with a state in, at a chunk's first and
 // last rows, two in a row, several in one chunk, and in the last partial chunk.
 TEST(CudaWkv7Train, DocumentResetsMatchTheFp64Reference) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU";
+  RWKV_REQUIRE_GPU();
   cuda::Context ctx(0);
   std::mt19937 rng(12);
   for (int N : {32, 64}) {

@@ -69,7 +69,7 @@ TEST_P(Official, MatchesOfficialLogitsAndStatesInBothForms) {
   const Fixture f = load_fixture(version);
   LoadOptions opt;
   opt.backend = GetParam().backend;
-  if (opt.backend == Backend::Cuda && cuda_device_count() == 0) GTEST_SKIP() << "no GPU";
+  RWKV_REQUIRE_BACKEND(opt.backend);
   auto model = load_model(f.checkpoint(GetParam().checkpoint), opt);
   const ModelInfo& info = model->info();
   const auto& dims = f.manifest["dims"];
@@ -179,7 +179,7 @@ class Forms : public ::testing::TestWithParam<FormCase> {
  protected:
   void SetUp() override {
     RWKV_REQUIRE_SHARED(std::string("fixtures/official/") + version() + "/manifest.json");
-    if (GetParam().backend == Backend::Cuda && cuda_device_count() == 0) GTEST_SKIP() << "no GPU";
+    RWKV_REQUIRE_BACKEND(GetParam().backend);
   }
   const char* version() const { return GetParam().version; }
   std::unique_ptr<Model> load() {

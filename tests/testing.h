@@ -60,9 +60,16 @@ double rel_norm_error(const A* got, const B* want, size_t n) {
     if (!::rwkv::test::shared_exists(rel)) GTEST_SKIP() << "../shared/" << (rel) << " not present"; \
   } while (0)
 
+// Skips the current test on a machine without a GPU; for a case's backend, only when it is CUDA.
+#define RWKV_REQUIRE_GPU() \
+  if (::rwkv::cuda_device_count() == 0) GTEST_SKIP() << "no GPU"
+#define RWKV_REQUIRE_BACKEND(backend) \
+  if ((backend) == ::rwkv::Backend::Cuda && ::rwkv::cuda_device_count() == 0) GTEST_SKIP() << "no GPU"
+
 #include <memory>
 
 #include "rwkv/checkpoint.h"
+#include "rwkv/model.h"
 
 namespace rwkv::test {
 
