@@ -177,6 +177,87 @@ TEST(CudaRwkv7, GraphStepsEqualDirectSteps) {
   }
 }
 
+// Decode steps of 1 … 4 sequences run as one fused kernel (16-bit weights, head size 64): the
+// logits and states of the layer-by-layer step and of the CPU model, for each batch size in
+// scattered slots, over a model whose LoRA widths and vocabulary are not powers of two. (Batches
+// over 4 take the matrix-product path with 16-bit activations, tested elsewhere.)
+TEST(CudaRwkv7, FusedStepEqualsLayerByLayerStep) {
+  RWKV_REQUIRE_GPU();
+  for (DType dtype : {DType::BF16, DType::F16}) {
+    test::V7Dims dims;
+    dims.n_layer = 3;
+    dims.n_embd = 192;
+    dims.head_size = 64;
+    dims.vocab = 1001;
+    dims.lora = 24;
+    auto ckpt = test::random_v7_checkpoint(dims, 21, dtype);
+    auto cpu = load_model(ckpt);
+    setenv("RWKV_CUDA_FUSED_STEP", "0", 1);
+    auto plain = load_model(ckpt, on_gpu());
+    setenv("RWKV_CUDA_FUSED_STEP", "1", 1);  // fails to load unless the fused step runs it
+    auto fused = load_model(ckpt, on_gpu());
+    unsetenv("RWKV_CUDA_FUSED_STEP");
+    Model* models[] = {cpu.get(), plain.get(), fused.get()};
+    std::unique_ptr<StatePool> pools[3];
+    for (int i = 0; i < 3; ++i) pools[i] = models[i]->new_state_pool(6);
+    const size_t V = size_t(dims.vocab), S = cpu->state_spec().floats;
+    const int slots[] = {4, 1, 5, 0};
+    std::vector<float> logits[3];
+    double worst[2] = {0, 0};
+    for (int i = 0; i < 24; ++i) {
+      const int B = 1 + i % 4;
+      const auto tokens = random_tokens(size_t(B), dims.vocab, uint32_t(100 + i));
+      for (int j = 0; j < 3; ++j) {
+        logits[j].assign(size_t(B) * V, std::nanf(""));
+        models[j]->step_pooled(tokens.data(), B, *pools[j], slots, logits[j].data());
+      }
+      const double vs_plain = test::compare(logits[2], logits[1]).max_abs;
+      const double vs_cpu = test::compare(logits[2], logits[0]).max_abs;
+      EXPECT_LE(vs_plain, 1e-4) << dtype_name(dtype) << " step " << i << " batch " << B;
+      EXPECT_LE(vs_cpu, 2e-4) << dtype_name(dtype) << " step " << i << " batch " << B << " (plain vs cpu "
+                              << test::compare(logits[1], logits[0]).max_abs << ")";
+      worst[0] = std::max(worst[0], vs_plain);
+    }
+    std::vector<float> st[3];
+    for (int slot = 0; slot < 6; ++slot) {
+      for (int j = 0; j < 3; ++j) {
+        st[j].resize(S);
+        pools[j]->read(slot, st[j].data());
+      }
+      const auto d = test::compare(st[2], st[0]);
+      EXPECT_LE(d.max_abs, 2e-4) << dtype_name(dtype) << " slot " << slot << " (plain vs cpu "
+                                 << test::compare(st[1], st[0]).max_abs << ")";
+      worst[1] = std::max(worst[1], d.max_abs);
+    }
+    std::printf("fused step (%s): max |Δlogit| %.2e vs layer by layer, max |Δstate| %.2e vs the CPU\n",
+                dtype_name(dtype), worst[0], worst[1]);
+  }
+}
+
+// The fused step is an optimisation: models it cannot run (fp32 weights, head size 32, LoRA
+// widths not multiples of 8) load and decode layer by layer, unless it is required.
+TEST(CudaRwkv7, ModelsTheFusedStepCannotRunFallBack) {
+  RWKV_REQUIRE_GPU();
+  test::V7Dims fp32;
+  fp32.n_embd = 128;
+  fp32.head_size = 64;
+  test::V7Dims head32 = fp32;
+  head32.head_size = 32;
+  test::V7Dims odd_lora = fp32;
+  odd_lora.lora = 12;
+  const std::pair<test::V7Dims, DType> cases[] = {{fp32, DType::F32}, {head32, DType::BF16}, {odd_lora, DType::BF16}};
+  for (const auto& [dims, dtype] : cases) {
+    auto ckpt = test::random_v7_checkpoint(dims, 5, dtype);
+    setenv("RWKV_CUDA_FUSED_STEP", "1", 1);
+    EXPECT_THROW(load_model(ckpt, on_gpu()), Error);
+    unsetenv("RWKV_CUDA_FUSED_STEP");
+    auto cpu = load_model(ckpt);
+    auto gpu = load_model(ckpt, on_gpu());
+    const auto d = test::compare_steps(*cpu, *gpu, random_tokens(12, dims.vocab, 3));
+    EXPECT_LE(d.logits.max_abs, 2e-4);
+  }
+}
+
 TEST(CudaRwkv7, SessionGeneratesWhatTheCpuGenerates) {
   RWKV_REQUIRE_GPU();
   test::V7Dims dims;

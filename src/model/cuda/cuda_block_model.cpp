@@ -198,6 +198,7 @@ void CudaBlockModel::drop_graphs() {
 void CudaBlockModel::enqueue(int B, int T, const cuda::StateRef& states, LogitsMode mode) {
   cuda::Context& c = *ctx_;
   const int C = info_.n_embd, M = B * T;
+  if (T == 1 && enqueue_step(B, states, mode != LogitsMode::None)) return;
   cuda::embed(c, shared_.tokens, M, common_.emb, shared_.x);
   cuda::layer_norm(c, shared_.x, C, shared_.x, M, C, common_.ln0_w, common_.ln0_b);
   for (int l = 0; l < info_.n_layer; ++l) {

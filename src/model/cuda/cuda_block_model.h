@@ -61,11 +61,19 @@ class CudaBlockModel : public Model {
   // Makes the generation's own activations hold M rows; true when they moved (CUDA graphs
   // captured over them are stale).
   virtual bool reserve(int M) = 0;
+  // A whole decode step of B sequences in the generation's own way (a fused kernel); false
+  // leaves it to the layer-by-layer path.
+  virtual bool enqueue_step(int /*B*/, const cuda::StateRef& /*states*/, bool /*logits*/) { return false; }
 
   // Row-major (M, C) fp32 activations every generation uses, valid in time_mix: the residual
   // and its LayerNorm.
   float* x() const { return shared_.x; }
   float* xn() const { return shared_.xn; }
+  // The channel mix's hidden rows (M, F), the logits (M, V) and the tokens (M) on the device.
+  float* hidden() const { return shared_.hidden; }
+  float* logits() const { return shared_.logits; }
+  const int* tokens() const { return shared_.tokens; }
+  const CommonWeights& common() const { return common_; }
   cuda::Context& ctx() const { return *ctx_; }
 
   ModelInfo info_;

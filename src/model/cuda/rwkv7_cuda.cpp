@@ -1,9 +1,16 @@
 // RWKV-7 on an NVIDIA GPU: the CPU model's math (rwkv7.cpp, spec §2.4) with every op from
 // ops/cuda. Weights live on the GPU in their stored (or --dtype) type; states live in GPU state
 // pools, so decoding moves only token ids in and logits out.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
 #include "model/cuda/cuda_block_model.h"
 #include "model/generations.h"
 #include "model/rwkv7_weights.h"
+#include "ops/cuda/rwkv7_step.h"
+#include "rwkv/error.h"
 
 namespace rwkv::model {
 namespace {
@@ -24,6 +31,10 @@ class Rwkv7Cuda final : public CudaMatrixStateModel {
     }
     for (const auto& [name, width] : info_.lora) max_lora_ = std::max(max_lora_, width);
     finish_load(load, state_floats());
+    prepare_fused_step();
+  }
+  ~Rwkv7Cuda() override {
+    if (profile_.as()) print_step_profile();
   }
 
  private:
@@ -75,7 +86,84 @@ class Rwkv7Cuda final : public CudaMatrixStateModel {
     cuda::linear(c, L.output, y, M, x(), Act::None, /*accumulate=*/true);
   }
 
+  // Decode steps of up to step_batch_ sequences run as one kernel (ops/cuda/rwkv7_step.h) when
+  // the weights and shapes allow: single sequences by default (measured on an H200: 1.5B 1.86 vs
+  // 1.94 ms per step; at batches 2–4 it is slower than layer by layer, see dev/NOTES.md).
+  // RWKV_CUDA_FUSED_STEP=0 keeps every step layer by layer; =1 runs every batch the kernel takes
+  // (up to 4) through it, and makes a model it cannot run an error.
+  void prepare_fused_step() {
+    const char* env = std::getenv("RWKV_CUDA_FUSED_STEP");
+    const std::string mode = env ? env : "";
+    if (mode == "0") return;
+    fuse_step();
+    if (mode != "1") step_batch_ = std::min(step_batch_, 1);
+    if (mode == "1" && step_batch_ == 0) {
+      fail("RWKV_CUDA_FUSED_STEP=1: the fused decode step needs 16-bit weights of one type, head size 64 "
+           "and LoRA widths that are multiples of 8");
+    }
+  }
+  void fuse_step() {
+    const CommonWeights& cw = common();
+    cuda::Rwkv7StepModel& m = step_;
+    m.dtype = cw.head.dtype;
+    bool same_dtype = cw.emb.dtype == m.dtype;
+    const auto mat = [&](const ops::Matrix& w) {
+      if (w.data && w.dtype != m.dtype) same_dtype = false;
+      return w.data;
+    };
+    std::vector<cuda::Rwkv7StepLayer> layers;
+    for (size_t l = 0; l < att_.size(); ++l) {
+      const Rwkv7Layer& a = att_[l];
+      const ChannelMix& f = ffn_[l];
+      layers.push_back({a.ln1_w, a.ln1_b, a.x_r, a.x_w, a.x_k, a.x_v, a.x_a, a.x_g, a.w0, a.a0, a.v0, a.k_k,
+                        a.k_a, a.r_k, a.ln_x_w, a.ln_x_b, mat(a.receptance), mat(a.key), mat(a.value),
+                        mat(a.output), mat(a.w1), mat(a.w2), mat(a.a1), mat(a.a2), mat(a.v1), mat(a.v2),
+                        mat(a.g1), mat(a.g2), f.ln_w, f.ln_b, f.mix_k, mat(f.key), mat(f.value)});
+    }
+    if (!same_dtype) return;
+    m.n_layer = info_.n_layer, m.C = info_.n_embd, m.H = info_.n_head, m.N = info_.head_size;
+    m.F = info_.dim_ffn, m.V = info_.vocab_size;
+    m.lw = att_[0].w1.rows, m.la = att_[0].a1.rows, m.lg = att_[0].g1.rows;
+    m.lv = att_.size() > 1 ? att_[1].v1.rows : 0;
+    m.group_norm_eps = kRwkv7GroupNormEps;
+    m.emb = cw.emb.data, m.head = cw.head.data;
+    m.ln0_w = cw.ln0_w, m.ln0_b = cw.ln0_b, m.ln_out_w = cw.ln_out_w, m.ln_out_b = cw.ln_out_b;
+    m.layer_floats = matrix_state_layer_floats(info_);
+    step_layers_.ensure(layers.size() * sizeof layers[0]);
+    RWKV_CUDA_CHECK(cudaMemcpy(step_layers_.as(), layers.data(), layers.size() * sizeof layers[0],
+                               cudaMemcpyHostToDevice));
+    m.layers = step_layers_.as<cuda::Rwkv7StepLayer>();
+    barrier_.ensure(cuda::kRwkv7StepBarrierWords * sizeof(unsigned));
+    RWKV_CUDA_CHECK(cudaMemset(barrier_.as(), 0, cuda::kRwkv7StepBarrierWords * sizeof(unsigned)));
+    step_batch_ = cuda::rwkv7_step_max_batch(ctx(), m);
+    if (std::getenv("RWKV_CUDA_STEP_PROFILE")) {
+      profile_.ensure(8 * sizeof(unsigned long long));
+      RWKV_CUDA_CHECK(cudaMemset(profile_.as(), 0, 8 * sizeof(unsigned long long)));
+    }
+  }
+
+  // RWKV_CUDA_STEP_PROFILE: where the fused steps' time went, printed when the model goes.
+  void print_step_profile() {
+    unsigned long long t[8] = {};
+    if (cudaMemcpy(t, profile_.as(), sizeof t, cudaMemcpyDeviceToHost) != cudaSuccess || t[7] == 0) return;
+    const char* names[] = {"embedding", "1 ln+mix+r/k/v+LoRA-in", "2 LoRA-out+WKV", "3 norm+output",
+                           "4 ln+key", "5 value", "head"};
+    std::fprintf(stderr, "fused step profile over %llu steps (µs per step, block 0):\n", t[7]);
+    for (int i = 0; i < 7; ++i) std::fprintf(stderr, "  %-24s %8.1f\n", names[i], double(t[i]) / 1e3 / double(t[7]));
+  }
+  bool enqueue_step(int B, const cuda::StateRef& states, bool want_logits) override {
+    if (B > step_batch_) return false;
+    const cuda::Rwkv7StepBuffers buf{x(), xn(), r, k, v, g, y, v_first, hw, ha, hv, hg,
+                                     hidden(), logits(), barrier_.as<unsigned>(),
+                                     profile_.as<unsigned long long>()};
+    cuda::rwkv7_step(ctx(), step_, buf, tokens(), B, states, want_logits);
+    return true;
+  }
+
   std::vector<Rwkv7Layer> att_;
+  cuda::Rwkv7StepModel step_;
+  cuda::DeviceBuffer step_layers_, barrier_, profile_;
+  int step_batch_ = 0;
   int max_lora_ = 1;
   // Activations of one call, (M, C) each; LoRA hidden (M, max LoRA width).
   cuda::DeviceBuffer buffer_;

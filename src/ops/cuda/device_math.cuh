@@ -23,9 +23,8 @@ __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-// Eight consecutive weights as fp32 from one 16-byte load (two for fp32); p 16-byte aligned.
-__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* f) {
-  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+// Eight 16-bit values packed in 16 bytes, as fp32.
+__device__ __forceinline__ void unpack8(const uint4& u, const __nv_bfloat16*, float* f) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -34,8 +33,7 @@ __device__ __forceinline__ void load8(const __nv_bfloat16* p, float* f) {
     f[2 * i + 1] = v.y;
   }
 }
-__device__ __forceinline__ void load8(const __half* p, float* f) {
-  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+__device__ __forceinline__ void unpack8(const uint4& u, const __half*, float* f) {
   const __half2* h = reinterpret_cast<const __half2*>(&u);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -43,6 +41,14 @@ __device__ __forceinline__ void load8(const __half* p, float* f) {
     f[2 * i] = v.x;
     f[2 * i + 1] = v.y;
   }
+}
+
+// Eight consecutive weights as fp32 from one 16-byte load (two for fp32); p 16-byte aligned.
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* f) {
+  unpack8(__ldg(reinterpret_cast<const uint4*>(p)), p, f);
+}
+__device__ __forceinline__ void load8(const __half* p, float* f) {
+  unpack8(__ldg(reinterpret_cast<const uint4*>(p)), p, f);
 }
 __device__ __forceinline__ void load8(const float* p, float* f) {
   const float4 a = __ldg(reinterpret_cast<const float4*>(p));
