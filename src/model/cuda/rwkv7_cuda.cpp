@@ -87,8 +87,8 @@ class Rwkv7Cuda final : public CudaMatrixStateModel {
   }
 
   // Decode steps of up to step_batch_ sequences run as one kernel (ops/cuda/rwkv7_step.h) when
-  // the weights and shapes allow: single sequences by default (measured on an H200: 1.5B 1.86 vs
-  // 1.94 ms per step; at batches 2–4 it is slower than layer by layer, see dev/NOTES.md).
+  // the weights and shapes allow: single sequences by default (measured on an H200: 1.5B 1.85 vs
+  // 1.96 ms per step; at batches 2–4 it is slower than layer by layer, see dev/NOTES.md).
   // RWKV_CUDA_FUSED_STEP=0 keeps every step layer by layer; =1 runs every batch the kernel takes
   // (up to 4) through it, and makes a model it cannot run an error.
   void prepare_fused_step() {
@@ -106,11 +106,17 @@ class Rwkv7Cuda final : public CudaMatrixStateModel {
     const CommonWeights& cw = common();
     cuda::Rwkv7StepModel& m = step_;
     m.dtype = cw.head.dtype;
-    bool same_dtype = cw.emb.dtype == m.dtype;
+    // One weight type, the same LoRA widths in every layer, every vector the kernel reads.
+    bool fits = cw.emb.dtype == m.dtype && cw.ln0_w && cw.ln_out_w;
     const auto mat = [&](const ops::Matrix& w) {
-      if (w.data && w.dtype != m.dtype) same_dtype = false;
+      if (w.data && w.dtype != m.dtype) fits = false;
       return w.data;
     };
+    for (size_t l = 0; l < att_.size(); ++l) {
+      const Rwkv7Layer& a = att_[l];
+      fits = fits && a.w1.rows == att_[0].w1.rows && a.a1.rows == att_[0].a1.rows &&
+             a.g1.rows == att_[0].g1.rows && (l < 2 || a.v1.rows == att_[1].v1.rows) && ffn_[l].mix_k;
+    }
     std::vector<cuda::Rwkv7StepLayer> layers;
     for (size_t l = 0; l < att_.size(); ++l) {
       const Rwkv7Layer& a = att_[l];
@@ -120,7 +126,7 @@ class Rwkv7Cuda final : public CudaMatrixStateModel {
                         mat(a.output), mat(a.w1), mat(a.w2), mat(a.a1), mat(a.a2), mat(a.v1), mat(a.v2),
                         mat(a.g1), mat(a.g2), f.ln_w, f.ln_b, f.mix_k, mat(f.key), mat(f.value)});
     }
-    if (!same_dtype) return;
+    if (!fits) return;
     m.n_layer = info_.n_layer, m.C = info_.n_embd, m.H = info_.n_head, m.N = info_.head_size;
     m.F = info_.dim_ffn, m.V = info_.vocab_size;
     m.lw = att_[0].w1.rows, m.la = att_[0].a1.rows, m.lg = att_[0].g1.rows;

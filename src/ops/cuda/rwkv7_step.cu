@@ -25,14 +25,13 @@ struct Params {
   const int* tokens;
   StateRef st;
   int logits;
-  int wide;  // floats per row of the staged product input: max(C, F, lg)
-  int extra_syncs;          // barriers added after each phase (measuring what one costs)
+  int wide;         // floats per row of the staged product input: max(C, F, lg)
+  int extra_syncs;  // barriers added after each phase (measuring what one costs)
 };
 
 // Shared memory, in floats: the LayerNorm of the batch (MR × C), a product's staged input
-// (MR × wide), a head unit's vectors, block-sum scratch.
-// A head unit's: the LoRA slices (kHead rows of 16-bit weights: kHead / 2 floats per column),
-// the hiddens, the products and the WKV's vectors, sums.
+// (MR × wide), a head unit's, block-sum scratch. A head unit's: the LoRA slices (kHead rows of
+// 16-bit weights: kHead / 2 floats per column), the hiddens, the products, the WKV's vectors.
 __host__ __device__ size_t head_unit_floats(const Rwkv7StepModel& m) {
   return size_t(kHead / 2 + 1) * size_t(m.lw + m.la + m.lv) + size_t(9 * kHead + kWarps);
 }

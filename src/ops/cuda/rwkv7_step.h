@@ -14,7 +14,8 @@
 //   4. LayerNorm + token shift + mix (staged), the channel mix's key projection with ReLU²;
 //   5. the channel mix's value projection added to the residual.
 // Then ln_out and the head. The math is the layer-by-layer path's (fp32 activations and
-// state, fp32 sums); only the order of the sums differs.
+// state, fp32 sums); only the order of the sums differs. The models use it for single
+// sequences, where it measured faster (dev/NOTES.md has the figures and what was tried).
 #pragma once
 #include "ops/cuda/kernels.h"
 
