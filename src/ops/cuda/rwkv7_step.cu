@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "ops/cuda/device_math.cuh"
+#include "ops/cuda/rwkv7_math.cuh"
 
 namespace rwkv::cuda {
 namespace {
@@ -348,19 +349,18 @@ __device__ void head_unit(const Params& p, const Rwkv7StepLayer& L, int l, int m
     const float kh = kk / fmaxf(sqrtf(norm2), 1e-12f);
     float v = vj;
     if (residual) {
-      v += (vfirst - v) * sigmoidf(v0 + lora[2 * N + i]);
+      v = rwkv7_value(v, vfirst, v0 + lora[2 * N + i]);
     } else {
       p.b.v_first[j] = v;
     }
-    const float alpha = sigmoidf(a0 + lora[N + i]);
-    const float k = kj * (1.f + (alpha - 1.f) * k_a);
+    const Rwkv7Channel ch = rwkv7_channel(kj, kh, w0 + lora[i], a0 + lora[N + i], k_a);
     rs[i] = rj;
-    ds[i] = expf(-0.60653066f * sigmoidf(w0 + lora[i]));
-    ks[i] = k;
-    as[i] = -kh;
-    bs[i] = kh * alpha;
+    ds[i] = expf(ch.w);
+    ks[i] = ch.k;
+    as[i] = ch.a;
+    bs[i] = ch.b;
     vs[i] = v;
-    p.b.k[j] = k;  // phase 3's bonus term reads the prepared k and v
+    p.b.k[j] = ch.k;  // phase 3's bonus term reads the prepared k and v
     p.b.v[j] = v;
     state[c] = xnj;  // the time mix's token shift: phase 1 has read the previous row
   }

@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include "ops/cuda/device_math.cuh"
+#include "ops/cuda/rwkv7_math.cuh"
 #include "ops/cuda/kernels.h"
 
 namespace rwkv::cuda {
@@ -70,7 +71,7 @@ __global__ void rwkv7_prepare_kernel(int H, int N, Rwkv7Prepare p) {
   if (live) {
     float v = p.v[j];
     if (p.v_lora) {
-      v += (p.v_first[j] - v) * sigmoidf(p.v0[c] + p.v_lora[j]);
+      v = rwkv7_value(v, p.v_first[j], p.v0[c] + p.v_lora[j]);
       p.v[j] = v;
     } else {
       p.v_first[j] = v;
@@ -80,11 +81,11 @@ __global__ void rwkv7_prepare_kernel(int H, int N, Rwkv7Prepare p) {
   const float norm = sqrtf(block_sum(kk * kk, scratch));
   if (!live) return;
   const float kh = kk / fmaxf(norm, 1e-12f);
-  const float alpha = sigmoidf(p.a0[c] + p.a[j]);
-  p.w[j] = -0.60653066f * sigmoidf(p.w0[c] + p.w[j]);
-  p.k[j] *= 1.f + (alpha - 1.f) * p.k_a[c];
-  p.a[j] = -kh;
-  p.b[j] = kh * alpha;
+  const Rwkv7Channel ch = rwkv7_channel(p.k[j], kh, p.w0[c] + p.w[j], p.a0[c] + p.a[j], p.k_a[c]);
+  p.w[j] = ch.w;
+  p.k[j] = ch.k;
+  p.a[j] = ch.a;
+  p.b[j] = ch.b;
 }
 
 __global__ void rwkv7_output_kernel(int H, int N, Rwkv7Output o, float eps) {
