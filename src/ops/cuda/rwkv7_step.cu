@@ -47,8 +47,8 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
   return v;
 }
 
-__device__ __forceinline__ void store_release(unsigned* p, unsigned v) {
-  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+__device__ __forceinline__ void store_relaxed(unsigned* p, unsigned v) {
+  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
 // A barrier over the grid; writes before it are seen by reads after it. Each block publishes
@@ -56,12 +56,18 @@ __device__ __forceinline__ void store_release(unsigned* p, unsigned v) {
 // and publish the barrier's number in bar[0], which the other blocks wait for. Numbers go on
 // from step to step (each step starts from bar[0]), so nothing needs resetting. The launch is
 // cooperative: every block is resident, so the spinning cannot starve one.
+// Every thread fences its own writes as it arrives, so the flags can be relaxed stores: warps
+// that finish early fence early, in parallel, where one cumulative release by thread 0 after the
+// block's last warp waited ~1.5 µs more per barrier under the weights' traffic (dev/NOTES.md).
+// The polls are acquire loads, so the reads after the barrier may be ordinary ones; block 0
+// fences once more before its release, which passes on what it acquired from the others.
 struct GridBarrier {
   unsigned* bar;
   unsigned epoch;
 
   __device__ void sync() {
     ++epoch;
+    __threadfence();
     __syncthreads();
     if (blockIdx.x == 0) {
       for (unsigned b = threadIdx.x + 1; b < gridDim.x; b += kThreads) {
@@ -69,9 +75,12 @@ struct GridBarrier {
         }
       }
       __syncthreads();
-      if (threadIdx.x == 0) store_release(bar, epoch);
+      if (threadIdx.x == 0) {
+        __threadfence();  // what block 0 acquired from the others goes out with its release
+        store_relaxed(bar, epoch);
+      }
     } else if (threadIdx.x == 0) {
-      store_release(bar + 32 + blockIdx.x, epoch);
+      store_relaxed(bar + 32 + blockIdx.x, epoch);
       while (load_acquire(bar) != epoch) {
       }
     }
@@ -109,15 +118,47 @@ __device__ void block_sums(float (&v)[MR], float* red) {
   }
 }
 
+// out (shared, MR × n) = in (MR × n, global or shared). Every load of a thread's round is issued
+// before any is used: one memory round trip per 4 × 16 bytes per thread and row, where a plain
+// loop waits once per turn (a third of each phase's time went to such waits). Rows are 16-byte
+// aligned (n a multiple of 8, buffers checked by rwkv7_step).
+template <int MR>
+__device__ void load_rows(const float* in, int n, float* out) {
+  constexpr int kBatch = MR <= 2 ? 4 : 2;  // registers: MR × kBatch float4
+  const int n4 = n / 4;
+  for (int i0 = threadIdx.x; i0 < n4; i0 += kBatch * kThreads) {
+    float4 v[MR][kBatch];
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = i0 + u * kThreads;
+        if (i < n4) v[m][u] = reinterpret_cast<const float4*>(in + size_t(m) * n)[i];
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = i0 + u * kThreads;
+        if (i < n4) reinterpret_cast<float4*>(out + size_t(m) * n)[i] = v[m][u];
+      }
+    }
+  }
+}
+
 // out (shared, MR × C) = LayerNorm of the MR rows of `in` (rows of C; global or shared, not out),
-// two passes as layer_norm_kernel does.
+// two passes as layer_norm_kernel does, over the rows loaded into out first.
 template <int MR>
 __device__ void stage_layer_norm(const float* in, int C, const float* w, const float* b, float* out, float* red) {
+  __syncthreads();  // out's previous contents are read
+  load_rows<MR>(in, C, out);
+  __syncthreads();
   float s[MR], q[MR], mean[MR];
 #pragma unroll
   for (int m = 0; m < MR; ++m) {
     s[m] = 0.f;
-    for (int c = threadIdx.x; c < C; c += kThreads) s[m] += in[m * C + c];
+    for (int c = threadIdx.x; c < C; c += kThreads) s[m] += out[m * C + c];
   }
   block_sums<MR>(s, red);
 #pragma unroll
@@ -125,31 +166,50 @@ __device__ void stage_layer_norm(const float* in, int C, const float* w, const f
     mean[m] = s[m] / float(C);
     q[m] = 0.f;
     for (int c = threadIdx.x; c < C; c += kThreads) {
-      const float d = in[m * C + c] - mean[m];
+      const float d = out[m * C + c] - mean[m];
       q[m] += d * d;
     }
   }
   block_sums<MR>(q, red);
+  float inv[MR];
 #pragma unroll
-  for (int m = 0; m < MR; ++m) {
-    const float inv = rsqrtf(q[m] / float(C) + kLayerNormEps);
-    for (int c = threadIdx.x; c < C; c += kThreads) out[m * C + c] = (in[m * C + c] - mean[m]) * inv * w[c] + b[c];
+  for (int m = 0; m < MR; ++m) inv[m] = rsqrtf(q[m] / float(C) + kLayerNormEps);
+  for (int c = threadIdx.x; c < C; c += kThreads) {
+    const float wc = w[c], bc = b[c];
+#pragma unroll
+    for (int m = 0; m < MR; ++m) out[m * C + c] = (out[m * C + c] - mean[m]) * inv[m] * wc + bc;
   }
   __syncthreads();
 }
 
 // out (shared) = xn + (prev − xn)·mix per row: the token shift's mix, prev being the row the
-// state holds at `shift` (the sequence's previous token).
+// state holds at `shift` (the sequence's previous token). Loads batched as in load_rows.
 template <int MR>
 __device__ void stage_mix(const Params& p, const float* xn, size_t shift, const float* mix, float* out) {
+  constexpr int kBatch = 4;
   const int C = p.m.C;
   __syncthreads();  // out's previous contents are read
+  for (int c0 = threadIdx.x; c0 < C; c0 += kBatch * kThreads) {
+    float prev[MR][kBatch], mv[kBatch];
 #pragma unroll
-  for (int m = 0; m < MR; ++m) {
-    const float* prev = state_of(p, m) + shift;
-    for (int c = threadIdx.x; c < C; c += kThreads) {
-      const float x = xn[m * C + c];
-      out[m * C + c] = x + (prev[c] - x) * mix[c];
+    for (int u = 0; u < kBatch; ++u) {
+      const int c = c0 + u * kThreads;
+      if (c < C) {
+        mv[u] = mix[c];
+#pragma unroll
+        for (int m = 0; m < MR; ++m) prev[m][u] = state_of(p, m)[shift + c];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int c = c0 + u * kThreads;
+      if (c < C) {
+#pragma unroll
+        for (int m = 0; m < MR; ++m) {
+          const float x = xn[m * C + c];
+          out[m * C + c] = x + (prev[m][u] - x) * mv[u];
+        }
+      }
     }
   }
   __syncthreads();
@@ -159,7 +219,7 @@ __device__ void stage_mix(const Params& p, const float* xn, size_t shift, const 
 template <int MR>
 __device__ void stage_copy(const float* in, int n, float* out) {
   __syncthreads();
-  for (int i = threadIdx.x; i < MR * n; i += kThreads) out[i] = in[i];
+  load_rows<MR>(in, n, out);
   __syncthreads();
 }
 
@@ -592,6 +652,9 @@ void rwkv7_step(Context& ctx, const Rwkv7StepModel& m, const Rwkv7StepBuffers& b
                 int B, StateRef states, bool logits) {
   static const int extra_syncs = env_int("RWKV_CUDA_STEP_EXTRA_SYNCS", 0);
   const Params p{m,           buf, tokens, states, logits ? 1 : 0, std::max({m.C, m.F, m.lg}), extra_syncs};
+  for (const float* staged : {buf.x, buf.hidden, buf.hg}) {  // load_rows reads them 16 bytes at a time
+    if (reinterpret_cast<uintptr_t>(staged) % 16 != 0) fail("CUDA rwkv7_step: an activation buffer is not 16-byte aligned");
+  }
   const size_t smem = shared_bytes(m, B);
   if (m.dtype == DType::BF16) return launch_batch<__nv_bfloat16>(ctx, p, smem, B);
   if (m.dtype == DType::F16) return launch_batch<__half>(ctx, p, smem, B);
