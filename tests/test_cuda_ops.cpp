@@ -2,6 +2,7 @@
 // inputs at many shapes, odd ones included, with outputs poisoned (NaN) before each run and
 // tolerances derived from each dtype's rounding. Skips without a GPU.
 #include <cmath>
+#include <cstdlib>
 #include <random>
 
 #include "model/common.h"
@@ -230,9 +231,15 @@ TEST(CudaOps, TokenShiftMixCarriesTheShiftState) {
 TEST(CudaOps, Wkv7ScanMatchesTheReference) {
   RWKV_REQUIRE_GPU();
   std::mt19937 rng(5);
+  int sms = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
   for (int N : {16, 32, 64, 128}) {
-    for (int T : {1, 7, 33}) {
-      const int B = 3, H = 2, C = H * N;
+    // 33 and 70: chunks of 16 (8 at N = 128) and a partial one. The last case has more heads
+    // than multiprocessors: blocks take whole heads instead of slices of 16 rows.
+    for (int T : {1, 7, 33, 70, -70}) {
+      const bool wide = T < 0;
+      T = std::abs(T);
+      const int B = 3, H = wide ? (sms + B - 1) / B : 2, C = H * N;
       const size_t floats = size_t(H) * N * N + 8, offset = 4;
       const std::vector<int> slots = {1, 3, 0};
       const size_t MC = size_t(B * T) * C;
@@ -268,9 +275,10 @@ TEST(CudaOps, Wkv7ScanMatchesTheReference) {
           ops::ref::wkv7_recurrent(head);
         }
       }
-      EXPECT_LE(test::compare(download(dy, MC), y).max_abs, 2e-5 * std::sqrt(double(N * T))) << "N=" << N << " T=" << T;
+      EXPECT_LE(test::compare(download(dy, MC), y).max_abs, 2e-5 * std::sqrt(double(N * T)))
+          << "N=" << N << " T=" << T << " H=" << H;
       EXPECT_LE(test::compare(download(dpool, pool.size()), pool).max_abs, 2e-5 * std::sqrt(double(N * T)))
-          << "N=" << N << " T=" << T;
+          << "N=" << N << " T=" << T << " H=" << H;
     }
   }
 }

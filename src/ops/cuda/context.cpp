@@ -5,6 +5,7 @@ namespace rwkv::cuda {
 
 Context::Context(int device_index) : device(device_index) {
   use_device(device);
+  RWKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   RWKV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   check_lt(cublaslt().create(&lt), "create");
   workspace.ensure(32u << 20);  // what cuBLASLt's Hopper kernels like to have

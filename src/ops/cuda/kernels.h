@@ -24,6 +24,7 @@ class Context {
   void synchronize();
 
   int device = 0;
+  int sms = 0;  // multiprocessors
   cudaStream_t stream = nullptr;
   cublasLtHandle_t lt = nullptr;
   DeviceBuffer workspace;  // cuBLASLt's
