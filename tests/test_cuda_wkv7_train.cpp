@@ -177,6 +177,10 @@ TEST(CudaWkv7Train, ForwardAndBackwardMatchTheFp64Reference) {
       const Inputs in = random_inputs(2, T, 3, N, rng);
       expect_close(run_gpu(ctx, in, {}), reference(in, {}), "N=" + std::to_string(N) + " T=" + std::to_string(T));
     }
+    // More heads than multiprocessors: the forward's blocks take whole heads, not slices.
+    const int heads = (ctx.sms + 1) / 2;
+    const Inputs in = random_inputs(2, 33, heads, N, rng);
+    expect_close(run_gpu(ctx, in, {}), reference(in, {}), "N=" + std::to_string(N) + " T=33 H=" + std::to_string(heads));
   }
 }
 

@@ -7,67 +7,25 @@
 
 #include "ops/cuda/device_math.cuh"
 #include "ops/cuda/kernels.h"
+#include "ops/cuda/wkv7_scan.cuh"
 
 namespace rwkv::cuda {
 namespace {
 
-// The scan's shape: a block walks the T rows for ROWS state rows of one head (a slice, or all N);
-// a row is split over kParts adjacent threads, each owning kCols columns (j = kParts·c + part).
-template <int N, int ROWS>
-struct ScanShape {
-  static constexpr int kRows = ROWS;                           // state rows per block
-  static constexpr int kParts = 8;
-  static constexpr int kCols = N / kParts;                     // 2 … 16
-  static constexpr int kSlices = N / kRows;                    // blocks per head
-  static constexpr int kThreads = kRows * kParts;              // 128 … 512
-  static constexpr int kStride = kCols >= 8 ? kCols + 4 : kCols;  // a part's floats (bank skew)
-  static constexpr int kLen = kParts * kStride;                // floats per permuted vector
-  static constexpr int kChunk = N <= 64 ? 16 : 8;              // rows per chunk (shared < 48 KB)
-  static constexpr int kPer = kChunk * N / kThreads;           // a thread's elements per vector
-  static constexpr int kPerV = kChunk * kRows / kThreads;      // … of the slice's v
-};
-
-// Sum over the kParts lanes of a row (adjacent lanes), in every one of them.
-template <int P>
-__device__ __forceinline__ float parts_sum(float x) {
-#pragma unroll
-  for (int o = 1; o < P; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-
-// K consecutive floats of shared memory (16- or 8-byte aligned) into registers.
-template <int K>
-__device__ __forceinline__ void read_cols(const float* p, float (&x)[K]) {
-  if constexpr (K % 4 == 0) {
-#pragma unroll
-    for (int q = 0; q < K / 4; ++q) {
-      const float4 v = reinterpret_cast<const float4*>(p)[q];
-      x[4 * q] = v.x, x[4 * q + 1] = v.y, x[4 * q + 2] = v.z, x[4 * q + 3] = v.w;
-    }
-  } else {
-#pragma unroll
-    for (int q = 0; q < K / 2; ++q) {
-      const float2 v = reinterpret_cast<const float2*>(p)[q];
-      x[2 * q] = v.x, x[2 * q + 1] = v.y;
-    }
-  }
-}
-
-// A row's time is a chain of latencies (shared-memory reads, the S·a sum's shuffles, the update),
-// not of work, so each row is spread over 8 threads (a few dozen instructions each) and, when the
-// heads are fewer than the multiprocessors (a one-sequence prefill), each head over N/16 blocks of
-// 16 rows; with heads enough to fill the GPU a block takes a whole head (half of one at N = 128),
-// which reads each row's vectors once instead of once per slice. The rows' inputs arrive a chunk at a time:
+// The sliced scan, for heads fewer than the SMs (a one-sequence prefill). A row's time is a chain
+// of latencies (shared-memory reads, the S·a sum's shuffles, the update), not of work, so each
+// row is spread over 8 threads (a few dozen instructions each) and each head over N/16 blocks of
+// 16 rows, filling the GPU. The rows' inputs arrive a chunk at a time:
 // every thread loads its share of the next chunk into registers while the current one computes,
 // so a row waits on no global memory and on no block barrier (two per chunk). The vectors sit in
 // shared memory permuted so a thread's columns are contiguous and the 8 parts of a row hit
 // different banks. A one-sequence prefill (1.5B, 2048 rows, H200): 2× the one-thread-per-row
 // scan it replaces (dev/NOTES.md).
-template <int N, int ROWS>
-__global__ void __launch_bounds__(ScanShape<N, ROWS>::kThreads)
+template <int N>
+__global__ void __launch_bounds__(ScanShape<N>::kThreads)
     wkv7_scan_kernel(int T, int H, const float* r, const float* w, const float* k, const float* v, const float* a,
                      const float* b, float* y, StateRef st, size_t offset) {
-  using Sh = ScanShape<N, ROWS>;
+  using Sh = ScanShape<N>;
   constexpr int K = Sh::kCols, P = Sh::kParts, kThreads = Sh::kThreads, kChunk = Sh::kChunk, kRows = Sh::kRows;
   const int h = blockIdx.x / Sh::kSlices, row0 = blockIdx.x % Sh::kSlices * kRows, seq = blockIdx.y;
   const int tid = threadIdx.x, part = tid % P, ri = tid / P;
@@ -98,7 +56,7 @@ __global__ void __launch_bounds__(ScanShape<N, ROWS>::kThreads)
   const auto put = [&]() {
 #pragma unroll
     for (int u = 0; u < Sh::kPer; ++u) {
-      const int e = tid + kThreads * u, row = e / N, j = e % N, pos = (j % P) * Sh::kStride + j / P;
+      const int e = tid + kThreads * u, row = e / N, pos = Sh::permuted(e % N);
       vec[0][row][pos] = pre[0][u];
       vec[1][row][pos] = expf(pre[1][u]);
       vec[2][row][pos] = pre[2][u];
@@ -149,6 +107,57 @@ __global__ void __launch_bounds__(ScanShape<N, ROWS>::kThreads)
   }
 #pragma unroll
   for (int c = 0; c < K; ++c) S[P * c] = s[c];
+}
+
+// The scan for heads enough to fill the GPU (scan_slices): one block per (sequence, head), thread i
+// owns row i of the state and walks the T rows.
+template <int N>
+__global__ void __launch_bounds__(N) wkv7_scan_rows_kernel(int T, int H, const float* r, const float* w,
+                                                           const float* k, const float* v, const float* a,
+                                                           const float* b, float* y, StateRef st,
+                                                           size_t offset) {
+  const int h = blockIdx.x, seq = blockIdx.y, i = threadIdx.x;
+  const size_t C = size_t(H) * N;
+  float* S = st.pool + size_t(st.slots[seq]) * st.floats + offset + (size_t(h) * N + i) * N;
+  float s[N];
+#pragma unroll
+  for (int j = 0; j < N; j += 4) {
+    const float4 q = *reinterpret_cast<const float4*>(S + j);
+    s[j] = q.x, s[j + 1] = q.y, s[j + 2] = q.z, s[j + 3] = q.w;
+  }
+  __shared__ float rs[N], ds[N], ks[N], as[N], bs[N];
+  // Row t's inputs are loaded while row t − 1 computes (they are independent of the state);
+  // the sums run in four partial accumulators, so the dependent chains are N/4 long.
+  const size_t stride = C, o0 = size_t(seq) * T * C + size_t(h) * N + i;
+  float nr = r[o0], nw = w[o0], nk = k[o0], nv = v[o0], na = a[o0], nb = b[o0];
+  for (int t = 0; t < T; ++t) {
+    const size_t o = o0 + size_t(t) * stride;
+    __syncthreads();  // the previous row's reads of the shared inputs are done
+    rs[i] = nr;
+    ds[i] = expf(nw);
+    ks[i] = nk;
+    as[i] = na;
+    bs[i] = nb;
+    const float vi = nv;
+    __syncthreads();
+    if (t + 1 < T) {
+      const size_t q = o + stride;
+      nr = r[q], nw = w[q], nk = k[q], nv = v[q], na = a[q], nb = b[q];
+    }
+    float sa[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < N; ++j) sa[j % 4] += s[j] * as[j];
+    const float sat = (sa[0] + sa[1]) + (sa[2] + sa[3]);
+    float yi[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      s[j] = s[j] * ds[j] + sat * bs[j] + vi * ks[j];
+      yi[j % 4] += s[j] * rs[j];
+    }
+    y[o] = (yi[0] + yi[1]) + (yi[2] + yi[3]);
+  }
+#pragma unroll
+  for (int j = 0; j < N; j += 4) *reinterpret_cast<float4*>(S + j) = make_float4(s[j], s[j + 1], s[j + 2], s[j + 3]);
 }
 
 // One decode row (T = 1) per sequence, for N a multiple of 32: a step's time is its B·H·N² state
@@ -240,21 +249,22 @@ void wkv7_scan(Context& ctx, int B, int T, int H, int N, const float* r, const f
     RWKV_CUDA_LAUNCHED("wkv7_step");
     return;
   }
-  // Slices of 16 rows while the heads are fewer than the multiprocessors (N = 16: always one).
-  const bool slices = B * H < ctx.sms;
-#define RWKV_WKV7_CASE(n, rows)                                                                         \
-  wkv7_scan_kernel<n, rows><<<dim3(H * ScanShape<n, rows>::kSlices, B), ScanShape<n, rows>::kThreads, 0, \
-                              ctx.stream>>>(T, H, r, w, k, v, a, b, y, states, offset)
-  if (N == 16) {
-    RWKV_WKV7_CASE(16, 16);
-  } else if (N == 32) {
-    if (slices) RWKV_WKV7_CASE(32, 16); else RWKV_WKV7_CASE(32, 32);
-  } else if (N == 64) {
-    if (slices) RWKV_WKV7_CASE(64, 16); else RWKV_WKV7_CASE(64, 64);
-  } else if (N == 128) {
-    if (slices) RWKV_WKV7_CASE(128, 16); else RWKV_WKV7_CASE(128, 64);
-  } else {
-    fail("CUDA wkv7: head size ", N, " is not supported (16, 32, 64 or 128)");
+  const bool slices = scan_slices(B * H, ctx.sms);
+#define RWKV_WKV7_CASE(n)                                                                            \
+  case n:                                                                                            \
+    if (slices) {                                                                                    \
+      wkv7_scan_kernel<n><<<dim3(H * ScanShape<n>::kSlices, B), ScanShape<n>::kThreads, 0, ctx.stream>>>( \
+          T, H, r, w, k, v, a, b, y, states, offset);                                                \
+    } else {                                                                                         \
+      wkv7_scan_rows_kernel<n><<<grid, n, 0, ctx.stream>>>(T, H, r, w, k, v, a, b, y, states, offset); \
+    }                                                                                                \
+    break;
+  switch (N) {
+    RWKV_WKV7_CASE(16)
+    RWKV_WKV7_CASE(32)
+    RWKV_WKV7_CASE(64)
+    RWKV_WKV7_CASE(128)
+    default: fail("CUDA wkv7: head size ", N, " is not supported (16, 32, 64 or 128)");
   }
 #undef RWKV_WKV7_CASE
   RWKV_CUDA_LAUNCHED("wkv7_scan");

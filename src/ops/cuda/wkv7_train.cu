@@ -1,8 +1,12 @@
-// WKV-7 forward and backward for training (see wkv7_train.h). One block per (sequence, head).
-// Forward: thread i owns row i of S (value index). Backward: thread i owns column i (key index)
+// WKV-7 forward and backward for training (see wkv7_train.h). Forward: the sliced scan's shape
+// (wkv7_scan.cuh) while the heads are fewer than the SMs, else one thread per state row.
+// Backward: one block per (sequence, head); thread i owns column i (key index)
 // of S and of ∂S, and row i of ∂S too (∂v and ∂(S·a) are row sums, ∂r, ∂k, ∂b, ∂decay column
 // sums), so every sum is over a thread's own registers against shared vectors.
 #include "ops/cuda/wkv7_train.h"
+
+
+#include "ops/cuda/wkv7_scan.cuh"
 
 namespace rwkv::cuda {
 namespace {
@@ -16,8 +20,114 @@ __device__ __forceinline__ float f(bf16 x) { return __bfloat162float(x); }
 // per row: the loads' latency overlaps, as in RWKV-LM's v3 kernels).
 constexpr int kChunk = kWkv7TrainChunk;
 
+// Forward while the heads are fewer than the SMs (the 0.1B model's 12 heads × 8 sequences): the
+// sliced scan's shape (wkv7_scan.cuh): thread (row i, part) owns columns j = 8·c + part of row i
+// of S in a block of 16 rows; a row's S·a and y are shuffle sums over its 8 parts. The next
+// chunk's inputs load into registers while the current one computes.
 template <int N>
-__global__ void __launch_bounds__(N, 2) wkv7_train_forward_kernel(Wkv7Train p, int chunks) {
+__global__ void __launch_bounds__(ScanShape<N>::kThreads) wkv7_train_forward_kernel(Wkv7Train p, int chunks) {
+  using Sh = ScanShape<N>;
+  constexpr int K = Sh::kCols, P = Sh::kParts, kThreads = Sh::kThreads, kRows = Sh::kRows;
+  static_assert(Sh::kChunk == kChunk, "checkpoints are every kChunk rows");
+  const int h = blockIdx.x / Sh::kSlices, row0 = blockIdx.x % Sh::kSlices * kRows, seq = blockIdx.y;
+  const int tid = threadIdx.x, part = tid % P, ri = tid / P, i = row0 + ri, H = p.H, T = p.T;
+  const size_t head = size_t(seq) * H + h, C = size_t(H) * N, base = size_t(seq) * T * C + size_t(h) * N;
+  float s[K];
+#pragma unroll
+  for (int c = 0; c < K; ++c) s[c] = p.s0 ? p.s0[(head * N + i) * N + P * c + part] : 0.f;
+  float* ckpt = p.checkpoints + head * chunks * N * N;
+  // r, decay, k, a, b of each row of the chunk, permuted; the slice's v and y, in order.
+  __shared__ __align__(16) float vec[5][kChunk][Sh::kLen];
+  __shared__ float vs[kChunk][kRows], ys[kChunk][kRows];
+  float pre[5][Sh::kPer], prev[Sh::kPerV];
+  const auto fetch = [&](int t0) {
+#pragma unroll
+    for (int u = 0; u < Sh::kPer; ++u) {
+      const int e = tid + kThreads * u, t = t0 + e / N;
+      if (t < T) {
+        const size_t o = base + size_t(t) * C + size_t(e % N);
+        pre[0][u] = f(p.r[o]), pre[1][u] = f(p.z[o]), pre[2][u] = f(p.k[o]), pre[3][u] = f(p.a[o]),
+        pre[4][u] = f(p.b[o]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < Sh::kPerV; ++u) {
+      const int e = tid + kThreads * u, t = t0 + e / kRows;
+      if (t < T) prev[u] = f(p.v[base + size_t(t) * C + size_t(row0 + e % kRows)]);
+    }
+  };
+  const auto put = [&]() {
+#pragma unroll
+    for (int u = 0; u < Sh::kPer; ++u) {
+      const int e = tid + kThreads * u, row = e / N, pos = Sh::permuted(e % N);
+      vec[0][row][pos] = pre[0][u];
+      vec[1][row][pos] = __expf(kScale / (1.f + __expf(-pre[1][u])));
+      vec[2][row][pos] = pre[2][u];
+      vec[3][row][pos] = pre[3][u];
+      vec[4][row][pos] = pre[4][u];
+    }
+#pragma unroll
+    for (int u = 0; u < Sh::kPerV; ++u) {
+      const int e = tid + kThreads * u;
+      vs[e / kRows][e % kRows] = prev[u];
+    }
+  };
+  fetch(0);
+  for (int t0 = 0; t0 < T; t0 += kChunk) {
+    __syncthreads();  // the previous chunk's vectors are read and its outputs written out
+    put();
+    __syncthreads();
+    if (t0 + kChunk < T) fetch(t0 + kChunk);
+    const int rows = min(kChunk, T - t0);
+    for (int row = 0; row < rows; ++row) {
+      if (p.reset && p.reset[size_t(seq) * T + t0 + row]) {  // a new document (uniform over the block)
+#pragma unroll
+        for (int c = 0; c < K; ++c) s[c] = 0.f;
+      }
+      const int at = part * Sh::kStride;
+      float av[K], rv[K], dv[K], kv[K], bv[K];
+      read_cols<K>(&vec[3][row][at], av);
+      read_cols<K>(&vec[0][row][at], rv);
+      read_cols<K>(&vec[1][row][at], dv);
+      read_cols<K>(&vec[2][row][at], kv);
+      read_cols<K>(&vec[4][row][at], bv);
+      const float vi = vs[row][ri];
+      float sa = 0.f;
+#pragma unroll
+      for (int c = 0; c < K; ++c) sa += s[c] * av[c];
+      sa = parts_sum<P>(sa);
+      if (part == 0) p.sa[base + size_t(t0 + row) * C + size_t(i)] = sa;
+      float yi = 0.f;
+#pragma unroll
+      for (int c = 0; c < K; ++c) {
+        s[c] = s[c] * dv[c] + (sa * bv[c] + vi * kv[c]);  // one FMA on s's chain
+        yi += s[c] * rv[c];
+      }
+      yi = parts_sum<P>(yi);
+      if (part == 0) ys[row][ri] = yi;
+    }
+    // The state after the chunk, stored transposed (column-major): the backward's thread i
+    // reads column i contiguously.
+    float* cp = ckpt + size_t(t0 / kChunk) * N * N + i;
+#pragma unroll
+    for (int c = 0; c < K; ++c) cp[size_t(P * c + part) * N] = s[c];
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < Sh::kPerV; ++u) {
+      const int e = tid + kThreads * u, t = t0 + e / kRows;
+      if (t < T) p.y[base + size_t(t) * C + size_t(row0 + e % kRows)] = __float2bfloat16_rn(ys[e / kRows][e % kRows]);
+    }
+  }
+  if (p.sT) {
+#pragma unroll
+    for (int c = 0; c < K; ++c) p.sT[(head * N + i) * N + P * c + part] = s[c];
+  }
+}
+
+// Forward with heads enough to fill the GPU: one block per (sequence, head), thread i owns row i of
+// S (value index).
+template <int N>
+__global__ void __launch_bounds__(N, 2) wkv7_train_rows_forward_kernel(Wkv7Train p, int chunks) {
   const int h = blockIdx.x, seq = blockIdx.y, i = threadIdx.x, H = p.H, T = p.T;
   const size_t head = size_t(seq) * H + h;
   float s[N];
@@ -207,12 +317,23 @@ size_t wkv7_train_checkpoint_floats(int B, int T, int H, int N) {
 
 void wkv7_train_forward(Context& ctx, const Wkv7Train& p) {
   if (p.B <= 0 || p.T <= 0) return;
-  const dim3 grid(p.H, p.B);
+  const bool slices = scan_slices(p.B * p.H, ctx.sms);
+  const int chunks = chunks_of(p.T);
+#define RWKV_WKV7_FORWARD(n)                                                                         \
+  case n:                                                                                            \
+    if (slices) {                                                                                    \
+      wkv7_train_forward_kernel<n><<<dim3(p.H * ScanShape<n>::kSlices, p.B), ScanShape<n>::kThreads, 0, \
+                                     ctx.stream>>>(p, chunks);                                       \
+    } else {                                                                                         \
+      wkv7_train_rows_forward_kernel<n><<<dim3(p.H, p.B), n, 0, ctx.stream>>>(p, chunks);             \
+    }                                                                                                \
+    break;
   switch (p.N) {
-    case 32: wkv7_train_forward_kernel<32><<<grid, 32, 0, ctx.stream>>>(p, chunks_of(p.T)); break;
-    case 64: wkv7_train_forward_kernel<64><<<grid, 64, 0, ctx.stream>>>(p, chunks_of(p.T)); break;
+    RWKV_WKV7_FORWARD(32)
+    RWKV_WKV7_FORWARD(64)
     default: fail("CUDA wkv7 training: head size ", p.N, " is not supported (32 or 64)");
   }
+#undef RWKV_WKV7_FORWARD
   RWKV_CUDA_LAUNCHED("wkv7_train_forward");
 }
 
