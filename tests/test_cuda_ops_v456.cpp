@@ -50,11 +50,15 @@ std::vector<bool> touched(size_t count, size_t floats, const std::vector<int>& s
 TEST(CudaOpsV456, Wkv6ScanMatchesTheReference) {
   RWKV_REQUIRE_GPU();
   std::mt19937 rng(11);
+  int sms = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
   for (int N : {8, 16, 32, 64, 128}) {
-    for (int H : {1, 3}) {
+    // H = sms: heads enough to fill the GPU, one block per head (else slices of 16 columns).
+    for (int H : {1, 3, sms}) {
       for (int B : {1, 2}) {
-        for (int T : {1, 7, 33}) {
+        for (int T : {1, 7, 33, 70}) {  // 33, 70: chunks of 16 rows (8 at N = 128), a partial one
           for (bool v6 : {false, true}) {
+            if (H == sms && T != 33) continue;
             const int A = H * N;
             const size_t MA = size_t(B * T) * A, head_floats = size_t(H) * N * N;
             const size_t floats = head_floats + 12, offset = 8, count = 3;

@@ -5,6 +5,7 @@
 
 #include "ops/cuda/device_math.cuh"
 #include "ops/cuda/kernels_v456.h"
+#include "ops/cuda/sliced_scan.cuh"
 
 namespace rwkv::cuda {
 namespace {
@@ -53,6 +54,97 @@ __global__ void __launch_bounds__(N) wkv6_scan_kernel(int T, int H, const float*
   }
 #pragma unroll
   for (int i = 0; i < N; ++i) S[i * N] = s[i];
+}
+
+// WKV-5/6 for heads fewer than the SMs (a one-sequence prefill), in the sliced scan's shape
+// (sliced_scan.cuh): a block takes 16 state columns j of one head (N/16 blocks per head) and thread
+// (column, part) owns S[i][j] for i = 8·c + part; y_j is a shuffle sum over the 8 parts. Inputs
+// are staged a chunk of rows at a time, the next chunk's loads in registers meanwhile. The sums
+// are those of the kernel above, split in eight.
+template <int N>
+__global__ void __launch_bounds__(ScanShape<N>::kThreads)
+    wkv6_scan_sliced_kernel(int T, int H, const float* r, const float* k, const float* v, const float* w,
+                            const float* decay, const float* u, float* y, StateRef st, size_t offset) {
+  using Sh = ScanShape<N>;
+  constexpr int K = Sh::kCols, P = Sh::kParts, kThreads = Sh::kThreads, kChunk = Sh::kChunk, kCols = Sh::kRows;
+  static_assert(kThreads % N == 0, "a thread stages the same channel in every chunk");
+  const int h = blockIdx.x / Sh::kSlices, col0 = blockIdx.x % Sh::kSlices * kCols, seq = blockIdx.y;
+  const int tid = threadIdx.x, part = tid % P, cj = tid / P;
+  const size_t A = size_t(H) * N, base = size_t(seq) * T * A + size_t(h) * N;
+  float* S = st.pool + size_t(st.slots[seq]) * st.floats + offset + size_t(h) * N * N + col0 + cj;
+  float s[K];
+#pragma unroll
+  for (int c = 0; c < K; ++c) s[c] = S[size_t(P * c + part) * N];
+  // r, k, u·k and the decay of each row of the chunk, permuted by key index; the slice's v, y.
+  __shared__ __align__(16) float vec[4][kChunk][Sh::kLen];
+  __shared__ float vs[kChunk][kCols], ys[kChunk][kCols];
+  const int ch = tid % N;  // the channel this thread stages, in every chunk
+  const float uc = u[h * N + ch], dc = decay[h * N + ch];
+  float pre[3][Sh::kPer], prev[Sh::kPerV];
+  const auto fetch = [&](int t0) {
+#pragma unroll
+    for (int q = 0; q < Sh::kPer; ++q) {
+      const int e = tid + kThreads * q, t = t0 + e / N;
+      if (t < T) {
+        const size_t o = base + size_t(t) * A + size_t(ch);
+        pre[0][q] = r[o], pre[1][q] = k[o], pre[2][q] = w ? w[o] : 0.f;
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < Sh::kPerV; ++q) {
+      const int e = tid + kThreads * q, t = t0 + e / kCols;
+      if (t < T) prev[q] = v[base + size_t(t) * A + size_t(col0 + e % kCols)];
+    }
+  };
+  const auto put = [&]() {
+    const int pos = Sh::permuted(ch);
+#pragma unroll
+    for (int q = 0; q < Sh::kPer; ++q) {
+      const int row = (tid + kThreads * q) / N;
+      vec[0][row][pos] = pre[0][q];
+      vec[1][row][pos] = pre[1][q];
+      vec[2][row][pos] = uc * pre[1][q];
+      vec[3][row][pos] = expf(w ? -expf(dc + pre[2][q]) : dc);
+    }
+#pragma unroll
+    for (int q = 0; q < Sh::kPerV; ++q) {
+      const int e = tid + kThreads * q;
+      vs[e / kCols][e % kCols] = prev[q];
+    }
+  };
+  fetch(0);
+  for (int t0 = 0; t0 < T; t0 += kChunk) {
+    __syncthreads();  // the previous chunk's vectors are read and its outputs written out
+    put();
+    __syncthreads();
+    if (t0 + kChunk < T) fetch(t0 + kChunk);
+    const int rows = min(kChunk, T - t0);
+    for (int row = 0; row < rows; ++row) {
+      const int at = part * Sh::kStride;
+      float rv[K], kv[K], ukv[K], dv[K];
+      read_cols<K>(&vec[0][row][at], rv);
+      read_cols<K>(&vec[1][row][at], kv);
+      read_cols<K>(&vec[2][row][at], ukv);
+      read_cols<K>(&vec[3][row][at], dv);
+      const float vj = vs[row][cj];
+      float acc = 0.f;
+#pragma unroll
+      for (int c = 0; c < K; ++c) {
+        acc += rv[c] * (ukv[c] * vj + s[c]);
+        s[c] = dv[c] * s[c] + kv[c] * vj;
+      }
+      acc = parts_sum<P>(acc);
+      if (part == 0) ys[row][cj] = acc;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < Sh::kPerV; ++q) {
+      const int e = tid + kThreads * q, t = t0 + e / kCols;
+      if (t < T) y[base + size_t(t) * A + size_t(col0 + e % kCols)] = ys[e / kCols][e % kCols];
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < K; ++c) S[size_t(P * c + part) * N] = s[c];
 }
 
 // WKV-4 (spec §2.1, §3.1): thread (channel, sequence) walks the T rows with its (aa, bb, pp) in
@@ -132,6 +224,22 @@ __global__ void ddlerp_kernel(int C, size_t n, const float* xn, const float* del
 
 constexpr int kThreads = 256;
 
+// The sliced scan while the heads are fewer than the SMs (head size 16 and up), else one block per
+// head.
+template <int N>
+void launch_wkv6(Context& ctx, bool slices, dim3 grid, int T, int H, const float* r, const float* k,
+                 const float* v, const float* w, const float* decay, const float* u, float* y, StateRef states,
+                 size_t offset) {
+  if constexpr (N >= 16) {
+    if (slices) {
+      wkv6_scan_sliced_kernel<N><<<dim3(H * ScanShape<N>::kSlices, grid.y), ScanShape<N>::kThreads, 0, ctx.stream>>>(
+          T, H, r, k, v, w, decay, u, y, states, offset);
+      return;
+    }
+  }
+  wkv6_scan_kernel<N><<<grid, N, 0, ctx.stream>>>(T, H, r, k, v, w, decay, u, y, states, offset);
+}
+
 }  // namespace
 
 void wkv6_scan(Context& ctx, int B, int T, int H, int N, const float* r, const float* k,
@@ -141,18 +249,14 @@ void wkv6_scan(Context& ctx, int B, int T, int H, int N, const float* r, const f
     fail("CUDA wkv6: head size ", N, " is not supported (8, 16, 32, 64 or 128)");
   if (B <= 0 || T <= 0 || H <= 0) return;
   const dim3 grid(H, B);
-#define RWKV_WKV6_CASE(n)                                                                     \
-  case n:                                                                                     \
-    wkv6_scan_kernel<n><<<grid, n, 0, ctx.stream>>>(T, H, r, k, v, w, decay, u, y, states, offset); \
-    break;
+  const bool slices = scan_slices(B * H, ctx.sms);
   switch (N) {
-    RWKV_WKV6_CASE(8)
-    RWKV_WKV6_CASE(16)
-    RWKV_WKV6_CASE(32)
-    RWKV_WKV6_CASE(64)
-    RWKV_WKV6_CASE(128)
+    case 8: launch_wkv6<8>(ctx, slices, grid, T, H, r, k, v, w, decay, u, y, states, offset); break;
+    case 16: launch_wkv6<16>(ctx, slices, grid, T, H, r, k, v, w, decay, u, y, states, offset); break;
+    case 32: launch_wkv6<32>(ctx, slices, grid, T, H, r, k, v, w, decay, u, y, states, offset); break;
+    case 64: launch_wkv6<64>(ctx, slices, grid, T, H, r, k, v, w, decay, u, y, states, offset); break;
+    case 128: launch_wkv6<128>(ctx, slices, grid, T, H, r, k, v, w, decay, u, y, states, offset); break;
   }
-#undef RWKV_WKV6_CASE
   RWKV_CUDA_LAUNCHED("wkv6_scan");
 }
 

@@ -7,7 +7,7 @@
 
 #include "ops/cuda/device_math.cuh"
 #include "ops/cuda/kernels.h"
-#include "ops/cuda/wkv7_scan.cuh"
+#include "ops/cuda/sliced_scan.cuh"
 
 namespace rwkv::cuda {
 namespace {

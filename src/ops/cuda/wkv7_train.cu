@@ -1,12 +1,12 @@
 // WKV-7 forward and backward for training (see wkv7_train.h). Forward: the sliced scan's shape
-// (wkv7_scan.cuh) while the heads are fewer than the SMs, else one thread per state row.
+// (sliced_scan.cuh) while the heads are fewer than the SMs, else one thread per state row.
 // Backward: one block per (sequence, head); thread i owns column i (key index)
 // of S and of ∂S, and row i of ∂S too (∂v and ∂(S·a) are row sums, ∂r, ∂k, ∂b, ∂decay column
 // sums), so every sum is over a thread's own registers against shared vectors.
 #include "ops/cuda/wkv7_train.h"
 
 
-#include "ops/cuda/wkv7_scan.cuh"
+#include "ops/cuda/sliced_scan.cuh"
 
 namespace rwkv::cuda {
 namespace {
@@ -21,7 +21,7 @@ __device__ __forceinline__ float f(bf16 x) { return __bfloat162float(x); }
 constexpr int kChunk = kWkv7TrainChunk;
 
 // Forward while the heads are fewer than the SMs (the 0.1B model's 12 heads × 8 sequences): the
-// sliced scan's shape (wkv7_scan.cuh): thread (row i, part) owns columns j = 8·c + part of row i
+// sliced scan's shape (sliced_scan.cuh): thread (row i, part) owns columns j = 8·c + part of row i
 // of S in a block of 16 rows; a row's S·a and y are shuffle sums over its 8 parts. The next
 // chunk's inputs load into registers while the current one computes.
 template <int N>

@@ -1,9 +1,10 @@
-// The shape and helpers of the sliced WKV-7 scans (the inference scan in wkv7.cu, the training
-// forward in wkv7_train.cu), for when the heads are fewer than the SMs: a block takes a slice of
-// 16 state rows of one head (N/16 blocks per head); each row is split over kParts adjacent
-// threads, each owning kCols columns (j = kParts·c + part); the rows' vectors are staged a chunk
-// at a time in shared memory, permuted so that a thread's columns are contiguous and the parts of
-// a row hit different banks.
+// The shape and helpers of the sliced matrix-state scans (WKV-7's inference scan in wkv7.cu and
+// training forward in wkv7_train.cu, WKV-5/6's scan in rwkv456_kernels.cu), for when the heads
+// are fewer than the SMs: a block takes a slice of 16 state rows of one head (N/16 blocks per
+// head; for WKV-5/6, 16 value columns); each is split over kParts adjacent threads, each owning
+// kCols entries (index kParts·c + part); the sequence rows' vectors are staged a chunk at a time
+// in shared memory, permuted so that a thread's entries are contiguous and the parts hit
+// different banks.
 #pragma once
 #include <cuda_runtime.h>
 
