@@ -71,6 +71,7 @@ __global__ void __launch_bounds__(ScanShape<N>::kThreads)
   const int h = blockIdx.x / Sh::kSlices, col0 = blockIdx.x % Sh::kSlices * kCols, seq = blockIdx.y;
   const int tid = threadIdx.x, part = tid % P, cj = tid / P;
   const size_t A = size_t(H) * N, base = size_t(seq) * T * A + size_t(h) * N;
+  const SliceRows<N> slice{T, base, A, col0};
   float* S = st.pool + size_t(st.slots[seq]) * st.floats + offset + size_t(h) * N * N + col0 + cj;
   float s[K];
 #pragma unroll
@@ -84,17 +85,13 @@ __global__ void __launch_bounds__(ScanShape<N>::kThreads)
   const auto fetch = [&](int t0) {
 #pragma unroll
     for (int q = 0; q < Sh::kPer; ++q) {
-      const int e = tid + kThreads * q, t = t0 + e / N;
+      const int t = t0 + (tid + kThreads * q) / N;
       if (t < T) {
         const size_t o = base + size_t(t) * A + size_t(ch);
         pre[0][q] = r[o], pre[1][q] = k[o], pre[2][q] = w ? w[o] : 0.f;
       }
     }
-#pragma unroll
-    for (int q = 0; q < Sh::kPerV; ++q) {
-      const int e = tid + kThreads * q, t = t0 + e / kCols;
-      if (t < T) prev[q] = v[base + size_t(t) * A + size_t(col0 + e % kCols)];
-    }
+    slice.fetch(v, t0, prev);
   };
   const auto put = [&]() {
     const int pos = Sh::permuted(ch);
@@ -106,43 +103,26 @@ __global__ void __launch_bounds__(ScanShape<N>::kThreads)
       vec[2][row][pos] = uc * pre[1][q];
       vec[3][row][pos] = expf(w ? -expf(dc + pre[2][q]) : dc);
     }
-#pragma unroll
-    for (int q = 0; q < Sh::kPerV; ++q) {
-      const int e = tid + kThreads * q;
-      vs[e / kCols][e % kCols] = prev[q];
-    }
+    slice.put(prev, vs);
   };
-  fetch(0);
-  for (int t0 = 0; t0 < T; t0 += kChunk) {
-    __syncthreads();  // the previous chunk's vectors are read and its outputs written out
-    put();
-    __syncthreads();
-    if (t0 + kChunk < T) fetch(t0 + kChunk);
-    const int rows = min(kChunk, T - t0);
-    for (int row = 0; row < rows; ++row) {
-      const int at = part * Sh::kStride;
-      float rv[K], kv[K], ukv[K], dv[K];
-      read_cols<K>(&vec[0][row][at], rv);
-      read_cols<K>(&vec[1][row][at], kv);
-      read_cols<K>(&vec[2][row][at], ukv);
-      read_cols<K>(&vec[3][row][at], dv);
-      const float vj = vs[row][cj];
-      float acc = 0.f;
+  const auto row = [&](int, int row) {
+    const int at = part * Sh::kStride;
+    float rv[K], kv[K], ukv[K], dv[K];
+    read_cols<K>(&vec[0][row][at], rv);
+    read_cols<K>(&vec[1][row][at], kv);
+    read_cols<K>(&vec[2][row][at], ukv);
+    read_cols<K>(&vec[3][row][at], dv);
+    const float vj = vs[row][cj];
+    float acc = 0.f;
 #pragma unroll
-      for (int c = 0; c < K; ++c) {
-        acc += rv[c] * (ukv[c] * vj + s[c]);
-        s[c] = dv[c] * s[c] + kv[c] * vj;
-      }
-      acc = parts_sum<P>(acc);
-      if (part == 0) ys[row][cj] = acc;
+    for (int c = 0; c < K; ++c) {
+      acc += rv[c] * (ukv[c] * vj + s[c]);
+      s[c] = dv[c] * s[c] + kv[c] * vj;
     }
-    __syncthreads();
-#pragma unroll
-    for (int q = 0; q < Sh::kPerV; ++q) {
-      const int e = tid + kThreads * q, t = t0 + e / kCols;
-      if (t < T) y[base + size_t(t) * A + size_t(col0 + e % kCols)] = ys[e / kCols][e % kCols];
-    }
-  }
+    acc = parts_sum<P>(acc);
+    if (part == 0) ys[row][cj] = acc;
+  };
+  walk_chunks<kChunk>(T, fetch, put, row, [&](int t0) { slice.write(ys, y, t0); });
 #pragma unroll
   for (int c = 0; c < K; ++c) S[size_t(P * c + part) * N] = s[c];
 }

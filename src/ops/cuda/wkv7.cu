@@ -26,10 +26,11 @@ __global__ void __launch_bounds__(ScanShape<N>::kThreads)
     wkv7_scan_kernel(int T, int H, const float* r, const float* w, const float* k, const float* v, const float* a,
                      const float* b, float* y, StateRef st, size_t offset) {
   using Sh = ScanShape<N>;
-  constexpr int K = Sh::kCols, P = Sh::kParts, kThreads = Sh::kThreads, kChunk = Sh::kChunk, kRows = Sh::kRows;
+  constexpr int K = Sh::kCols, P = Sh::kParts, kChunk = Sh::kChunk, kRows = Sh::kRows;
   const int h = blockIdx.x / Sh::kSlices, row0 = blockIdx.x % Sh::kSlices * kRows, seq = blockIdx.y;
   const int tid = threadIdx.x, part = tid % P, ri = tid / P;
   const size_t C = size_t(H) * N, base = size_t(seq) * T * C + size_t(h) * N;
+  const SliceRows<N> slice{T, base, C, row0};
   float* S = st.pool + size_t(st.slots[seq]) * st.floats + offset + (size_t(h) * N + row0 + ri) * N + part;
   float s[K];
 #pragma unroll
@@ -38,73 +39,20 @@ __global__ void __launch_bounds__(ScanShape<N>::kThreads)
   __shared__ __align__(16) float vec[5][kChunk][Sh::kLen];
   __shared__ float vs[kChunk][kRows], ys[kChunk][kRows];
   float pre[5][Sh::kPer], prev[Sh::kPerV];
+  const Wkv7Chunk<N> chunk{T, base, C};
   const auto fetch = [&](int t0) {
-#pragma unroll
-    for (int u = 0; u < Sh::kPer; ++u) {
-      const int e = tid + kThreads * u, t = t0 + e / N;
-      if (t < T) {
-        const size_t o = base + size_t(t) * C + size_t(e % N);
-        pre[0][u] = r[o], pre[1][u] = w[o], pre[2][u] = k[o], pre[3][u] = a[o], pre[4][u] = b[o];
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < Sh::kPerV; ++u) {
-      const int e = tid + kThreads * u, t = t0 + e / kRows;
-      if (t < T) prev[u] = v[base + size_t(t) * C + size_t(row0 + e % kRows)];
-    }
+    chunk.fetch(r, w, k, a, b, t0, pre);
+    slice.fetch(v, t0, prev);
   };
   const auto put = [&]() {
-#pragma unroll
-    for (int u = 0; u < Sh::kPer; ++u) {
-      const int e = tid + kThreads * u, row = e / N, pos = Sh::permuted(e % N);
-      vec[0][row][pos] = pre[0][u];
-      vec[1][row][pos] = expf(pre[1][u]);
-      vec[2][row][pos] = pre[2][u];
-      vec[3][row][pos] = pre[3][u];
-      vec[4][row][pos] = pre[4][u];
-    }
-#pragma unroll
-    for (int u = 0; u < Sh::kPerV; ++u) {
-      const int e = tid + kThreads * u;
-      vs[e / kRows][e % kRows] = prev[u];
-    }
+    chunk.put(pre, vec, [](float x) { return expf(x); });
+    slice.put(prev, vs);
   };
-  fetch(0);
-  for (int t0 = 0; t0 < T; t0 += kChunk) {
-    __syncthreads();  // the previous chunk's vectors are read and its outputs written out
-    put();
-    __syncthreads();
-    if (t0 + kChunk < T) fetch(t0 + kChunk);
-    const int rows = min(kChunk, T - t0);
-    for (int row = 0; row < rows; ++row) {
-      const int at = part * Sh::kStride;
-      float av[K], rv[K], dv[K], kv[K], bv[K];
-      read_cols<K>(&vec[3][row][at], av);
-      read_cols<K>(&vec[0][row][at], rv);
-      read_cols<K>(&vec[1][row][at], dv);
-      read_cols<K>(&vec[2][row][at], kv);
-      read_cols<K>(&vec[4][row][at], bv);
-      const float vi = vs[row][ri];
-      float sa = 0.f;
-#pragma unroll
-      for (int c = 0; c < K; ++c) sa += s[c] * av[c];
-      sa = parts_sum<P>(sa);
-      float yi = 0.f;
-#pragma unroll
-      for (int c = 0; c < K; ++c) {
-        s[c] = s[c] * dv[c] + sa * bv[c] + vi * kv[c];
-        yi += s[c] * rv[c];
-      }
-      yi = parts_sum<P>(yi);
-      if (part == 0) ys[row][ri] = yi;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int u = 0; u < Sh::kPerV; ++u) {
-      const int e = tid + kThreads * u, t = t0 + e / kRows;
-      if (t < T) y[base + size_t(t) * C + size_t(row0 + e % kRows)] = ys[e / kRows][e % kRows];
-    }
-  }
+  const auto row = [&](int, int row) {
+    const float2 sy = wkv7_sliced_row<N>(s, vec, row, vs[row][ri]);
+    if (part == 0) ys[row][ri] = sy.y;
+  };
+  walk_chunks<kChunk>(T, fetch, put, row, [&](int t0) { slice.write(ys, y, t0); });
 #pragma unroll
   for (int c = 0; c < K; ++c) S[P * c] = s[c];
 }

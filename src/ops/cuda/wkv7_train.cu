@@ -27,11 +27,12 @@ constexpr int kChunk = kWkv7TrainChunk;
 template <int N>
 __global__ void __launch_bounds__(ScanShape<N>::kThreads) wkv7_train_forward_kernel(Wkv7Train p, int chunks) {
   using Sh = ScanShape<N>;
-  constexpr int K = Sh::kCols, P = Sh::kParts, kThreads = Sh::kThreads, kRows = Sh::kRows;
+  constexpr int K = Sh::kCols, P = Sh::kParts, kRows = Sh::kRows;
   static_assert(Sh::kChunk == kChunk, "checkpoints are every kChunk rows");
   const int h = blockIdx.x / Sh::kSlices, row0 = blockIdx.x % Sh::kSlices * kRows, seq = blockIdx.y;
   const int tid = threadIdx.x, part = tid % P, ri = tid / P, i = row0 + ri, H = p.H, T = p.T;
   const size_t head = size_t(seq) * H + h, C = size_t(H) * N, base = size_t(seq) * T * C + size_t(h) * N;
+  const SliceRows<N> slice{T, base, C, row0};
   float s[K];
 #pragma unroll
   for (int c = 0; c < K; ++c) s[c] = p.s0 ? p.s0[(head * N + i) * N + P * c + part] : 0.f;
@@ -40,84 +41,35 @@ __global__ void __launch_bounds__(ScanShape<N>::kThreads) wkv7_train_forward_ker
   __shared__ __align__(16) float vec[5][kChunk][Sh::kLen];
   __shared__ float vs[kChunk][kRows], ys[kChunk][kRows];
   float pre[5][Sh::kPer], prev[Sh::kPerV];
+  const Wkv7Chunk<N> chunk{T, base, C};
   const auto fetch = [&](int t0) {
-#pragma unroll
-    for (int u = 0; u < Sh::kPer; ++u) {
-      const int e = tid + kThreads * u, t = t0 + e / N;
-      if (t < T) {
-        const size_t o = base + size_t(t) * C + size_t(e % N);
-        pre[0][u] = f(p.r[o]), pre[1][u] = f(p.z[o]), pre[2][u] = f(p.k[o]), pre[3][u] = f(p.a[o]),
-        pre[4][u] = f(p.b[o]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < Sh::kPerV; ++u) {
-      const int e = tid + kThreads * u, t = t0 + e / kRows;
-      if (t < T) prev[u] = f(p.v[base + size_t(t) * C + size_t(row0 + e % kRows)]);
-    }
+    chunk.fetch(p.r, p.z, p.k, p.a, p.b, t0, pre);
+    slice.fetch(p.v, t0, prev);
   };
   const auto put = [&]() {
+    chunk.put(pre, vec, [](float z) { return __expf(kScale / (1.f + __expf(-z))); });
+    slice.put(prev, vs);
+  };
+  const auto row = [&](int t0, int row) {
+    if (p.reset && p.reset[size_t(seq) * T + t0 + row]) {  // a new document (uniform over the block)
 #pragma unroll
-    for (int u = 0; u < Sh::kPer; ++u) {
-      const int e = tid + kThreads * u, row = e / N, pos = Sh::permuted(e % N);
-      vec[0][row][pos] = pre[0][u];
-      vec[1][row][pos] = __expf(kScale / (1.f + __expf(-pre[1][u])));
-      vec[2][row][pos] = pre[2][u];
-      vec[3][row][pos] = pre[3][u];
-      vec[4][row][pos] = pre[4][u];
+      for (int c = 0; c < K; ++c) s[c] = 0.f;
     }
-#pragma unroll
-    for (int u = 0; u < Sh::kPerV; ++u) {
-      const int e = tid + kThreads * u;
-      vs[e / kRows][e % kRows] = prev[u];
+    const float2 sy = wkv7_sliced_row<N>(s, vec, row, vs[row][ri]);
+    if (part == 0) {
+      p.sa[base + size_t(t0 + row) * C + size_t(i)] = sy.x;
+      ys[row][ri] = sy.y;
     }
   };
-  fetch(0);
-  for (int t0 = 0; t0 < T; t0 += kChunk) {
-    __syncthreads();  // the previous chunk's vectors are read and its outputs written out
-    put();
-    __syncthreads();
-    if (t0 + kChunk < T) fetch(t0 + kChunk);
-    const int rows = min(kChunk, T - t0);
-    for (int row = 0; row < rows; ++row) {
-      if (p.reset && p.reset[size_t(seq) * T + t0 + row]) {  // a new document (uniform over the block)
-#pragma unroll
-        for (int c = 0; c < K; ++c) s[c] = 0.f;
-      }
-      const int at = part * Sh::kStride;
-      float av[K], rv[K], dv[K], kv[K], bv[K];
-      read_cols<K>(&vec[3][row][at], av);
-      read_cols<K>(&vec[0][row][at], rv);
-      read_cols<K>(&vec[1][row][at], dv);
-      read_cols<K>(&vec[2][row][at], kv);
-      read_cols<K>(&vec[4][row][at], bv);
-      const float vi = vs[row][ri];
-      float sa = 0.f;
-#pragma unroll
-      for (int c = 0; c < K; ++c) sa += s[c] * av[c];
-      sa = parts_sum<P>(sa);
-      if (part == 0) p.sa[base + size_t(t0 + row) * C + size_t(i)] = sa;
-      float yi = 0.f;
-#pragma unroll
-      for (int c = 0; c < K; ++c) {
-        s[c] = s[c] * dv[c] + (sa * bv[c] + vi * kv[c]);  // one FMA on s's chain
-        yi += s[c] * rv[c];
-      }
-      yi = parts_sum<P>(yi);
-      if (part == 0) ys[row][ri] = yi;
-    }
+  const auto done = [&](int t0) {
     // The state after the chunk, stored transposed (column-major): the backward's thread i
     // reads column i contiguously.
     float* cp = ckpt + size_t(t0 / kChunk) * N * N + i;
 #pragma unroll
     for (int c = 0; c < K; ++c) cp[size_t(P * c + part) * N] = s[c];
-    __syncthreads();
-#pragma unroll
-    for (int u = 0; u < Sh::kPerV; ++u) {
-      const int e = tid + kThreads * u, t = t0 + e / kRows;
-      if (t < T) p.y[base + size_t(t) * C + size_t(row0 + e % kRows)] = __float2bfloat16_rn(ys[e / kRows][e % kRows]);
-    }
-  }
+    slice.write(ys, p.y, t0);
+  };
+  walk_chunks<kChunk>(T, fetch, put, row, done);
   if (p.sT) {
 #pragma unroll
     for (int c = 0; c < K; ++c) p.sT[(head * N + i) * N + P * c + part] = s[c];
