@@ -135,15 +135,22 @@ TEST(CudaRwkv7, OfficialBf16FileInTheSequenceForm) {
 }
 
 // Decode steps replay as CUDA graphs (one per batch size, pool and logits mode): the same bits as
-// launching kernel by kernel, across pools and batch sizes that come and go.
-TEST(CudaRwkv7, GraphStepsEqualDirectSteps) {
+// launching kernel by kernel, across pools and batch sizes that come and go; layer by layer (this
+// small model's default) and with the fused step taking batches 1 and 3.
+class CudaRwkv7Graphs : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(FusedStep, CudaRwkv7Graphs, ::testing::Values("", "1"));
+
+TEST_P(CudaRwkv7Graphs, GraphStepsEqualDirectSteps) {
   RWKV_REQUIRE_GPU();
   test::V7Dims dims;
+  if (*GetParam()) dims.n_embd = 128, dims.head_size = 64;  // what the fused step takes
   auto ckpt = test::random_v7_checkpoint(dims, 13, DType::BF16);
+  if (*GetParam()) setenv("RWKV_CUDA_FUSED_STEP", GetParam(), 1);
   setenv("RWKV_CUDA_GRAPHS", "0", 1);
   auto direct = load_model(ckpt, on_gpu());
   unsetenv("RWKV_CUDA_GRAPHS");
   auto graphed = load_model(ckpt, on_gpu());
+  unsetenv("RWKV_CUDA_FUSED_STEP");
   auto pd1 = direct->new_state_pool(12), pd2 = direct->new_state_pool(3);
   auto pg1 = graphed->new_state_pool(12), pg2 = graphed->new_state_pool(3);
   const size_t V = size_t(dims.vocab);

@@ -87,16 +87,18 @@ class Rwkv7Cuda final : public CudaMatrixStateModel {
   }
 
   // Decode steps of up to step_batch_ sequences run as one kernel (ops/cuda/rwkv7_step.h) when
-  // the weights and shapes allow: single sequences by default (measured on an H200: 1.5B 1.85 vs
-  // 1.96 ms per step; at batches 2–4 it is slower than layer by layer, see dev/NOTES.md).
-  // RWKV_CUDA_FUSED_STEP=0 keeps every step layer by layer; =1 runs every batch the kernel takes
-  // (up to 4) through it, and makes a model it cannot run an error.
+  // the weights and shapes allow: by default single sequences of models with C ≥ 2048, where it
+  // was measured faster or level (1.5B: 557–560 vs 520 tok/s on an H200, 464 vs 466 on an H100);
+  // at the 0.1B size (C 768) layer by layer is 1–5% faster on both cards, and at batches 2–4 the
+  // fused step is slower (BENCHMARKS.md, dev/NOTES.md). RWKV_CUDA_FUSED_STEP=0 keeps every step
+  // layer by layer; =1 runs every batch the kernel takes (up to 4) through it, whatever the
+  // size, and makes a model it cannot run an error.
   void prepare_fused_step() {
     const char* env = std::getenv("RWKV_CUDA_FUSED_STEP");
     const std::string mode = env ? env : "";
     if (mode == "0") return;
     fuse_step();
-    if (mode != "1") step_batch_ = std::min(step_batch_, 1);
+    if (mode != "1") step_batch_ = info_.n_embd >= 2048 ? std::min(step_batch_, 1) : 0;
     if (mode == "1" && step_batch_ == 0) {
       fail("RWKV_CUDA_FUSED_STEP=1: the fused decode step needs 16-bit weights of one type, head size 64 "
            "and LoRA widths that are multiples of 8");

@@ -120,8 +120,8 @@ __device__ void block_sums(float (&v)[MR], float* red) {
 
 // out (shared, MR × n) = in (MR × n, global or shared). Every load of a thread's round is issued
 // before any is used: one memory round trip per 4 × 16 bytes per thread and row, where a plain
-// loop waits once per turn (a third of each phase's time went to such waits). Rows are 16-byte
-// aligned (n a multiple of 8, buffers checked by rwkv7_step).
+// loop waits once per turn (in dev/stream_lab.cu's chain of 96 phases the plain loop cost 15%
+// of the time). Rows are 16-byte aligned (n a multiple of 8, buffers checked by rwkv7_step).
 template <int MR>
 __device__ void load_rows(const float* in, int n, float* out) {
   constexpr int kBatch = MR <= 2 ? 4 : 2;  // registers: MR × kBatch float4
