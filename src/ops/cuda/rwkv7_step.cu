@@ -591,12 +591,18 @@ __global__ void __launch_bounds__(kThreads, 1) rwkv7_step_kernel(const __grid_co
 template <typename TW, int MR>
 void launch(Context& ctx, const Params& p, size_t smem) {
   const auto kernel = rwkv7_step_kernel<TW, MR>;
-  RWKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  int per_sm = 0, sms = 0;
-  RWKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-  RWKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx.device));
-  if (sms > kMaxBlocks) sms = kMaxBlocks;
-  if (per_sm < 1) fail("CUDA rwkv7_step: the kernel does not fit on an SM with ", smem, " bytes of shared memory");
+  // Once per device and shared-memory size, not per launch: steps launched one by one (no CUDA
+  // graph) would pay the attribute call and the occupancy query every time.
+  static thread_local int ready_device = -1;
+  static thread_local size_t ready_smem = 0;
+  if (ready_device != ctx.device || ready_smem != smem) {
+    RWKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    int per_sm = 0;
+    RWKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+    if (per_sm < 1) fail("CUDA rwkv7_step: the kernel does not fit on an SM with ", smem, " bytes of shared memory");
+    ready_device = ctx.device, ready_smem = smem;
+  }
+  const int sms = std::min(ctx.sms, kMaxBlocks);
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(unsigned(sms));  // one block per SM, all resident (cooperative launch)
   config.blockDim = dim3(kThreads);
