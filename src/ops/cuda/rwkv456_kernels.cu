@@ -207,17 +207,16 @@ constexpr int kThreads = 256;
 // The sliced scan while the heads are fewer than the SMs (head size 16 and up), else one block per
 // head.
 template <int N>
-void launch_wkv6(Context& ctx, bool slices, dim3 grid, int T, int H, const float* r, const float* k,
-                 const float* v, const float* w, const float* decay, const float* u, float* y, StateRef states,
-                 size_t offset) {
+void launch_wkv6(Context& ctx, int B, int T, int H, const float* r, const float* k, const float* v, const float* w,
+                 const float* decay, const float* u, float* y, StateRef states, size_t offset) {
   if constexpr (N >= 16) {
-    if (slices) {
-      wkv6_scan_sliced_kernel<N><<<dim3(H * ScanShape<N>::kSlices, grid.y), ScanShape<N>::kThreads, 0, ctx.stream>>>(
+    if (scan_slices(B * H, ctx.sms)) {
+      wkv6_scan_sliced_kernel<N><<<dim3(H * ScanShape<N>::kSlices, B), ScanShape<N>::kThreads, 0, ctx.stream>>>(
           T, H, r, k, v, w, decay, u, y, states, offset);
       return;
     }
   }
-  wkv6_scan_kernel<N><<<grid, N, 0, ctx.stream>>>(T, H, r, k, v, w, decay, u, y, states, offset);
+  wkv6_scan_kernel<N><<<dim3(H, B), N, 0, ctx.stream>>>(T, H, r, k, v, w, decay, u, y, states, offset);
 }
 
 }  // namespace
@@ -228,14 +227,12 @@ void wkv6_scan(Context& ctx, int B, int T, int H, int N, const float* r, const f
   if (N != 8 && N != 16 && N != 32 && N != 64 && N != 128)
     fail("CUDA wkv6: head size ", N, " is not supported (8, 16, 32, 64 or 128)");
   if (B <= 0 || T <= 0 || H <= 0) return;
-  const dim3 grid(H, B);
-  const bool slices = scan_slices(B * H, ctx.sms);
   switch (N) {
-    case 8: launch_wkv6<8>(ctx, slices, grid, T, H, r, k, v, w, decay, u, y, states, offset); break;
-    case 16: launch_wkv6<16>(ctx, slices, grid, T, H, r, k, v, w, decay, u, y, states, offset); break;
-    case 32: launch_wkv6<32>(ctx, slices, grid, T, H, r, k, v, w, decay, u, y, states, offset); break;
-    case 64: launch_wkv6<64>(ctx, slices, grid, T, H, r, k, v, w, decay, u, y, states, offset); break;
-    case 128: launch_wkv6<128>(ctx, slices, grid, T, H, r, k, v, w, decay, u, y, states, offset); break;
+    case 8: launch_wkv6<8>(ctx, B, T, H, r, k, v, w, decay, u, y, states, offset); break;
+    case 16: launch_wkv6<16>(ctx, B, T, H, r, k, v, w, decay, u, y, states, offset); break;
+    case 32: launch_wkv6<32>(ctx, B, T, H, r, k, v, w, decay, u, y, states, offset); break;
+    case 64: launch_wkv6<64>(ctx, B, T, H, r, k, v, w, decay, u, y, states, offset); break;
+    case 128: launch_wkv6<128>(ctx, B, T, H, r, k, v, w, decay, u, y, states, offset); break;
   }
   RWKV_CUDA_LAUNCHED("wkv6_scan");
 }

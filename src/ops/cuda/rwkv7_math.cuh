@@ -6,6 +6,9 @@
 
 namespace rwkv::cuda {
 
+// e^{−1/2}: the log-decay is −e^{−1/2}·σ(z) (spec §2.4).
+constexpr float kRwkv7DecayScale = 0.60653066f;
+
 struct Rwkv7Channel {
   float w;  // log-decay, ≤ 0
   float k;  // the key after the in-context rate's replacement
@@ -17,7 +20,7 @@ struct Rwkv7Channel {
 // a0 + a_lora; k_a the key's replacement rate.
 __device__ __forceinline__ Rwkv7Channel rwkv7_channel(float k, float kh, float w_pre, float a_pre, float k_a) {
   const float alpha = sigmoidf(a_pre);
-  return {-0.60653066f * sigmoidf(w_pre), k * (1.f + (alpha - 1.f) * k_a), -kh, kh * alpha};
+  return {-kRwkv7DecayScale * sigmoidf(w_pre), k * (1.f + (alpha - 1.f) * k_a), -kh, kh * alpha};
 }
 
 // The value after layer 0: mixed towards layer 0's value by σ(v0 + v_lora).

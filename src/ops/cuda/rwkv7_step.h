@@ -14,8 +14,9 @@
 //   4. LayerNorm + token shift + mix (staged), the channel mix's key projection with ReLU²;
 //   5. the channel mix's value projection added to the residual.
 // Then ln_out and the head. The math is the layer-by-layer path's (fp32 activations and
-// state, fp32 sums); only the order of the sums differs. The models use it for single
-// sequences, where it measured faster (dev/NOTES.md has the figures and what was tried).
+// state, fp32 sums); only the order of the sums differs. The RWKV-7 model uses it for single
+// sequences of models of width ≥ 2048, where it measured faster or level (dev/NOTES.md has the
+// figures and what was tried).
 #pragma once
 #include "ops/cuda/kernels.h"
 

@@ -6,12 +6,13 @@
 #include "ops/cuda/wkv7_train.h"
 
 
+#include "ops/cuda/rwkv7_math.cuh"
 #include "ops/cuda/sliced_scan.cuh"
 
 namespace rwkv::cuda {
 namespace {
 
-constexpr float kScale = -0.60653066f;  // −e^{−1/2}
+constexpr float kScale = -kRwkv7DecayScale;
 using bf16 = __nv_bfloat16;
 
 __device__ __forceinline__ float f(bf16 x) { return __bfloat162float(x); }
