@@ -1,7 +1,8 @@
-// Kernel lab: WKV-7 training kernels (ops/cuda/wkv7_train.cu) at the sizes RWKV-LM's kernels are
-// quoted at (B=8, T=4096, N=64, H=64 and H=12; bf16 inputs, fp32 state): forward and
-// forward+backward times, and the relative error of one head's outputs against the fp64
-// reference (ops::ref) at that length. Usage: wkv7_train_lab [B=8] [T=4096]
+// Kernel lab: WKV-7 training kernels (ops/cuda/wkv7_train.cu, sequential; wkv7_chunked.cu,
+// chunked) at the sizes RWKV-LM's kernels are quoted at (B=8, T=4096, N=64, H=64 and H=12; bf16
+// inputs, fp32 state): forward, backward and both passes' times for each form and the automatic
+// choice, and the relative error of one head's outputs against the fp64 reference (ops::ref) at
+// that length. Usage: wkv7_train_lab [B=8] [T=4096]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -106,7 +107,8 @@ int main(int argc, char** argv) try {
   }
   const int B = argc > 1 ? std::atoi(argv[1]) : 8, T = argc > 2 ? std::atoi(argv[2]) : 4096, N = 64;
   cuda::Context ctx(0);
-  std::printf("%s\nwkv7 train (bf16 in, fp32 state)  B    T    H   fwd(ms)  fwd+bwd(ms)  err vs fp64\n",
+  std::printf("%s\nwkv7 train (bf16 in, fp32 state)  B    T    H  form         fwd(ms)  bwd(ms)  fwd+bwd(ms)  "
+              "err vs fp64\n",
               cuda::device_description(0).c_str());
   std::mt19937 rng(1);
   for (int H : {64, 12}) {
@@ -118,35 +120,40 @@ int main(int argc, char** argv) try {
     std::vector<cuda::DeviceBuffer> grads;
     for (int q = 0; q < 6; ++q) grads.emplace_back(n * 2);
     cuda::DeviceBuffer ds0(S * 4);
-    const cuda::Wkv7Train p{B, T, H, N, r.as<bf16>(), z.as<bf16>(), k.as<bf16>(), v.as<bf16>(), a.as<bf16>(),
-                            b.as<bf16>(), y.as<bf16>(), nullptr, nullptr, ckpt.as<float>(), sa.as<float>()};
+    cuda::Wkv7Train p{B, T, H, N, r.as<bf16>(), z.as<bf16>(), k.as<bf16>(), v.as<bf16>(), a.as<bf16>(),
+                      b.as<bf16>(), y.as<bf16>(), nullptr, nullptr, ckpt.as<float>(), sa.as<float>()};
     const cuda::Wkv7TrainGrads g{dy.as<bf16>(), nullptr, grads[0].as<bf16>(), grads[1].as<bf16>(),
                                  grads[2].as<bf16>(), grads[3].as<bf16>(), grads[4].as<bf16>(),
                                  grads[5].as<bf16>(), ds0.as<float>()};
     cudaEvent_t e0, e1, e2;
     cudaEventCreate(&e0), cudaEventCreate(&e1), cudaEventCreate(&e2);
-    std::vector<float> fwd, both;
-    for (int rep = 0; rep < 12; ++rep) {
-      cudaEventRecord(e0, ctx.stream);
-      cuda::wkv7_train_forward(ctx, p);
-      cudaEventRecord(e1, ctx.stream);
-      cuda::wkv7_train_backward(ctx, p, g);
-      cudaEventRecord(e2, ctx.stream);
-      cudaEventSynchronize(e2);
-      float f1 = 0, f2 = 0;
-      cudaEventElapsedTime(&f1, e0, e1);
-      cudaEventElapsedTime(&f2, e0, e2);
-      if (rep >= 2) fwd.push_back(f1), both.push_back(f2);
+    const std::pair<cuda::Wkv7Form, const char*> forms[] = {
+        {cuda::Wkv7Form::Sequential, "sequential"}, {cuda::Wkv7Form::Chunked, "chunked"}, {cuda::Wkv7Form::Auto, "auto"}};
+    for (const auto& [form, name] : forms) {
+      p.form = form;
+      std::vector<float> fwd, bwd, both;
+      for (int rep = 0; rep < 12; ++rep) {
+        cudaEventRecord(e0, ctx.stream);
+        cuda::wkv7_train_forward(ctx, p);
+        cudaEventRecord(e1, ctx.stream);
+        cuda::wkv7_train_backward(ctx, p, g);
+        cudaEventRecord(e2, ctx.stream);
+        cudaEventSynchronize(e2);
+        float f1 = 0, f2 = 0, f3 = 0;
+        cudaEventElapsedTime(&f1, e0, e1);
+        cudaEventElapsedTime(&f2, e1, e2);
+        cudaEventElapsedTime(&f3, e0, e2);
+        if (rep >= 2) fwd.push_back(f1), bwd.push_back(f2), both.push_back(f3);
+      }
+      for (auto* v : {&fwd, &bwd, &both}) std::sort(v->begin(), v->end());
+      std::vector<std::vector<uint16_t>> got;
+      for (const cuda::DeviceBuffer* buf : {&y, &grads[0], &grads[1], &grads[2], &grads[3], &grads[4], &grads[5]}) {
+        got.emplace_back(n);
+        RWKV_CUDA_CHECK(cudaMemcpy(got.back().data(), buf->as(), n * 2, cudaMemcpyDeviceToHost));
+      }
+      std::printf("%35d %4d %4d  %-10s %9.3f %8.3f %12.3f %12.2e\n", B, T, H, name, fwd[fwd.size() / 2],
+                  bwd[bwd.size() / 2], both[both.size() / 2], head_error(in, H - 1, got));
     }
-    std::sort(fwd.begin(), fwd.end());
-    std::sort(both.begin(), both.end());
-    std::vector<std::vector<uint16_t>> got;
-    for (const cuda::DeviceBuffer* buf : {&y, &grads[0], &grads[1], &grads[2], &grads[3], &grads[4], &grads[5]}) {
-      got.emplace_back(n);
-      RWKV_CUDA_CHECK(cudaMemcpy(got.back().data(), buf->as(), n * 2, cudaMemcpyDeviceToHost));
-    }
-    std::printf("%35d %4d %4d %9.3f %12.3f %12.2e\n", B, T, H, fwd[fwd.size() / 2], both[both.size() / 2],
-                head_error(in, H - 1, got));
   }
   return 0;
 } catch (const std::exception& e) {

@@ -1,9 +1,11 @@
-// The WKV-7 training kernels on the GPU (bf16 activations, fp32 state) against the fp64 training
-// reference forward and backward (ops::train), at odd lengths (no T % 16 restriction), with an
-// initial state and a state gradient in, with and without document resets, outputs poisoned
-// first. Skips without a GPU.
+// The WKV-7 training kernels on the GPU (bf16 activations, fp32 state), sequential and chunked,
+// against the fp64 training reference forward and backward
+// (ops::train), at odd lengths (no T % 16 restriction), with an initial state and a state
+// gradient in, with and without document resets, outputs poisoned first. Skips without a GPU.
 #include <cmath>
 #include <random>
+#include <string>
+#include <utility>
 
 #include "ops/ops.h"
 #include "ops/train.h"
@@ -81,8 +83,14 @@ struct Outputs {
   std::vector<F> y, sT, grads[6], ds0;
 };
 
+// Each form (for both passes): sequential, chunked, and the automatic choice.
+const std::pair<cuda::Wkv7Form, const char*> kForms[] = {
+    {cuda::Wkv7Form::Auto, "auto"}, {cuda::Wkv7Form::Sequential, "sequential"}, {cuda::Wkv7Form::Chunked, "chunked"}};
+
 // The GPU kernels, forward then backward, every output poisoned first; reset (B·T) may be empty.
-Outputs<float> run_gpu(cuda::Context& ctx, const Inputs& in, const std::vector<unsigned char>& reset) {
+// `chunked`: set to whether each pass ran chunked.
+Outputs<float> run_gpu(cuda::Context& ctx, const Inputs& in, const std::vector<unsigned char>& reset,
+                       cuda::Wkv7Form form = cuda::Wkv7Form::Auto, std::pair<bool, bool>* chunked = nullptr) {
   const size_t MC = in.MC(), S = in.S();
   auto dr_ = upload(in.r.bits.data(), MC * 2), dz_ = upload(in.z.bits.data(), MC * 2),
        dk_ = upload(in.k.bits.data(), MC * 2), dv_ = upload(in.v.bits.data(), MC * 2),
@@ -101,6 +109,8 @@ Outputs<float> run_gpu(cuda::Context& ctx, const Inputs& in, const std::vector<u
   if (!reset.empty()) p.reset = dreset.as<unsigned char>();
   const cuda::Wkv7TrainGrads gr{P(ddy.as()), ddsT.as<float>(), g[0].as<bf16>(), g[1].as<bf16>(), g[2].as<bf16>(),
                                 g[3].as<bf16>(), g[4].as<bf16>(), g[5].as<bf16>(), gs0.as<float>()};
+  p.form = form;
+  if (chunked) *chunked = {cuda::wkv7_train_chunked(ctx, p, false), cuda::wkv7_train_chunked(ctx, p, true)};
   cuda::wkv7_train_forward(ctx, p);
   cuda::wkv7_train_backward(ctx, p, gr);
   ctx.synchronize();
@@ -112,13 +122,18 @@ Outputs<float> run_gpu(cuda::Context& ctx, const Inputs& in, const std::vector<u
   return out;
 }
 
-// bf16 outputs: rounding alone is ≈ 2^-9/√3 ≈ 1.1e-3 relative in norm; the fp32 state 1e-4.
-void expect_close(const Outputs<float>& got, const Outputs<double>& want, const std::string& at) {
+// bf16 outputs: rounding alone is ≈ 2^-9/√3 ≈ 1.1e-3 relative in norm. The state and its
+// gradient: 1e-4 through fp32 arithmetic (the sequential kernels); through the chunked form's TF32
+// products (unit roundoff 2^-11 ≈ 4.9e-4) twice that roundoff, 1e-3. `chunked`: whether the
+// forward, the backward ran chunked.
+void expect_close(const Outputs<float>& got, const Outputs<double>& want, const std::string& at,
+                  std::pair<bool, bool> chunked = {false, false}) {
+  const double state = chunked.first ? 1e-3 : 1e-4, dstate = chunked.first || chunked.second ? 1e-3 : 1e-4;
   EXPECT_LE(rel_error(got.y, want.y), 5e-3) << "y " << at;
-  EXPECT_LE(rel_error(got.sT, want.sT), 1e-4) << "S_T " << at;
+  EXPECT_LE(rel_error(got.sT, want.sT), state) << "S_T " << at;
   const char* names[] = {"dr", "dz", "dk", "dv", "da", "db"};
   for (int q = 0; q < 6; ++q) EXPECT_LE(rel_error(got.grads[q], want.grads[q]), 5e-3) << names[q] << " " << at;
-  EXPECT_LE(rel_error(got.ds0, want.ds0), 1e-4) << "dS0 " << at;
+  EXPECT_LE(rel_error(got.ds0, want.ds0), dstate) << "dS0 " << at;
 }
 
 // The fp64 reference per (sequence, head) on the same bf16 values, log-decay w = kScale·σ(z):
@@ -168,6 +183,7 @@ Outputs<double> reference(const Inputs& in, const std::vector<unsigned char>& re
   return want;
 }
 
+// Each form (chunks of 16 rows: T = 16, 17 and 100 end on a full, a one-row and a partial chunk).
 TEST(CudaWkv7Train, ForwardAndBackwardMatchTheFp64Reference) {
   RWKV_REQUIRE_GPU();
   cuda::Context ctx(0);
@@ -175,12 +191,23 @@ TEST(CudaWkv7Train, ForwardAndBackwardMatchTheFp64Reference) {
   for (int N : {32, 64}) {
     for (int T : {1, 5, 16, 17, 40, 100}) {
       const Inputs in = random_inputs(2, T, 3, N, rng);
-      expect_close(run_gpu(ctx, in, {}), reference(in, {}), "N=" + std::to_string(N) + " T=" + std::to_string(T));
+      const Outputs<double> want = reference(in, {});
+      for (const auto& [form, name] : kForms) {
+        std::pair<bool, bool> chunked;
+        const Outputs<float> got = run_gpu(ctx, in, {}, form, &chunked);
+        expect_close(got, want, "N=" + std::to_string(N) + " T=" + std::to_string(T) + " " + name, chunked);
+      }
     }
-    // More heads than multiprocessors: the forward's blocks take whole heads, not slices.
+    // More heads than multiprocessors: the sequential forward's blocks take whole heads, not
+    // slices, and the automatic backward is the sequential one.
     const int heads = (ctx.sms + 1) / 2;
     const Inputs in = random_inputs(2, 33, heads, N, rng);
-    expect_close(run_gpu(ctx, in, {}), reference(in, {}), "N=" + std::to_string(N) + " T=33 H=" + std::to_string(heads));
+    const Outputs<double> want = reference(in, {});
+    for (const auto& [form, name] : kForms) {
+      std::pair<bool, bool> chunked;
+      const Outputs<float> got = run_gpu(ctx, in, {}, form, &chunked);
+      expect_close(got, want, "N=" + std::to_string(N) + " T=33 H=" + std::to_string(heads) + " " + name, chunked);
+    }
   }
 }
 

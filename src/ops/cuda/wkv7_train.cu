@@ -1,13 +1,14 @@
-// WKV-7 forward and backward for training (see wkv7_train.h). Forward: the sliced scan's shape
+// WKV-7 forward and backward for training (see wkv7_train.h), the sequential kernels and the choice
+// of form (the chunked kernels are wkv7_chunked.cu). Forward: the sliced scan's shape
 // (sliced_scan.cuh) while the heads are fewer than the SMs, else one thread per state row.
 // Backward: one block per (sequence, head); thread i owns column i (key index)
 // of S and of ∂S, and row i of ∂S too (∂v and ∂(S·a) are row sums, ∂r, ∂k, ∂b, ∂decay column
 // sums), so every sum is over a thread's own registers against shared vectors.
 #include "ops/cuda/wkv7_train.h"
 
-
 #include "ops/cuda/rwkv7_math.cuh"
 #include "ops/cuda/sliced_scan.cuh"
+#include "ops/cuda/wkv7_chunked.h"
 
 namespace rwkv::cuda {
 namespace {
@@ -264,12 +265,23 @@ int chunks_of(int T) { return (T + kWkv7TrainChunk - 1) / kWkv7TrainChunk; }
 
 }  // namespace
 
+bool wkv7_train_chunked(const Context& ctx, const Wkv7Train& p, bool backward) {
+  if (!wkv7_chunked_applies(p)) return false;
+  switch (p.form) {
+    case Wkv7Form::Sequential: return false;
+    case Wkv7Form::Chunked: return true;
+    case Wkv7Form::Auto: return backward && p.B * p.H <= ctx.sms;
+  }
+  return false;
+}
+
 size_t wkv7_train_checkpoint_floats(int B, int T, int H, int N) {
   return size_t(B) * size_t(H) * size_t(chunks_of(T)) * size_t(N) * size_t(N);
 }
 
 void wkv7_train_forward(Context& ctx, const Wkv7Train& p) {
   if (p.B <= 0 || p.T <= 0) return;
+  if (wkv7_train_chunked(ctx, p, false)) return wkv7_chunked_forward(ctx, p);
   const bool slices = scan_slices(p.B * p.H, ctx.sms);
   const int chunks = chunks_of(p.T);
 #define RWKV_WKV7_FORWARD(n)                                                                         \
@@ -292,6 +304,7 @@ void wkv7_train_forward(Context& ctx, const Wkv7Train& p) {
 
 void wkv7_train_backward(Context& ctx, const Wkv7Train& p, const Wkv7TrainGrads& g) {
   if (p.B <= 0 || p.T <= 0) return;
+  if (wkv7_train_chunked(ctx, p, true)) return wkv7_chunked_backward(ctx, p, g);
   const dim3 grid(p.H, p.B);
   switch (p.N) {
     case 32: wkv7_train_backward_kernel<32><<<grid, 32, 0, ctx.stream>>>(p, g, chunks_of(p.T)); break;

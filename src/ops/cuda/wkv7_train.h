@@ -1,7 +1,8 @@
 // WKV-7 for training on the GPU: bf16 activations, fp32 state, the decay given before its
 // sigmoid as RWKV-LM's kernels take it (z; decay = exp(−e^{−1/2}·σ(z)), spec §2.4), an initial
 // state in and a final state out (BPTT across windows), any T.
-//   forward   y = WKV(r, z, k, v, a, b) from S0; saves S every 16 rows and S·a per row
+//   forward   y = WKV(r, z, k, v, a, b) from S0; saves S after every 16 rows (transposed) and
+//             S·a per row
 //   backward  ∂L/∂(r, z, k, v, a, b) and ∂L/∂S0 from ∂L/∂y and ∂L/∂S_T; walks the rows backwards,
 //             undoing each row's update from the checkpoint after its chunk (the decay is
 //             ≥ e^{−e^{−1/2}} ≈ 0.545, so dividing by it is stable over 16 rows); below a
@@ -17,6 +18,20 @@ namespace rwkv::cuda {
 
 constexpr int kWkv7TrainChunk = 16;
 
+// Which form runs the passes: the sequential scans (wkv7_train.cu) or the chunked form on tensor
+// cores (wkv7_chunked.cu; not with document resets, which always run sequentially). The chunked
+// form's products take TF32 operands (unit roundoff 2^-11; 3xTF32 where the decay gradient's sums
+// cancel): its state and state gradient are within ~2e-4 of fp32's, its bf16 outputs about as
+// close as the sequential kernels'. Both write the same checkpoints and S·a, and the chunked
+// backward takes the sequential forward's; the sequential backward undoes rows from the
+// checkpoints (dividing by the decays), which would magnify the chunked forward's TF32 error, so
+// a chunked forward is followed by the chunked backward. Auto: the sequential forward, and the
+// chunked backward while the heads (B·H) fit one wave of blocks (B·H ≤ SMs: faster there), else
+// the sequential one. The chunked forward is faster there too, but its TF32 state moved training
+// off the fp64 reference measurably (the official fixture's gradients, a 50-step run). The
+// forward and the backward of one window must be given the same form.
+enum class Wkv7Form { Auto, Sequential, Chunked };
+
 struct Wkv7Train {
   int B = 0, T = 0, H = 0, N = 0;
   const __nv_bfloat16 *r = nullptr, *z = nullptr, *k = nullptr, *v = nullptr, *a = nullptr,
@@ -29,6 +44,7 @@ struct Wkv7Train {
   // (B, T) or null: a nonzero entry restarts S from zero before that row (a new document; no
   // gradient flows into the state before it), as ops::train's reset.
   const unsigned char* reset = nullptr;
+  Wkv7Form form = Wkv7Form::Auto;
 };
 
 struct Wkv7TrainGrads {
@@ -39,6 +55,8 @@ struct Wkv7TrainGrads {
 };
 
 size_t wkv7_train_checkpoint_floats(int B, int T, int H, int N);
+// Whether the forward (backward) pass of p runs in the chunked form.
+bool wkv7_train_chunked(const Context& ctx, const Wkv7Train& p, bool backward);
 // N ∈ {32, 64}; rwkv::Error otherwise.
 void wkv7_train_forward(Context& ctx, const Wkv7Train& p);
 void wkv7_train_backward(Context& ctx, const Wkv7Train& p, const Wkv7TrainGrads& g);
