@@ -12,7 +12,7 @@
 //             ∂S₀ = ∂S diag(e^{G_L}) + (B⊙F ∂Sᵀ)ᵀ W + ∂Yᵀ(A_rb W + ER)
 // The forward saves the state after every chunk (the checkpoints, transposed as the sequential
 // kernels save them) and S·a per row; the backward reads the state before each chunk back.
-// Products take TF32 operands (3xTF32 for the decay gradient's, below). Document resets are not
+// Products take TF32 operands (3xTF32 where it matters, below). Document resets are not
 // handled here (wkv7_train.cu keeps the sequential kernels for them).
 #include "ops/cuda/mma_tf32.cuh"
 #include "ops/cuda/rwkv7_math.cuh"
@@ -25,8 +25,9 @@ using bf16 = __nv_bfloat16;
 constexpr int kL = kWkv7TrainChunk;  // rows per chunk
 constexpr int kWarps = 16, kThreads = 32 * kWarps;
 constexpr float kScale = -kRwkv7DecayScale;
-// The backward's products whose outputs meet the e^{±G} factors in ∂G (∂ER·ER − ∂EK·EK − …, and
-// ∂F⊙F) run in 3xTF32: ∂λ's sums over the chunk cancel most of those terms, and with TF32 alone
+// Products in 3xTF32 (kExact): the forward's that carry the state from chunk to chunk (A_ak, A_ab,
+// Z, U, W, SA, S_next); the backward's whose outputs meet the e^{±G} factors in ∂G (∂ER·ER −
+// ∂EK·EK − …, and ∂F⊙F): ∂λ's sums over the chunk cancel most of those terms, and with TF32 alone
 // the remainder carried 5× the decay gradient's error of the sequential kernels (and moved a
 // 50-step training run measurably further from the CPU's).
 constexpr bool kExact = true;
@@ -175,8 +176,9 @@ __device__ __forceinline__ void unit_lower_inverse(const float* Aab, float* Gam)
 }
 
 // The four (L, L) products of the factorised inputs: A_rk = tril(ER EKᵀ), A_rb = tril(ER EBᵀ),
-// A_ak = stril(EA EKᵀ), A_ab = stril(EA EBᵀ); jobs 0 … 7 (product, half).
-template <int N>
+// A_ak = stril(EA EKᵀ), A_ab = stril(EA EBᵀ); jobs 0 … 7 (product, half). kExactA: A_ak and A_ab
+// in 3xTF32.
+template <int N, bool kExactA>
 __device__ __forceinline__ void chunk_products(int job, const float* ER, const float* EA, const float* EK,
                                                const float* EB, float* Ark, float* Arb, float* Aak, float* Aab) {
   using D = Dims<N>;
@@ -185,7 +187,11 @@ __device__ __forceinline__ void chunk_products(int job, const float* ER, const f
   const float* right = which % 2 == 0 ? EK : EB;
   float* out = which == 0 ? Ark : which == 1 ? Arb : which == 2 ? Aak : Aab;
   float c[4] = {0.f, 0.f, 0.f, 0.f};
-  mma_tile<N>(c, as_is(left, D::LD), 0, transposed(right, D::LD), n0);
+  if (kExactA && which >= 2) {
+    mma_tile<N, kExact>(c, as_is(left, D::LD), 0, transposed(right, D::LD), n0);
+  } else {
+    mma_tile<N>(c, as_is(left, D::LD), 0, transposed(right, D::LD), n0);
+  }
   if (which < 2) {
     store_tile(c, out, D::LS, 0, n0, kTril);
   } else {
@@ -268,14 +274,14 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_forward_kernel(Wkv7T
     __syncthreads();
     factorise<N>(m.ER, m.EA, m.EK, m.EB, m.KF, m.BF, m.EK, m.EB, m.lam, m.eGL);
     __syncthreads();
-    if (warp < 8) chunk_products<N>(warp, m.ER, m.EA, m.EK, m.EB, m.Ark, m.Arb, m.Aak, m.Aab);
+    if (warp < 8) chunk_products<N, kExact>(warp, m.ER, m.EA, m.EK, m.EB, m.Ark, m.Arb, m.Aak, m.Aab);
     __syncthreads();
     if (warp == 0) {
       unit_lower_inverse(m.Aab, m.Gam);
     } else {
       for (int job = warp - 1; job < NT; job += kWarps - 1) {  // Z = A_ak V
         float t[4] = {0.f, 0.f, 0.f, 0.f};
-        mma_tile<kL>(t, as_is(m.Aak, LS), 0, as_is(m.V, LD), 8 * job);
+        mma_tile<kL, kExact>(t, as_is(m.Aak, LS), 0, as_is(m.V, LD), 8 * job);
         store_tile(t, m.Z, LD, 0, 8 * job, kKeep);
       }
     }
@@ -283,7 +289,7 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_forward_kernel(Wkv7T
     for (int job = warp; job < 2 * NT; job += kWarps) {  // U = ΓZ, W = Γ·EA
       const int n0 = job % NT * 8;
       float t[4] = {0.f, 0.f, 0.f, 0.f};
-      mma_tile<kL>(t, as_is(m.Gam, LS), 0, as_is(job < NT ? m.Z : m.EA, LD), n0);
+      mma_tile<kL, kExact>(t, as_is(m.Gam, LS), 0, as_is(job < NT ? m.Z : m.EA, LD), n0);
       store_tile(t, job < NT ? m.U : m.W, LD, 0, n0, kKeep);
     }
     __syncthreads();
@@ -291,7 +297,7 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_forward_kernel(Wkv7T
       const int n0 = 8 * job;
       float t[4];
       load_tile(t, m.U, LD, 0, n0);
-      mma_tile<N>(t, as_is(m.W, LD), 0, transposed(m.S, LD), n0);
+      mma_tile<N, kExact>(t, as_is(m.W, LD), 0, transposed(m.S, LD), n0);
       store_tile(t, m.SA, LD, 0, n0, kKeep);
       const TileLane l;
 #pragma unroll
@@ -323,8 +329,8 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_forward_kernel(Wkv7T
         const TileLane l;
 #pragma unroll
         for (int e = 0; e < 4; ++e) t[e] = m.S[(m0 + l.row(e)) * LD + n0 + l.col(e)] * m.eGL[n0 + l.col(e)];
-        mma_tile<kL>(t, transposed(m.V, LD), m0, as_is(m.KF, LD), n0);
-        mma_tile<kL>(t, transposed(m.SA, LD), m0, as_is(m.BF, LD), n0);
+        mma_tile<kL, kExact>(t, transposed(m.V, LD), m0, as_is(m.KF, LD), n0);
+        mma_tile<kL, kExact>(t, transposed(m.SA, LD), m0, as_is(m.BF, LD), n0);
         store_tile(t, m.S2, LD, m0, n0, kKeep);
       }
     }
@@ -391,7 +397,7 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_backward_kernel(Wkv7
     // part); ∂V = (K⊙F) ∂Sᵀ (first part); ∂A_rk = tril(∂Y Vᵀ).
     for (int job = warp; job < 8 + 4 * NT + 2; job += kWarps) {
       if (job < 8) {
-        chunk_products<N>(job, m.ER, m.EA, m.EK, m.EB, m.Ark, m.Arb, m.Aak, m.Aab);
+        chunk_products<N, false>(job, m.ER, m.EA, m.EK, m.EB, m.Ark, m.Arb, m.Aak, m.Aab);
         continue;
       }
       float t[4] = {0.f, 0.f, 0.f, 0.f};
