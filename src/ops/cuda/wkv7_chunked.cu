@@ -113,6 +113,18 @@ __device__ __forceinline__ void load_decays(const bf16* z, float* lam, const Chu
   }
 }
 
+// A chunk's r, k, b, a, v and log-decays.
+template <int N>
+__device__ __forceinline__ void load_inputs(const Wkv7Train& p, const ChunkRows& cr, float* R, float* K, float* B,
+                                            float* A, float* V, float* lam) {
+  load_rows<N>(p.r, R, cr);
+  load_rows<N>(p.k, K, cr);
+  load_rows<N>(p.b, B, cr);
+  load_rows<N>(p.a, A, cr);
+  load_rows<N>(p.v, V, cr);
+  load_decays<N>(p.z, lam, cr);
+}
+
 // The elements of a chunk's (L, N) matrices a thread takes in element-wise steps: row t, columns
 // c … c + E − 1 (as load_rows).
 template <int N>
@@ -264,12 +276,7 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_forward_kernel(Wkv7T
   for (int c = 0; c < chunks; ++c) {
     const ChunkRows cr{size_t(seq) * T * C + size_t(h) * N, C, c * kL, min(kL, T - c * kL)};
     __syncthreads();  // the previous chunk is done with every array; S holds its S_next
-    load_rows<N>(p.r, m.ER, cr);
-    load_rows<N>(p.k, m.EK, cr);
-    load_rows<N>(p.b, m.EB, cr);
-    load_rows<N>(p.a, m.EA, cr);
-    load_rows<N>(p.v, m.V, cr);
-    load_decays<N>(p.z, m.lam, cr);
+    load_inputs<N>(p, cr, m.ER, m.EK, m.EB, m.EA, m.V, m.lam);
     if (c > 0) state_out_transposed<N>(m.S, ckpt + size_t(c - 1) * N * N);  // the state after chunk c − 1
     __syncthreads();
     factorise<N>(m.ER, m.EA, m.EK, m.EB, m.KF, m.BF, m.EK, m.EB, m.lam, m.eGL);
@@ -378,13 +385,8 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_backward_kernel(Wkv7
   for (int c = chunks - 1; c >= 0; --c) {
     const ChunkRows cr{size_t(seq) * T * C + size_t(h) * N, C, c * kL, min(kL, T - c * kL)};
     __syncthreads();  // the chunk after is done; dS holds ∂L/∂(the state after this chunk)
-    load_rows<N>(p.r, m.ER, cr);
-    load_rows<N>(p.k, m.K, cr);
-    load_rows<N>(p.b, m.B, cr);
-    load_rows<N>(p.a, m.EA, cr);
-    load_rows<N>(p.v, m.V, cr);
+    load_inputs<N>(p, cr, m.ER, m.K, m.B, m.EA, m.V, m.lam);
     load_rows<N>(g.dy, m.dY, cr);
-    load_decays<N>(p.z, m.lam, cr);
     if (c > 0) {
       state_in_transposed<N>(ckpt + size_t(c - 1) * N * N, m.S0);
     } else {
@@ -623,45 +625,39 @@ bool wkv7_chunked_applies(const Wkv7Train& p) {
   return true;
 }
 
+namespace {
+
+// Launches one of the kernels above with `floats` of dynamic shared memory, a block per head.
+template <class... Args>
+void launch(Context& ctx, void (*kernel)(Args...), int floats, const Wkv7Train& p, Args... args) {
+  const int bytes = floats * int(sizeof(float));
+  RWKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  kernel<<<dim3(p.H, p.B), kThreads, bytes, ctx.stream>>>(args...);
+}
+
+int chunks_of(int T) { return (T + kL - 1) / kL; }
+
+}  // namespace
+
 void wkv7_chunked_forward(Context& ctx, const Wkv7Train& p) {
-  const int chunks = (p.T + kL - 1) / kL;
-  const dim3 grid(p.H, p.B);
-#define RWKV_CHUNKED(n)                                                                               \
-  case n: {                                                                                           \
-    const int bytes = ForwardSmem<n>::kFloats * int(sizeof(float));                                   \
-    const auto kernel = wkv7_chunked_forward_kernel<n>;                                               \
-    RWKV_CUDA_CHECK(cudaFuncSetAttribute(kernel,                              \
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));        \
-    kernel<<<grid, kThreads, bytes, ctx.stream>>>(p, chunks);                 \
-    break;                                                                                            \
+  if (p.N == 32) {
+    launch(ctx, wkv7_chunked_forward_kernel<32>, ForwardSmem<32>::kFloats, p, p, chunks_of(p.T));
+  } else if (p.N == 64) {
+    launch(ctx, wkv7_chunked_forward_kernel<64>, ForwardSmem<64>::kFloats, p, p, chunks_of(p.T));
+  } else {
+    fail("CUDA wkv7 chunked: head size ", p.N, " is not supported (32 or 64)");
   }
-  switch (p.N) {
-    RWKV_CHUNKED(32)
-    RWKV_CHUNKED(64)
-    default: fail("CUDA wkv7 chunked: head size ", p.N, " is not supported (32 or 64)");
-  }
-#undef RWKV_CHUNKED
   RWKV_CUDA_LAUNCHED("wkv7_chunked_forward");
 }
 
 void wkv7_chunked_backward(Context& ctx, const Wkv7Train& p, const Wkv7TrainGrads& g) {
-  const int chunks = (p.T + kL - 1) / kL;
-  const dim3 grid(p.H, p.B);
-#define RWKV_CHUNKED(n)                                                                               \
-  case n: {                                                                                           \
-    const int bytes = BackwardSmem<n>::kFloats * int(sizeof(float));                                  \
-    const auto kernel = wkv7_chunked_backward_kernel<n>;                                              \
-    RWKV_CUDA_CHECK(cudaFuncSetAttribute(kernel,                             \
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));        \
-    kernel<<<grid, kThreads, bytes, ctx.stream>>>(p, g, chunks);             \
-    break;                                                                                            \
+  if (p.N == 32) {
+    launch(ctx, wkv7_chunked_backward_kernel<32>, BackwardSmem<32>::kFloats, p, p, g, chunks_of(p.T));
+  } else if (p.N == 64) {
+    launch(ctx, wkv7_chunked_backward_kernel<64>, BackwardSmem<64>::kFloats, p, p, g, chunks_of(p.T));
+  } else {
+    fail("CUDA wkv7 chunked: head size ", p.N, " is not supported (32 or 64)");
   }
-  switch (p.N) {
-    RWKV_CHUNKED(32)
-    RWKV_CHUNKED(64)
-    default: fail("CUDA wkv7 chunked: head size ", p.N, " is not supported (32 or 64)");
-  }
-#undef RWKV_CHUNKED
   RWKV_CUDA_LAUNCHED("wkv7_chunked_backward");
 }
 
