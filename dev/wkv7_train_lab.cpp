@@ -128,7 +128,9 @@ int main(int argc, char** argv) try {
     cudaEvent_t e0, e1, e2;
     cudaEventCreate(&e0), cudaEventCreate(&e1), cudaEventCreate(&e2);
     const std::pair<cuda::Wkv7Form, const char*> forms[] = {
-        {cuda::Wkv7Form::Sequential, "sequential"}, {cuda::Wkv7Form::Chunked, "chunked"}, {cuda::Wkv7Form::Auto, "auto"}};
+        {cuda::Wkv7Form::Sequential, "sequential"},
+        {cuda::Wkv7Form::Chunked, "chunked"},
+        {cuda::Wkv7Form::Auto, "auto"}};
     for (const auto& [form, name] : forms) {
       p.form = form;
       std::vector<float> fwd, bwd, both;

@@ -1,7 +1,7 @@
 // The WKV-7 training kernels on the GPU (bf16 activations, fp32 state), sequential and chunked,
-// against the fp64 training reference forward and backward
-// (ops::train), at odd lengths (no T % 16 restriction), with an initial state and a state
-// gradient in, with and without document resets, outputs poisoned first. Skips without a GPU.
+// against the fp64 training reference forward and backward (ops::train), at odd lengths (no
+// T % 16 restriction), with an initial state and a state gradient in, with and without document
+// resets, outputs poisoned first. Skips without a GPU.
 #include <cmath>
 #include <random>
 #include <string>

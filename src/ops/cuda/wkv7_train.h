@@ -3,11 +3,11 @@
 // state in and a final state out (BPTT across windows), any T.
 //   forward   y = WKV(r, z, k, v, a, b) from S0; saves S after every 16 rows (transposed) and
 //             S·a per row
-//   backward  ∂L/∂(r, z, k, v, a, b) and ∂L/∂S0 from ∂L/∂y and ∂L/∂S_T; sequentially (Wkv7Form)
-//             it walks the rows backwards, undoing each row's update from the checkpoint after its chunk (the decay is
-//             ≥ e^{−e^{−1/2}} ≈ 0.545, so dividing by it is stable over 16 rows); below a
-//             document reset, where the state cannot be undone, it is recomputed forward from
-//             the checkpoint before the chunk
+//   backward  ∂L/∂(r, z, k, v, a, b) and ∂L/∂S0 from ∂L/∂y and ∂L/∂S_T; sequentially
+//             (Wkv7Form) it walks the rows backwards, undoing each row's update from the
+//             checkpoint after its chunk (the decay is ≥ e^{−e^{−1/2}} ≈ 0.545, so dividing by it
+//             is stable over 16 rows); below a document reset, where the state cannot be undone,
+//             it is recomputed forward from the checkpoint before the chunk
 // Layouts: activations (B, T, H, N) = rows of C = H·N; states (B, H, N, N) value-major.
 #pragma once
 #include <cuda_bf16.h>
