@@ -72,42 +72,63 @@ struct ChunkRows {
   __device__ size_t at(int t, int c) const { return base + size_t(t0 + t) * C + size_t(c); }
 };
 
+// The elements of a chunk's (L, N) matrices a thread takes in loads and element-wise steps: row
+// t, columns c … c + E − 1 (E = 1, 2 or 4).
+template <int N>
+struct Elements {
+  static constexpr int E = kL * N / kThreads;
+  int t, c;
+  __device__ Elements() : t(threadIdx.x * E / N), c(threadIdx.x * E % N) {}
+};
+
 // Loads a chunk's (L, N) bf16 rows as floats (rows past the sequence's end: zero).
 template <int N>
 __device__ __forceinline__ void load_rows(const bf16* src, float* dst, const ChunkRows& cr) {
-  constexpr int E = kL * N / kThreads;  // 1, 2 or 4 values per thread
-  const int e0 = threadIdx.x * E, t = e0 / N, c = e0 % N;
+  constexpr int E = Elements<N>::E;
+  const Elements<N> el;
   float v[E];
-  if (t < cr.rows) {
+  if (el.t < cr.rows) {
+    const bf16* q = src + cr.at(el.t, el.c);
     if constexpr (E == 4) {
-      const uint2 u = *reinterpret_cast<const uint2*>(src + cr.at(t, c));
+      const uint2 u = *reinterpret_cast<const uint2*>(q);
       const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
       const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
       v[0] = lo.x, v[1] = lo.y, v[2] = hi.x, v[3] = hi.y;
     } else if constexpr (E == 2) {
-      const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + cr.at(t, c)));
+      const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(q));
       v[0] = x.x, v[1] = x.y;
     } else {
-      v[0] = __bfloat162float(src[cr.at(t, c)]);
+      v[0] = __bfloat162float(*q);
     }
   } else {
 #pragma unroll
     for (int e = 0; e < E; ++e) v[e] = 0.f;
   }
 #pragma unroll
-  for (int e = 0; e < E; ++e) dst[t * Dims<N>::LD + c + e] = v[e];
+  for (int e = 0; e < E; ++e) dst[el.t * Dims<N>::LD + el.c + e] = v[e];
+}
+
+// Writes a 16×8 tile at column n0 of a chunk's rows to global memory through put(address,
+// value pair) (rows past the sequence's end are left alone).
+template <class T, class Put>
+__device__ __forceinline__ void write_rows(const float (&c)[4], T* dst, const ChunkRows& cr, int n0, Put put) {
+  const TileLane l;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = l.g + 8 * half;
+    if (row < cr.rows) put(dst + cr.at(row, n0 + 2 * l.q), c[2 * half], c[2 * half + 1]);
+  }
 }
 
 // The log-decays λ = −e^{−1/2}·σ(z) of a chunk (padding rows: 0, so they decay nothing).
 template <int N>
 __device__ __forceinline__ void load_decays(const bf16* z, float* lam, const ChunkRows& cr) {
   load_rows<N>(z, lam, cr);
-  constexpr int E = kL * N / kThreads;
-  const int e0 = threadIdx.x * E, t = e0 / N, c = e0 % N;
-  if (t < cr.rows) {
+  const Elements<N> el;
+  if (el.t < cr.rows) {
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      float& x = lam[t * Dims<N>::LD + c + e];
+    for (int e = 0; e < el.E; ++e) {
+      float& x = lam[el.t * Dims<N>::LD + el.c + e];
       x = kScale / (1.f + __expf(-x));
     }
   }
@@ -124,15 +145,6 @@ __device__ __forceinline__ void load_inputs(const Wkv7Train& p, const ChunkRows&
   load_rows<N>(p.v, V, cr);
   load_decays<N>(p.z, lam, cr);
 }
-
-// The elements of a chunk's (L, N) matrices a thread takes in element-wise steps: row t, columns
-// c … c + E − 1 (as load_rows).
-template <int N>
-struct Elements {
-  static constexpr int E = kL * N / kThreads;
-  int t, c;
-  __device__ Elements() : t(threadIdx.x * E / N), c(threadIdx.x * E % N) {}
-};
 
 // G_t and G_L of channel j: the sums of its log-decays over rows 0 … t and over the chunk.
 template <int N>
@@ -209,6 +221,15 @@ __device__ __forceinline__ void chunk_products(int job, const float* ER, const f
   } else {
     store_tile(c, out, D::LS, 0, n0, kStril);
   }
+}
+
+// The tile at (m0, n0) of S diag(e^{G_L}) for a state (or state gradient) S in shared memory:
+// the part of the next one that the chunk's decay carries over.
+template <int N>
+__device__ __forceinline__ void decayed_state_tile(float (&c)[4], const float* S, const float* eGL, int m0, int n0) {
+  const TileLane l;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) c[e] = S[(m0 + l.row(e)) * Dims<N>::LD + n0 + l.col(e)] * eGL[n0 + l.col(e)];
 }
 
 template <int N>
@@ -306,12 +327,7 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_forward_kernel(Wkv7T
       load_tile(t, m.U, LD, 0, n0);
       mma_tile<N, kExact>(t, as_is(m.W, LD), 0, transposed(m.S, LD), n0);
       store_tile(t, m.SA, LD, 0, n0, kKeep);
-      const TileLane l;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = l.g + 8 * half;
-        if (row < cr.rows) *reinterpret_cast<float2*>(p.sa + cr.at(row, n0 + 2 * l.q)) = {t[2 * half], t[2 * half + 1]};
-      }
+      write_rows(t, p.sa, cr, n0, [](float* q, float x, float y) { *reinterpret_cast<float2*>(q) = {x, y}; });
     }
     __syncthreads();
     // Y = A_rk V + A_rb SA + ER S₀ᵀ (jobs < NT), S_next = S₀ diag(e^{G_L}) + Vᵀ(K⊙F) + SAᵀ(B⊙F).
@@ -322,20 +338,12 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_forward_kernel(Wkv7T
         mma_tile<kL>(t, as_is(m.Ark, LS), 0, as_is(m.V, LD), n0);
         mma_tile<kL>(t, as_is(m.Arb, LS), 0, as_is(m.SA, LD), n0);
         mma_tile<N>(t, as_is(m.ER, LD), 0, transposed(m.S, LD), n0);
-        const TileLane l;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int row = l.g + 8 * half;
-          if (row < cr.rows) {
-            *reinterpret_cast<__nv_bfloat162*>(p.y + cr.at(row, n0 + 2 * l.q)) =
-                __floats2bfloat162_rn(t[2 * half], t[2 * half + 1]);
-          }
-        }
+        write_rows(t, p.y, cr, n0, [](bf16* q, float x, float y) {
+          *reinterpret_cast<__nv_bfloat162*>(q) = __floats2bfloat162_rn(x, y);
+        });
       } else {
         const int m0 = (job - NT) / NT * 16, n0 = (job - NT) % NT * 8;
-        const TileLane l;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) t[e] = m.S[(m0 + l.row(e)) * LD + n0 + l.col(e)] * m.eGL[n0 + l.col(e)];
+        decayed_state_tile<N>(t, m.S, m.eGL, m0, n0);
         mma_tile<kL, kExact>(t, transposed(m.V, LD), m0, as_is(m.KF, LD), n0);
         mma_tile<kL, kExact>(t, transposed(m.SA, LD), m0, as_is(m.BF, LD), n0);
         store_tile(t, m.S2, LD, m0, n0, kKeep);
@@ -517,9 +525,7 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_backward_kernel(Wkv7
         continue;
       }
       const int m0 = (q - 2 * NT) / NT * 16, n0 = (q - 2 * NT) % NT * 8;
-      const TileLane l;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) t[e] = m.dS[(m0 + l.row(e)) * LD + n0 + l.col(e)] * m.eGL[n0 + l.col(e)];
+      decayed_state_tile<N>(t, m.dS, m.eGL, m0, n0);
       mma_tile<kL>(t, transposed(m.dSAs, LD), m0, as_is(m.W, LD), n0);
       mma_tile<kL>(t, transposed(m.dY, LD), m0, as_is(m.Q2, LD), n0);
       store_tile(t, m.dS2, LD, m0, n0, kKeep);
