@@ -3,6 +3,7 @@
 set -euo pipefail
 pkgs=(cmake ninja-build g++ make pkg-config libopenblas-openmp-dev libhwy-dev nlohmann-json3-dev
       libcli11-dev libgtest-dev libbenchmark-dev libpcre2-dev libutf8proc-dev
+      libcpp-httplib-dev
       fortunes)  # fortunes: the corpus of the embedded demo model (scripts/train-demo-model.sh)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   rwkv::app::register_bench_train(app);
   rwkv::app::register_tokenize_data(app);
   rwkv::app::register_eval(app);
+  rwkv::app::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -7,6 +7,7 @@
 
 #include "rwkv/error.h"
 #include "rwkv/state.h"
+#include "rwkv/streamed_text.h"
 
 namespace rwkv {
 
@@ -80,38 +81,12 @@ void Session::step(int token) {
   has_logits_ = true;
 }
 
-namespace {
-
-// Length of the longest suffix of `text` that is a proper prefix of some stop string: that
-// much must be held back, it may still become a stop string.
-size_t held_back(const std::string& text, const std::vector<std::string>& stops) {
-  size_t keep = 0;
-  for (const std::string& s : stops) {
-    for (size_t n = std::min(s.size() - 1, text.size()); n > keep; --n) {
-      if (text.compare(text.size() - n, n, s, 0, n) == 0) {
-        keep = n;
-        break;
-      }
-    }
-  }
-  return keep;
-}
-
-}  // namespace
-
 GenerateResult Session::generate(const GenerateOptions& options,
                                  const std::function<bool(std::string_view)>& on_text) {
   if (!has_logits_) fail("generate: nothing to continue from; prefill a prompt first");
   GenerateResult result;
   const auto start = std::chrono::steady_clock::now();
-  Utf8Stream utf8;
-  size_t streamed = 0;  // bytes of result.text already given to on_text
-  auto emit = [&](size_t upto) {
-    if (upto <= streamed) return true;
-    const std::string_view piece(result.text.data() + streamed, upto - streamed);
-    streamed = upto;
-    return !on_text || on_text(piece);
-  };
+  StreamedText out(options.stop);
   for (int i = 0; i < options.max_tokens; ++i) {
     // Rows past the tokenizer's vocabulary (World pads 65530 ids to 65536) are not text.
     const ptrdiff_t text_ids = std::min<ptrdiff_t>(tokenizer_->vocab_size(), ptrdiff_t(logits_.size()));
@@ -125,28 +100,21 @@ GenerateResult Session::generate(const GenerateOptions& options,
       result.reason = StopReason::StopToken;
       break;
     }
-    result.text += utf8.push(tokenizer_->decode(token));
-    // A stop string ends the text before it.
-    size_t cut = std::string::npos;
-    for (const std::string& s : options.stop) {
-      if (s.empty()) continue;
-      const size_t at = result.text.find(s, streamed > s.size() ? streamed - s.size() : 0);
-      if (at != std::string::npos) cut = std::min(cut, at);
-    }
-    if (cut != std::string::npos) {
-      result.text.resize(cut);
+    if (out.push(tokenizer_->decode(token))) {
       result.reason = StopReason::StopString;
       break;
     }
-    if (!emit(result.text.size() - held_back(result.text, options.stop))) {
+    const std::string piece = out.take();
+    if (!piece.empty() && on_text && !on_text(piece)) {
       result.reason = StopReason::Callback;
       break;
     }
   }
-  if (result.reason == StopReason::MaxTokens || result.reason == StopReason::StopToken) {
-    result.text += utf8.flush();
+  if (result.reason != StopReason::Callback) {
+    const std::string piece = out.finish();
+    if (!piece.empty() && on_text) on_text(piece);
   }
-  if (result.reason != StopReason::Callback) emit(result.text.size());
+  result.text = out.text();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }
