@@ -119,7 +119,7 @@ TEST(ApiRequest, ParsesCompletionParameters) {
   const ApiRequest r = parse(R"({"model": "m", "prompt": "ab", "max_tokens": 7, "temperature": 0.5,
       "top_p": 0.9, "top_k": 5, "min_p": 0.1, "presence_penalty": 0.3, "frequency_penalty": -0.2,
       "stop": ["x", "yz"], "seed": 42, "stream": true, "stream_options": {"include_usage": true},
-      "n": 1, "state": "s1", "save_state": "s2"})");
+      "n": 1, "state": "s1", "save_state": "s2", "logit_bias": {"0": -100, "65": 2.5}})");
   EXPECT_EQ(r.job.prompt, (std::vector<int>{'a', 'b'}));
   EXPECT_EQ(r.job.max_tokens, 7);
   EXPECT_FLOAT_EQ(r.job.sampler.temperature, 0.5f);
@@ -135,6 +135,7 @@ TEST(ApiRequest, ParsesCompletionParameters) {
   EXPECT_TRUE(r.include_usage);
   EXPECT_EQ(r.state, "s1");
   EXPECT_EQ(r.save_state, "s2");
+  EXPECT_EQ(r.job.logit_bias, (std::vector<std::pair<int, float>>{{0, -100.f}, {65, 2.5f}}));
   EXPECT_EQ(parse(R"({"prompt": [5, 6, 7]})").job.prompt, (std::vector<int>{5, 6, 7}));
   EXPECT_EQ(parse(R"({"prompt": ["ab"]})").job.prompt, (std::vector<int>{'a', 'b'}));
   EXPECT_EQ(parse(R"({"prompt": "a"})").job.max_tokens, parse.limits.default_max_tokens);
@@ -161,7 +162,10 @@ TEST(ApiRequest, RefusesBadParametersByName) {
   EXPECT_EQ(parse.refused(R"({"prompt": "a", "n": 2})"), "n");
   EXPECT_EQ(parse.refused(R"({"prompt": "a", "echo": true})"), "echo");
   EXPECT_EQ(parse.refused(R"({"prompt": "a", "logprobs": 2})"), "logprobs");
-  EXPECT_EQ(parse.refused(R"({"prompt": "a", "logit_bias": {"1": 5}})"), "logit_bias");
+  EXPECT_EQ(parse.refused(R"({"prompt": "a", "logit_bias": {"1": 500}})"), "logit_bias");
+  EXPECT_EQ(parse.refused(R"({"prompt": "a", "logit_bias": {"x": 5}})"), "logit_bias");
+  EXPECT_EQ(parse.refused(R"({"prompt": "a", "logit_bias": {"256": 5}})"), "logit_bias");
+  EXPECT_EQ(parse.refused(R"({"prompt": "a", "logit_bias": [1]})"), "logit_bias");
   EXPECT_EQ(parse.refused(R"({"prompt": "a", "stream": "yes"})"), "stream");
   EXPECT_EQ(parse.refused(R"({"prompt": "a", "seed": "x"})"), "seed");
   EXPECT_EQ(parse.refused(R"([1, 2])"), "");

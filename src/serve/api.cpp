@@ -94,6 +94,31 @@ std::vector<std::string> stop_strings(const json& body) {
   return stop;
 }
 
+// {"token id": bias in [-100, 100], ...}, as OpenAI's logit_bias (at most 300 entries).
+std::vector<std::pair<int, float>> logit_bias(const json& body, int model_vocab) {
+  const auto it = body.find("logit_bias");
+  if (it == body.end() || it->is_null()) return {};
+  if (!it->is_object()) bad("logit_bias", "'logit_bias' must be an object {\"token id\": bias}");
+  if (it->size() > 300) bad("logit_bias", "'logit_bias' may hold at most 300 tokens");
+  std::vector<std::pair<int, float>> out;
+  for (const auto& [key, value] : it->items()) {
+    size_t used = 0;
+    long id = -1;
+    try {
+      id = std::stol(key, &used);
+    } catch (const std::exception&) {
+    }
+    if (used != key.size() || id < 0 || id >= model_vocab) {
+      bad("logit_bias", cat("'logit_bias' key '", key, "' is not a token id in [0, ", model_vocab, ")"));
+    }
+    if (!value.is_number() || value.get<double>() < -100 || value.get<double>() > 100) {
+      bad("logit_bias", cat("'logit_bias' values must be numbers in [-100, 100], got ", value.dump()));
+    }
+    out.emplace_back(int(id), value.get<float>());
+  }
+  return out;
+}
+
 // Options this server does not implement are refused rather than ignored: a client relying on
 // them would otherwise get something it did not ask for.
 void refuse_unsupported(const json& body, bool chat) {
@@ -105,9 +130,6 @@ void refuse_unsupported(const json& body, bool chat) {
     if (it != body.end() && !it->is_null() && *it != false) bad(key, cat("'", key, "' is not supported"));
   }
   if (!string(body, "suffix").empty()) bad("suffix", "'suffix' is not supported");
-  if (auto it = body.find("logit_bias"); it != body.end() && !it->is_null() && !it->empty()) {
-    bad("logit_bias", "'logit_bias' is not supported");
-  }
   if (chat) {
     for (const char* key : {"tools", "functions", "response_format"}) {
       const auto it = body.find(key);
@@ -257,6 +279,7 @@ ApiRequest parse_request(const json& body, bool chat, const Tokenizer& tokenizer
   }
 
   job.stop = stop_strings(body);
+  job.logit_bias = logit_bias(body, model_vocab);
   // The chat template separates turns with a blank line: a reply ends at the first one.
   if (chat) job.stop.push_back("\n\n");
   // Token 0 ends a text: World's and GPT-NeoX's end-of-text, byte-level models' end of document.

@@ -46,7 +46,7 @@ struct ApiRequest {
 // Parses a /v1/completions (chat false) or /v1/chat/completions body. Sampling settings the
 // request leaves out come from `defaults`; without a seed each request draws a random one.
 // Throws ApiError (400) naming the parameter for anything malformed, out of range or
-// unsupported (n > 1, echo, logprobs, logit_bias, best_of > 1, suffix, tools).
+// unsupported (n > 1, echo, logprobs, best_of > 1, suffix, tools).
 ApiRequest parse_request(const nlohmann::json& body, bool chat, const Tokenizer& tokenizer,
                          int model_vocab, const SamplerConfig& defaults, const ApiLimits& limits);
 

@@ -120,6 +120,9 @@ std::shared_ptr<Stream> Engine::submit(Job job) {
          model_->state_spec().floats);
   }
   if (job.max_tokens < 1) fail("max_tokens must be ≥ 1, got ", job.max_tokens);
+  for (const auto& [t, bias] : job.logit_bias) {
+    if (t < 0 || t >= vocab || !std::isfinite(bias)) fail("logit bias for token ", t, " is invalid");
+  }
   Sampler check(job.sampler, vocab);  // throws on bad settings
   auto stream = std::make_shared<Stream>();
   {
@@ -303,6 +306,7 @@ void Engine::after_logits(Active& a, float* logits) {
     const int vocab = model_->info().vocab_size;
     // Rows past the tokenizer's vocabulary (World pads 65530 ids to 65536) are not text.
     std::fill(logits + std::min(vocab, tokenizer_->vocab_size()), logits + vocab, -INFINITY);
+    for (const auto& [t, bias] : a.job.logit_bias) logits[t] += bias;
     const int token = a.sampler.sample(std::span<const float>(logits, size_t(vocab)));
     a.sampler.accept(token);
     if (a.usage.completion_tokens++ == 0) {

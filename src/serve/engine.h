@@ -20,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "rwkv/model.h"
@@ -37,6 +38,7 @@ struct Job {
   int max_tokens = 16;
   std::vector<std::string> stop;  // stop strings (the text ends before the first)
   std::vector<int> stop_tokens;   // e.g. World's end-of-text, 0
+  std::vector<std::pair<int, float>> logit_bias;  // added to those tokens' logits before sampling
   bool want_final_state = false;  // the state after the prompt and every generated token
   double timeout_s = 0;           // 0: none; counted from submission
 };
