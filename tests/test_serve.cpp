@@ -212,6 +212,7 @@ TEST(ApiResponse, HasTheOpenAiShape) {
 TEST(StateStore, ValidatesNamesSavesLoadsAndStaysBounded) {
   auto model = demo_model();
   const std::string dir = test::temp_dir() + "/states";
+  std::filesystem::remove_all(dir);
   const size_t floats = model->state_spec().floats;
   StateStore store(dir, *model, 2, 1 << 30);
   for (const char* bad : {"", "../x", "a/b", ".hidden", "-x", "a b", "x.state",

@@ -102,6 +102,8 @@ void register_serve(CLI::App& app) {
                   "generation requests open at once (429 beyond)")->capture_default_str();
   cmd->add_option("--prefill-chunk", a->engine.prefill_chunk,
                   "prompt tokens per prefill call, between decode steps")->capture_default_str();
+  cmd->add_option("--prefill-budget", a->engine.prefill_budget,
+                  "prompt tokens computed between two decode steps")->capture_default_str();
   cmd->add_option("--decode-group", a->decode_group,
                   "sequences per decode step (0: all; default 4 on the CPU, 0 on a GPU)");
   cmd->add_option("--cache-mb", a->cache_mb, "prefix-state cache budget (0: off)")->capture_default_str();

@@ -47,7 +47,7 @@ double number(const json& body, const char* key, double fallback, double lo, dou
   if (!it->is_number()) bad(key, cat("'", key, "' must be a number, not ", type_name(*it)));
   const double v = it->get<double>();
   if (!std::isfinite(v) || v < lo || v > hi) {
-    bad(key, cat("'", key, "' must be between ", lo, " and ", hi, ", got ", it->dump()));
+    bad(key, cat("'", key, "' must be between ", lo, " and ", hi, ", got ", wire(*it)));
   }
   return v;
 }
@@ -55,7 +55,7 @@ double number(const json& body, const char* key, double fallback, double lo, dou
 std::optional<int64_t> integer(const json& body, const char* key, int64_t lo, int64_t hi) {
   const auto it = body.find(key);
   if (it == body.end() || it->is_null()) return std::nullopt;
-  if (!it->is_number_integer()) bad(key, cat("'", key, "' must be an integer, not ", it->dump()));
+  if (!it->is_number_integer()) bad(key, cat("'", key, "' must be an integer, not ", wire(*it)));
   const auto v = it->get<int64_t>();
   if (v < lo || v > hi) bad(key, cat("'", key, "' must be between ", lo, " and ", hi, ", got ", v));
   return v;
@@ -64,7 +64,7 @@ std::optional<int64_t> integer(const json& body, const char* key, int64_t lo, in
 bool boolean(const json& body, const char* key) {
   const auto it = body.find(key);
   if (it == body.end() || it->is_null()) return false;
-  if (!it->is_boolean()) bad(key, cat("'", key, "' must be true or false, not ", it->dump()));
+  if (!it->is_boolean()) bad(key, cat("'", key, "' must be true or false, not ", wire(*it)));
   return it->get<bool>();
 }
 
@@ -112,7 +112,7 @@ std::vector<std::pair<int, float>> logit_bias(const json& body, int model_vocab)
       bad("logit_bias", cat("'logit_bias' key '", key, "' is not a token id in [0, ", model_vocab, ")"));
     }
     if (!value.is_number() || value.get<double>() < -100 || value.get<double>() > 100) {
-      bad("logit_bias", cat("'logit_bias' values must be numbers in [-100, 100], got ", value.dump()));
+      bad("logit_bias", cat("'logit_bias' values must be numbers in [-100, 100], got ", wire(value)));
     }
     out.emplace_back(int(id), value.get<float>());
   }
@@ -286,6 +286,10 @@ ApiRequest parse_request(const json& body, bool chat, const Tokenizer& tokenizer
   job.stop_tokens = {0};
   job.timeout_s = limits.timeout_s;
   return r;
+}
+
+std::string wire(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 std::string new_response_id(bool chat) {

@@ -57,6 +57,10 @@ ApiRequest parse_request(const nlohmann::json& body, bool chat, const Tokenizer&
 std::vector<int> chat_prompt(const nlohmann::json& messages, const Tokenizer& tokenizer);
 std::string clean_message(std::string_view text);
 
+// JSON text for the wire. Generated text may hold invalid UTF-8 (a model can emit any bytes):
+// such bytes become U+FFFD instead of failing the answer.
+std::string wire(const nlohmann::json& value);
+
 // Answers. `id` like "cmpl-…", `created` in Unix seconds.
 struct ResponseMeta {
   std::string id;

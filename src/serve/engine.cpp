@@ -88,6 +88,7 @@ Engine::Engine(std::shared_ptr<Model> model, std::shared_ptr<const Tokenizer> to
       cache_(options.cache_bytes, std::max(1, options.prefill_chunk)) {
   if (options_.slots < 1) fail("serve: slots must be ≥ 1, got ", options_.slots);
   if (options_.prefill_chunk < 1) fail("serve: prefill chunk must be ≥ 1");
+  if (options_.prefill_budget < 1) fail("serve: prefill budget must be ≥ 1");
   if (options_.max_queued < 0) fail("serve: max queued must be ≥ 0");
   pool_ = model_->new_state_pool(options_.slots);
   active_.resize(size_t(options_.slots));
@@ -185,7 +186,11 @@ void Engine::run() {
       stats_.active = int(std::ranges::count_if(active_, [](const auto& p) { return bool(p); }));
     }
     reap();
-    prefill_one();
+    for (size_t done = 0; done < size_t(options_.prefill_budget);) {
+      const size_t n = prefill_one();
+      if (n == 0) break;
+      done += n;
+    }
     decode();
   }
   // Shutting down: every job still here ends.
@@ -243,15 +248,16 @@ void Engine::reap() {
 
 // One chunk of the earliest admitted job still prefilling. Chunks end at multiples of
 // prefill_chunk, where the state is offered to the prefix cache.
-bool Engine::prefill_one() {
+size_t Engine::prefill_one() {
   Active* a = nullptr;
   for (auto& p : active_) {
     if (p && p->fed < p->job.prompt.size() && (!a || p->order < a->order)) a = p.get();
   }
-  if (!a) return false;
+  if (!a) return 0;
+  size_t n = 0;
   try {
     const size_t chunk = size_t(options_.prefill_chunk);
-    const size_t n = std::min(chunk - a->fed % chunk, a->job.prompt.size() - a->fed);
+    n = std::min(chunk - a->fed % chunk, a->job.prompt.size() - a->fed);
     const bool last = a->fed + n == a->job.prompt.size();
     const int slot = a->slot;
     model_->forward_pooled(a->job.prompt.data() + a->fed, 1, int(n), *pool_, &slot,
@@ -265,7 +271,7 @@ bool Engine::prefill_one() {
   } catch (const std::exception& e) {
     finish(*a, Finish::Error, e.what());
   }
-  return true;
+  return std::max<size_t>(n, 1);
 }
 
 // One batched recurrent step for every sequence with a sampled token to feed, in groups of at
@@ -351,19 +357,21 @@ void Engine::finish(Active& a, Finish why, std::string error) {
       done.error = e.what();
     }
   }
+  const std::shared_ptr<Stream> stream = std::move(a.stream);
+  const Usage usage = a.usage;
+  active_[size_t(slot)].reset();  // a is gone
   {
+    // Counted before the job's last event goes out: whoever waits for it sees the slot free.
     std::lock_guard lock(mutex_);
     stats_.jobs_done++;
-    stats_.tokens_generated += uint64_t(a.usage.completion_tokens);
-    stats_.prompt_tokens += uint64_t(a.usage.prompt_tokens);
-    stats_.cached_tokens += uint64_t(a.usage.cached_tokens);
+    stats_.tokens_generated += uint64_t(usage.completion_tokens);
+    stats_.prompt_tokens += uint64_t(usage.prompt_tokens);
+    stats_.cached_tokens += uint64_t(usage.cached_tokens);
     stats_.cache_entries = cache_.entries();
     stats_.cache_bytes = cache_.bytes();
+    stats_.active = int(std::ranges::count_if(active_, [](const auto& p) { return bool(p); }));
   }
-  a.stream->push(std::move(done));
-  active_[size_t(slot)].reset();  // a is gone
-  std::lock_guard lock(mutex_);
-  stats_.active = int(std::ranges::count_if(active_, [](const auto& p) { return bool(p); }));
+  stream->push(std::move(done));
 }
 
 }  // namespace rwkv::serve

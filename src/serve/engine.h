@@ -1,8 +1,8 @@
 // The serving engine: continuous batching of many requests over one model (DESIGN: serve/).
 //
 // One worker thread owns the model and a pool of state slots. Each iteration it admits queued
-// jobs into free slots (restoring the longest cached prompt prefix), runs one prefill chunk,
-// then one batched recurrent step over every sequence that is decoding, samples each
+// jobs into free slots (restoring the longest cached prompt prefix), runs prefill chunks up to a
+// token budget, then one batched recurrent step over every sequence that is decoding, samples each
 // sequence's next token with its own sampler and streams its text. A finished, cancelled or
 // timed-out job frees its slot at once. Requests wait on their Stream from their own threads.
 //
@@ -84,6 +84,7 @@ struct EngineOptions {
   int slots = 8;           // sequences in flight at once
   int max_queued = 64;     // jobs waiting for a slot; beyond, submit() refuses
   int prefill_chunk = 128; // tokens per prefill call (and the prefix cache's granularity)
+  int prefill_budget = 512; // prompt tokens prefilled between two decode steps (≥ one chunk)
   int decode_group = 0;    // sequences per step call; 0: all at once
   size_t cache_bytes = size_t(256) << 20;
 };
@@ -123,7 +124,7 @@ class Engine {
   };
   void run();
   void admit(Queued queued, int slot);
-  bool prefill_one();
+  size_t prefill_one();  // prompt tokens computed (0: none waiting)
   void decode();
   void after_logits(Active& a, float* logits);  // a row of logits_, masked in place
   void finish(Active& a, Finish why, std::string error = {});

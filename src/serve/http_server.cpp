@@ -30,7 +30,7 @@ class InFlight {
 
 void send_error(httplib::Response& res, const ApiError& e) {
   res.status = e.status;
-  res.set_content(e.body().dump(), "application/json");
+  res.set_content(wire(e.body()), "application/json");
 }
 
 // The HTTP status and error a job that ended abnormally gets.
@@ -43,7 +43,7 @@ ApiError job_error(const Event& done) {
   }
 }
 
-std::string sse(const json& data) { return "data: " + data.dump() + "\n\n"; }
+std::string sse(const json& data) { return "data: " + wire(data) + "\n\n"; }
 
 }  // namespace
 
@@ -141,7 +141,7 @@ struct HttpServer::Impl {
       if (e.finish != Finish::Stop && e.finish != Finish::Length) throw job_error(e);
       json answer = response_json(meta, text, e.finish, e.usage);
       if (json saved = save_state(save_name, e); !saved.is_null()) answer["rwkv"] = saved;
-      res.set_content(answer.dump(), "application/json");
+      res.set_content(wire(answer), "application/json");
       return;
     }
   }
@@ -152,41 +152,50 @@ struct HttpServer::Impl {
     res.set_chunked_content_provider(
         "text/event-stream",
         [this, stream, meta, include_usage, save_name, slot](size_t, httplib::DataSink& sink) {
-          const auto send = [&](const std::string& s) {
-            if (sink.write(s.data(), s.size())) return true;
-            stream->cancel();  // the client went away: free its slot
+          try {
+            return stream_events(*stream, meta, include_usage, save_name, sink);
+          } catch (const std::exception&) {  // never out of the provider: that ends the process
+            stream->cancel();
             return false;
-          };
-          if (meta.chat && !send(sse(role_chunk_json(meta)))) return false;
-          for (Event e;;) {
-            if (!stream->next(e, std::chrono::milliseconds(250))) {
-              if (!sink.is_writable()) {
-                stream->cancel();
-                return false;
-              }
-              continue;
-            }
-            if (e.kind == Event::Kind::Text) {
-              if (!send(sse(chunk_json(meta, e.text, std::nullopt)))) return false;
-              continue;
-            }
-            if (e.finish != Finish::Stop && e.finish != Finish::Length) {
-              send(sse(job_error(e).body()));
-              sink.done();
-              return true;
-            }
-            json last = chunk_json(meta, "", e.finish);
-            if (json saved = save_state(save_name, e); !saved.is_null()) last["rwkv"] = saved;
-            if (!send(sse(last))) return false;
-            if (include_usage && !send(sse(usage_chunk_json(meta, e.usage)))) return false;
-            if (!send("data: [DONE]\n\n")) return false;
-            sink.done();
-            return true;
           }
         },
         [stream](bool success) {
           if (!success) stream->cancel();
         });
+  }
+
+  // Writes a job's events as server-sent events until its end; false if the client went away.
+  bool stream_events(Stream& stream, const ResponseMeta& meta, bool include_usage,
+                     const std::string& save_name, httplib::DataSink& sink) {
+    const auto send = [&](const std::string& s) {
+      if (sink.write(s.data(), s.size())) return true;
+      stream.cancel();  // the client went away: free its slot
+      return false;
+    };
+    if (meta.chat && !send(sse(role_chunk_json(meta)))) return false;
+    for (Event e;;) {
+      if (!stream.next(e, std::chrono::milliseconds(250))) {
+        if (sink.is_writable()) continue;
+        stream.cancel();
+        return false;
+      }
+      if (e.kind == Event::Kind::Text) {
+        if (!send(sse(chunk_json(meta, e.text, std::nullopt)))) return false;
+        continue;
+      }
+      if (e.finish != Finish::Stop && e.finish != Finish::Length) {
+        send(sse(job_error(e).body()));
+        sink.done();
+        return true;
+      }
+      json last = chunk_json(meta, "", e.finish);
+      if (json saved = save_state(save_name, e); !saved.is_null()) last["rwkv"] = saved;
+      if (!send(sse(last))) return false;
+      if (include_usage && !send(sse(usage_chunk_json(meta, e.usage)))) return false;
+      if (!send("data: [DONE]\n\n")) return false;
+      sink.done();
+      return true;
+    }
   }
 
   void routes() {
@@ -205,18 +214,17 @@ struct HttpServer::Impl {
                          {"prompt_tokens", s.prompt_tokens},
                          {"cached_prompt_tokens", s.cached_tokens},
                          {"prefix_cache", {{"entries", s.cache_entries}, {"bytes", s.cache_bytes}}}};
-      res.set_content(body.dump(), "application/json");
+      res.set_content(wire(body), "application/json");
     });
     server.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
       if (!authorized(req, res)) return;
       const json model = {{"id", options.model_name}, {"object", "model"}, {"created", 0},
                           {"owned_by", "rwkv"}};
-      res.set_content(json{{"object", "list"}, {"data", json::array({model})}}.dump(),
-                      "application/json");
+      res.set_content(wire(json{{"object", "list"}, {"data", json::array({model})}}), "application/json");
     });
     server.Get("/v1/states", [this](const httplib::Request& req, httplib::Response& res) {
       if (!authorized(req, res)) return;
-      res.set_content(json{{"object", "list"}, {"data", states.names()}}.dump(), "application/json");
+      res.set_content(wire(json{{"object", "list"}, {"data", states.names()}}), "application/json");
     });
     server.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
       generate(req, res, false);
