@@ -62,6 +62,43 @@ TEST(Rwkv7Forms, BatchedSequencesAreIndependent) {
   }
 }
 
+// A sequence's decode step gives bit for bit the same logits and state whether it runs alone or
+// with up to three others (the matrix-vector kernels' per-row arithmetic does not depend on the
+// number of input vectors): the server's batching relies on it to keep seeded results fixed.
+TEST(Rwkv7Forms, DecodeStepsOfUpToFourSequencesAreBatchInvariant) {
+  test::V7Dims dims;
+  dims.n_embd = 128;
+  dims.head_size = 32;
+  for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q5_1}) {
+    LoadOptions opt;
+    opt.weight_dtype = dt;
+    auto model = load_model(test::random_v7_checkpoint(dims, 12), opt);
+    const size_t V = size_t(dims.vocab), S = model->state_spec().floats;
+    for (int B : {2, 3, 4}) {
+      std::vector<std::vector<float>> together(static_cast<size_t>(B), std::vector<float>(S));
+      std::vector<std::vector<float>> alone = together;
+      std::vector<float*> ptrs;
+      for (int b = 0; b < B; ++b) {
+        model->init_state(together[size_t(b)].data());
+        model->init_state(alone[size_t(b)].data());
+        ptrs.push_back(together[size_t(b)].data());
+      }
+      std::vector<float> batch_logits(size_t(B) * V), one_logits(V);
+      for (int t = 0; t < 6; ++t) {
+        const std::vector<int> tokens = random_tokens(size_t(B), dims.vocab, unsigned(100 * B + t));
+        model->step(tokens.data(), B, ptrs.data(), batch_logits.data());
+        for (int b = 0; b < B; ++b) {
+          float* state = alone[size_t(b)].data();
+          model->step(&tokens[size_t(b)], 1, &state, one_logits.data());
+          ASSERT_TRUE(std::equal(one_logits.begin(), one_logits.end(), batch_logits.begin() + ptrdiff_t(size_t(b) * V)))
+              << dtype_name(dt) << " B " << B << " step " << t << " sequence " << b;
+        }
+      }
+      for (int b = 0; b < B; ++b) EXPECT_EQ(together[size_t(b)], alone[size_t(b)]) << dtype_name(dt);
+    }
+  }
+}
+
 TEST(Rwkv7Forms, CpuMatchesReferenceBackendForEveryWeightDtype) {
   test::V7Dims dims;
   dims.n_embd = 128;

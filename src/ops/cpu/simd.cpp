@@ -98,7 +98,9 @@ HWY_INLINE void Axpy(float alpha, const float* x, float* y, size_t n) {
 
 // Rows [r0, r1) of y[m][o] = Σ_i W[o][i] x[m][i] for M input vectors. Each weight row is read
 // once for all M vectors: decode is bound by reading the weights.
-// MatVecStreamsBF16's twin for fp32 and fp16 rows.
+// MatVecStreamsBF16's twin for fp32 and fp16 rows. Each row's sum is formed exactly as in
+// MatVecRowsT (two accumulators over alternate vectors, then the scalar tail), so a product's
+// result for one input vector does not depend on how many vectors share the call.
 template <class W>
 int MatVecStreamsT(const typename W::T* w_all, size_t n, const float* x, float* y, int r0,
                    int r1) {
@@ -107,21 +109,22 @@ int MatVecStreamsT(const typename W::T* w_all, size_t n, const float* x, float* 
   const int slice = (r1 - r0) / kStreams;
   for (int o = r0; o < r0 + slice; ++o) {
     const typename W::T* w[kStreams];
-    VF acc[kStreams];
+    VF acc0[kStreams], acc1[kStreams];
     for (int k = 0; k < kStreams; ++k) {
       w[k] = w_all + size_t(o + k * slice) * n;
-      acc[k] = hn::Zero(d);
+      acc0[k] = acc1[k] = hn::Zero(d);
     }
     size_t i = 0;
-    for (; i + NL <= n; i += NL) {
-      const VF xv = hn::LoadU(d, x + i);
+    for (; i + 2 * NL <= n; i += 2 * NL) {
+      const VF x0 = hn::LoadU(d, x + i), x1 = hn::LoadU(d, x + i + NL);
       for (int k = 0; k < kStreams; ++k) {
         if constexpr (sizeof(typename W::T) == 2) __builtin_prefetch(w[k] + i + 2048);
-        acc[k] = hn::MulAdd(W::Load(d, w[k] + i), xv, acc[k]);
+        acc0[k] = hn::MulAdd(W::Load(d, w[k] + i), x0, acc0[k]);
+        acc1[k] = hn::MulAdd(W::Load(d, w[k] + i + NL), x1, acc1[k]);
       }
     }
     for (int k = 0; k < kStreams; ++k) {
-      float sum = Sum(d, acc[k]);
+      float sum = Sum(d, hn::Add(acc0[k], acc1[k]));
       for (size_t j = i; j < n; ++j) sum += W::Scalar(w[k][j]) * x[j];
       y[o + k * slice] = sum;
     }
