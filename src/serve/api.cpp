@@ -288,6 +288,14 @@ ApiRequest parse_request(const json& body, bool chat, const Tokenizer& tokenizer
   return r;
 }
 
+std::string ReplyStart::operator()(std::string piece) {
+  if (started_) return piece;
+  const size_t first = piece.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos) return {};
+  started_ = true;
+  return piece.substr(first);
+}
+
 std::string wire(const json& value) {
   return value.dump(-1, ' ', false, json::error_handler_t::replace);
 }

@@ -57,6 +57,17 @@ ApiRequest parse_request(const nlohmann::json& body, bool chat, const Tokenizer&
 std::vector<int> chat_prompt(const nlohmann::json& messages, const Tokenizer& tokenizer);
 std::string clean_message(std::string_view text);
 
+// A chat reply as the client sees it: the template ends the prompt with "Assistant:" and the
+// model starts its reply with a space (spec §8.1); whitespace before the first visible character
+// is dropped. Feed it the pieces in order.
+class ReplyStart {
+ public:
+  std::string operator()(std::string piece);
+
+ private:
+  bool started_ = false;
+};
+
 // JSON text for the wire. Generated text may hold invalid UTF-8 (a model can emit any bytes):
 // such bytes become U+FFFD instead of failing the answer.
 std::string wire(const nlohmann::json& value);

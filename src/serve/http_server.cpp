@@ -132,10 +132,11 @@ struct HttpServer::Impl {
   void whole_answer(httplib::Response& res, Stream& stream, const ResponseMeta& meta,
                     const std::string& save_name) {
     std::string text;
+    ReplyStart reply;
     for (Event e;;) {
       if (!stream.next(e, std::chrono::milliseconds(500))) continue;
       if (e.kind == Event::Kind::Text) {
-        text += e.text;
+        text += meta.chat ? reply(std::move(e.text)) : e.text;
         continue;
       }
       if (e.finish != Finish::Stop && e.finish != Finish::Length) throw job_error(e);
@@ -173,6 +174,7 @@ struct HttpServer::Impl {
       return false;
     };
     if (meta.chat && !send(sse(role_chunk_json(meta)))) return false;
+    ReplyStart reply;
     for (Event e;;) {
       if (!stream.next(e, std::chrono::milliseconds(250))) {
         if (sink.is_writable()) continue;
@@ -180,7 +182,8 @@ struct HttpServer::Impl {
         return false;
       }
       if (e.kind == Event::Kind::Text) {
-        if (!send(sse(chunk_json(meta, e.text, std::nullopt)))) return false;
+        const std::string piece = meta.chat ? reply(std::move(e.text)) : e.text;
+        if (!piece.empty() && !send(sse(chunk_json(meta, piece, std::nullopt)))) return false;
         continue;
       }
       if (e.finish != Finish::Stop && e.finish != Finish::Length) {
