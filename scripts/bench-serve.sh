@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks `rwkv serve`: starts it on MODEL, runs bench/serve_load.cjs at each concurrency, and
+# Benchmarks `rwkv serve`: starts it on MODEL, runs bench/serve_load.py at each concurrency, and
 # stops it. Extra arguments go to `rwkv serve` (e.g. --device cuda, --slots 64, --tokenizer).
 #   scripts/bench-serve.sh MODEL "1 8 32 64" MAX_TOKENS PROMPT_BYTES [serve options...]
 set -euo pipefail
@@ -17,4 +17,4 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 head -1 "$log"
-node bench/serve_load.cjs "http://127.0.0.1:$port" "$pid" "$levels" "$max_tokens" "$prompt_bytes"
+python3 "$(dirname "$0")/../bench/serve_load.py" "http://127.0.0.1:$port" "$pid" "$levels" "$max_tokens" "$prompt_bytes"
