@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ops/ops.h"
+#include "rwkv/sampler.h"
 
 namespace rwkv::ops {
 namespace {
@@ -115,5 +116,24 @@ BENCHMARK_CAPTURE(Wkv7, chunked, true)->Arg(512);
 
 }  // namespace
 }  // namespace rwkv::ops
+
+// One sampled token from 65536 logits with the default settings (top_p 0.85, penalties): a
+// peaked distribution (a trained model's: logits spread N(0, 3²)) and a flat one (a random
+// model's: N(0, 0.1²)), where top-p keeps most of the vocabulary. The server samples every
+// sequence's token on the CPU after each step.
+void Sample(benchmark::State& state, float spread) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.f, spread);
+  std::vector<float> logits(65536);
+  for (float& l : logits) l = normal(rng);
+  rwkv::Sampler sampler(rwkv::SamplerConfig{}, 65536);
+  for (auto _ : state) {
+    const int token = sampler.sample(logits);
+    sampler.accept(token);
+    benchmark::DoNotOptimize(token);
+  }
+}
+BENCHMARK_CAPTURE(Sample, peaked, 3.0f);
+BENCHMARK_CAPTURE(Sample, flat, 0.1f);
 
 BENCHMARK_MAIN();

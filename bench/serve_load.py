@@ -4,9 +4,12 @@
 N concurrent streaming completions, each a distinct prompt of about PROMPT_BYTES bytes, a fixed
 max_tokens and token 0 banned, so every stream runs to its length. Prints one JSON line per N:
 aggregate and per-stream tokens/s, time to first token (median, p95) and the server's resident
-memory after the run.
+memory after the run. $RWKV_BENCH_TEMPERATURE sets the temperature (default 1; 0 is greedy).
     serve_load.py URL SERVER_PID "1 8 32 64" MAX_TOKENS PROMPT_BYTES
+With LEVELS "cache": the prefix cache instead, the time to first token of a PROMPT_BYTES prompt
+sent cold, then again (its state comes from the cache), then extended by a new turn.
 """
+import os
 import http.client
 import json
 import sys
@@ -28,11 +31,19 @@ def rss_mib():
     return 0.0
 
 
-def one(i, n, out):
-    prompt = f"{n}/{i}:"
+TEMPERATURE = float(os.environ.get("RWKV_BENCH_TEMPERATURE", "1"))
+
+
+def make_prompt(tag, i):
+    prompt = tag
     while len(prompt) < prompt_bytes:
         prompt += " " + WORDS[(i * 7 + len(prompt)) % len(WORDS)]
-    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 1, "top_p": 0.9,
+    return prompt
+
+
+def one(i, n, out, prompt=None):
+    prompt = prompt or make_prompt(f"{n}/{i}:", i)
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": TEMPERATURE, "top_p": 0.9,
                        "seed": i, "logit_bias": {"0": -100}, "stream": True,
                        "stream_options": {"include_usage": True}})
     conn = http.client.HTTPConnection(host.hostname, host.port, timeout=600)
@@ -54,6 +65,16 @@ def one(i, n, out):
     conn.close()
     out[i] = {"ttft": first - t0, "tokens": tokens, "decode_s": t1 - first}
 
+
+if levels == "cache":
+    history = make_prompt(f"cache {time.time()}:", 3)
+    runs = {}
+    for name, prompt in [("cold", history), ("again", history), ("new_turn", history + " and one more line")]:
+        out = [None]
+        one(0, 1, out, prompt)
+        runs[name + "_ttft_s"] = round(out[0]["ttft"], 3)
+    print(json.dumps({"prompt_bytes": prompt_bytes, **runs, "server_rss_mib": round(rss_mib())}))
+    sys.exit(0)
 
 for n in map(int, levels.split()):
     out = [None] * n

@@ -17,4 +17,5 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 head -1 "$log"
-python3 "$(dirname "$0")/../bench/serve_load.py" "http://127.0.0.1:$port" "$pid" "$levels" "$max_tokens" "$prompt_bytes"
+python3 "$(dirname "$0")/../bench/serve_load.py" "http://127.0.0.1:$port" "$pid" "$levels" "$max_tokens" \
+  "$prompt_bytes" || { echo "--- server log"; tail -20 "$log"; exit 1; }

@@ -267,7 +267,7 @@ size_t Engine::prefill_one() {
       pool_->read(slot, scratch_state_.data());
       cache_.insert(a->job.origin, std::span(a->job.prompt).first(a->fed), scratch_state_);
     }
-    if (last) after_logits(*a, logits_.data());
+    if (last) take(*a, pick(*a, logits_.data()));
   } catch (const std::exception& e) {
     finish(*a, Finish::Error, e.what());
   }
@@ -285,35 +285,59 @@ void Engine::decode() {
   const size_t group = logits_.size() / vocab;
   for (size_t g0 = 0; g0 < slots.size(); g0 += group) {
     const int B = int(std::min(group, slots.size() - g0));
+    std::vector<Active*> batch(static_cast<size_t>(B));
     std::vector<int> tokens(static_cast<size_t>(B));
-    for (int b = 0; b < B; ++b) tokens[size_t(b)] = active_[size_t(slots[g0 + size_t(b)])]->pending;
+    for (int b = 0; b < B; ++b) {
+      batch[size_t(b)] = active_[size_t(slots[g0 + size_t(b)])].get();
+      tokens[size_t(b)] = batch[size_t(b)]->pending;
+      batch[size_t(b)]->pending = -1;
+    }
     try {
       model_->step_pooled(tokens.data(), B, *pool_, slots.data() + g0, logits_.data());
     } catch (const std::exception& e) {
-      for (int b = 0; b < B; ++b) finish(*active_[size_t(slots[g0 + size_t(b)])], Finish::Error, e.what());
+      for (Active* a : batch) finish(*a, Finish::Error, e.what());
       continue;
     }
+    // Sampling is per sequence and independent: spread over the threads (a 65536-token
+    // vocabulary costs ~0.1-1 ms a sequence, which at large batches rivals the step itself).
+    std::vector<int> picked(static_cast<size_t>(B), -1);
+    std::vector<std::string> errors(static_cast<size_t>(B));
+#pragma omp parallel for schedule(dynamic)
     for (int b = 0; b < B; ++b) {
-      Active& a = *active_[size_t(slots[g0 + size_t(b)])];
-      a.pending = -1;
+      if (batch[size_t(b)]->last_feed) continue;
+      try {
+        picked[size_t(b)] = pick(*batch[size_t(b)], logits_.data() + size_t(b) * vocab);
+      } catch (const std::exception& e) {
+        errors[size_t(b)] = e.what();
+      }
+    }
+    for (int b = 0; b < B; ++b) {
+      Active& a = *batch[size_t(b)];
       if (a.last_feed) {
         finish(a, a.ending);
-        continue;
+      } else if (!errors[size_t(b)].empty()) {
+        finish(a, Finish::Error, errors[size_t(b)]);
+      } else {
+        take(a, picked[size_t(b)]);
       }
-      after_logits(a, logits_.data() + size_t(b) * vocab);
     }
   }
 }
 
-// Samples the next token from a sequence's logits and streams its text; ends the job on a
-// stop token, a stop string or max_tokens.
-void Engine::after_logits(Active& a, float* logits) {
+// The next token from a sequence's logits (a row of logits_, masked in place). Touches only
+// that sequence's sampler: safe to run for several sequences at once.
+int Engine::pick(Active& a, float* logits) const {
+  const int vocab = model_->info().vocab_size;
+  // Rows past the tokenizer's vocabulary (World pads 65530 ids to 65536) are not text.
+  std::fill(logits + std::min(vocab, tokenizer_->vocab_size()), logits + vocab, -INFINITY);
+  for (const auto& [t, bias] : a.job.logit_bias) logits[t] += bias;
+  return a.sampler.sample(std::span<const float>(logits, size_t(vocab)));
+}
+
+// Takes a sampled token: streams its text, and ends the job on a stop token, a stop string or
+// max_tokens; otherwise the token is fed at the next step.
+void Engine::take(Active& a, int token) {
   try {
-    const int vocab = model_->info().vocab_size;
-    // Rows past the tokenizer's vocabulary (World pads 65530 ids to 65536) are not text.
-    std::fill(logits + std::min(vocab, tokenizer_->vocab_size()), logits + vocab, -INFINITY);
-    for (const auto& [t, bias] : a.job.logit_bias) logits[t] += bias;
-    const int token = a.sampler.sample(std::span<const float>(logits, size_t(vocab)));
     a.sampler.accept(token);
     if (a.usage.completion_tokens++ == 0) {
       a.first_token_s = std::chrono::duration<double>(Clock::now() - a.submitted).count();

@@ -126,7 +126,8 @@ class Engine {
   void admit(Queued queued, int slot);
   size_t prefill_one();  // prompt tokens computed (0: none waiting)
   void decode();
-  void after_logits(Active& a, float* logits);  // a row of logits_, masked in place
+  int pick(Active& a, float* logits) const;  // samples; logits: a row of logits_, masked in place
+  void take(Active& a, int token);
   void finish(Active& a, Finish why, std::string error = {});
   void reap();
 

@@ -1,6 +1,7 @@
 #include "serve/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <ctime>
@@ -54,6 +55,7 @@ struct HttpServer::Impl {
   httplib::Server server;
   std::atomic<int> in_flight = 0;
   int port = -1;
+  int listen_fd = -1;
 
   Impl(Engine& e, StateStore& s, const ServerOptions& o) : engine(e), states(s), options(o) {}
 
@@ -266,6 +268,13 @@ HttpServer::HttpServer(Engine& engine, StateStore& states, const ServerOptions& 
   impl_->server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   impl_->server.set_payload_max_length(options.max_body_bytes);
   impl_->server.set_tcp_nodelay(true);  // stream pieces leave at once
+  // The listening socket, to widen its backlog after bind (the library listens with 5, which
+  // drops connections when hundreds of clients arrive at once).
+  impl_->server.set_socket_options([impl = impl_.get()](int fd) {
+    const int yes = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    impl->listen_fd = fd;
+  });
   const auto read_s = std::chrono::duration<double>(options.read_timeout_s);
   impl_->server.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(read_s));
   impl_->routes();
@@ -281,6 +290,7 @@ int HttpServer::bind() {
     s.port = s.server.bind_to_port(s.options.host, s.options.port) ? s.options.port : -1;
   }
   if (s.port < 0) fail("cannot listen on ", s.options.host, ":", s.options.port);
+  if (s.listen_fd >= 0) ::listen(s.listen_fd, SOMAXCONN);  // Linux: a second listen() resizes
   return s.port;
 }
 
