@@ -342,6 +342,40 @@ TEST(Engine, ConcurrentJobsGiveExactlyTheirTokensAlone) {
   }
 }
 
+// Prompts prefilled together (prefill_batch > 1, as on a GPU): prompts of different lengths
+// advance together without crossing their chunk ends, and give the greedy tokens they give
+// alone (batched products round differently, so sampled tokens are not compared).
+TEST(Engine, BatchedPrefillGivesTheGreedyTokensAlone) {
+  auto model = demo_model();
+  auto tokenizer = std::shared_ptr<const Tokenizer>(make_bytes_tokenizer());
+  const auto greedy = [](int i) {
+    Job job = job_for(kPrompts[size_t(i) % kPrompts.size()] + std::string(size_t(3 * i), '.'), uint64_t(i), 30);
+    job.sampler.temperature = 0;
+    return job;
+  };
+  const int n = 10;
+  std::vector<Result> alone(n);
+  {
+    Engine engine(model, tokenizer, engine_options(1));
+    for (int i = 0; i < n; ++i) alone[size_t(i)] = collect(*engine.submit(greedy(i)));
+  }
+  EngineOptions o = engine_options(8);
+  o.prefill_batch = 8;
+  o.cache_bytes = 64 << 20;
+  Engine engine(model, tokenizer, o);
+  std::vector<std::shared_ptr<Stream>> streams;
+  for (int i = 0; i < n; ++i) streams.push_back(engine.submit(greedy(i)));
+  for (int i = 0; i < n; ++i) {
+    const Result r = collect(*streams[size_t(i)]);
+    EXPECT_EQ(r.text, alone[size_t(i)].text) << "job " << i;
+    EXPECT_EQ(r.done.usage.prompt_tokens, alone[size_t(i)].done.usage.prompt_tokens);
+  }
+  // Their chunk-end states went to the cache.
+  const Result again = collect(*engine.submit(greedy(n - 1)));
+  EXPECT_EQ(again.done.usage.cached_tokens, (again.done.usage.prompt_tokens - 1) / 16 * 16);
+  EXPECT_EQ(again.text, alone[size_t(n - 1)].text);
+}
+
 TEST(Engine, MatchesASessionWithTheSameSampler) {
   auto model = demo_model();
   auto tokenizer = std::shared_ptr<const Tokenizer>(make_bytes_tokenizer());
@@ -467,6 +501,7 @@ TEST(EngineCuda, BatchesAndCachesOnTheGpu) {
   }
   EngineOptions many = engine_options(8);
   many.decode_group = 0;
+  many.prefill_batch = 8;
   many.cache_bytes = 64 << 20;
   Engine engine(model, tokenizer, many);
   std::vector<std::shared_ptr<Stream>> streams;

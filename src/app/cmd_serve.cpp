@@ -21,6 +21,8 @@ struct ServeArgs {
   serve::ServerOptions server;
   serve::EngineOptions engine;
   int decode_group = -1;  // -1: by device
+  int prefill_batch = -1;
+  int prefill_budget = -1;
   double cache_mb = 256;
   std::string state_dir;
   size_t state_max_files = 1000;
@@ -45,6 +47,10 @@ void run(ServeArgs& a) {
   // On the CPU, steps of up to 4 sequences give each exactly its result alone (the
   // matrix-vector kernels); larger batches switch to sgemm, whose rounding differs.
   a.engine.decode_group = a.decode_group >= 0 ? a.decode_group : (gpu ? 0 : 4);
+  // A GPU prefills many prompts per call; the CPU one at a time (bit-exact batching, and its
+  // prefill is bound by arithmetic anyway).
+  a.engine.prefill_batch = a.prefill_batch > 0 ? a.prefill_batch : (gpu ? a.engine.slots : 1);
+  a.engine.prefill_budget = a.prefill_budget > 0 ? a.prefill_budget : (gpu ? 16384 : 512);
   a.engine.cache_bytes = size_t(a.cache_mb * 1024 * 1024);
   a.engine.max_queued = std::max(a.engine.max_queued, 0);
   a.server.defaults = a.sampler;
@@ -67,10 +73,11 @@ void run(ServeArgs& a) {
     server.stop();
   });
   std::fprintf(stderr,
-               "rwkv serve: %s (%s) on http://%s:%d/  slots %d, decode group %d, prefill chunk %d, "
-               "prefix cache %.0f MiB%s%s\n",
+               "rwkv serve: %s (%s) on http://%s:%d/  slots %d, decode group %d, prefill chunk %d "
+               "batch %d budget %d, prefix cache %.0f MiB%s%s\n",
                a.server.model_name.c_str(), model->info().family.c_str(), a.server.host.c_str(),
-               port, a.engine.slots, a.engine.decode_group, a.engine.prefill_chunk, a.cache_mb,
+               port, a.engine.slots, a.engine.decode_group, a.engine.prefill_chunk,
+               a.engine.prefill_batch, a.engine.prefill_budget, a.cache_mb,
                a.server.api_key.empty() ? "" : ", API key required",
                a.state_dir.empty() ? "" : (", states in " + a.state_dir).c_str());
   std::fflush(stderr);
@@ -102,8 +109,10 @@ void register_serve(CLI::App& app) {
                   "generation requests open at once (429 beyond)")->capture_default_str();
   cmd->add_option("--prefill-chunk", a->engine.prefill_chunk,
                   "prompt tokens per prefill call, between decode steps")->capture_default_str();
-  cmd->add_option("--prefill-budget", a->engine.prefill_budget,
-                  "prompt tokens computed between two decode steps")->capture_default_str();
+  cmd->add_option("--prefill-budget", a->prefill_budget,
+                  "prompt tokens computed between two decode steps (default 512 CPU, 16384 GPU)");
+  cmd->add_option("--prefill-batch", a->prefill_batch,
+                  "prompts prefilled together in one call (default 1 CPU, --slots GPU)");
   cmd->add_option("--decode-group", a->decode_group,
                   "sequences per decode step (0: all; default 4 on the CPU, 0 on a GPU)");
   cmd->add_option("--cache-mb", a->cache_mb, "prefix-state cache budget (0: off)")->capture_default_str();

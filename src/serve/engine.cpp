@@ -89,11 +89,13 @@ Engine::Engine(std::shared_ptr<Model> model, std::shared_ptr<const Tokenizer> to
   if (options_.slots < 1) fail("serve: slots must be ≥ 1, got ", options_.slots);
   if (options_.prefill_chunk < 1) fail("serve: prefill chunk must be ≥ 1");
   if (options_.prefill_budget < 1) fail("serve: prefill budget must be ≥ 1");
+  if (options_.prefill_batch < 1) fail("serve: prefill batch must be ≥ 1");
   if (options_.max_queued < 0) fail("serve: max queued must be ≥ 0");
   pool_ = model_->new_state_pool(options_.slots);
   active_.resize(size_t(options_.slots));
-  const int group = options_.decode_group > 0 ? std::min(options_.decode_group, options_.slots)
-                                              : options_.slots;
+  const int decode_rows = options_.decode_group > 0 ? std::min(options_.decode_group, options_.slots)
+                                                    : options_.slots;
+  const int group = std::max(decode_rows, std::min(options_.prefill_batch, options_.slots));
   logits_.resize(size_t(group) * size_t(model_->info().vocab_size));
   scratch_state_.resize(model_->state_spec().floats);
   worker_ = std::thread([this] { run(); });
@@ -187,7 +189,7 @@ void Engine::run() {
     }
     reap();
     for (size_t done = 0; done < size_t(options_.prefill_budget);) {
-      const size_t n = prefill_one();
+      const size_t n = prefill(size_t(options_.prefill_budget) - done);
       if (n == 0) break;
       done += n;
     }
@@ -246,32 +248,61 @@ void Engine::reap() {
   }
 }
 
-// One chunk of the earliest admitted job still prefilling. Chunks end at multiples of
-// prefill_chunk, where the state is offered to the prefix cache.
-size_t Engine::prefill_one() {
-  Active* a = nullptr;
+// One prefill call over the earliest admitted jobs still prefilling. The first job advances to
+// the end of its chunk (or prompt); up to prefill_batch jobs join it when they can advance as
+// far without crossing the end of their own chunk, as long as the call stays within `budget`
+// tokens. Chunks thus end at multiples of prefill_chunk, where states go to the prefix cache.
+// Returns the tokens computed (0: none waiting).
+size_t Engine::prefill(size_t budget) {
+  std::vector<Active*> waiting;
   for (auto& p : active_) {
-    if (p && p->fed < p->job.prompt.size() && (!a || p->order < a->order)) a = p.get();
+    if (p && p->fed < p->job.prompt.size()) waiting.push_back(p.get());
   }
-  if (!a) return 0;
-  size_t n = 0;
+  if (waiting.empty()) return 0;
+  std::ranges::sort(waiting, {}, &Active::order);
+  const size_t chunk = size_t(options_.prefill_chunk);
+  const auto reach = [&](const Active* a) {
+    return std::min(chunk - a->fed % chunk, a->job.prompt.size() - a->fed);
+  };
+  const size_t n = reach(waiting[0]);
+  const size_t most = std::min({size_t(std::max(options_.prefill_batch, 1)),
+                                logits_.size() / size_t(model_->info().vocab_size),
+                                std::max<size_t>(budget / n, 1)});
+  std::vector<Active*> batch;
+  for (Active* a : waiting) {
+    if (batch.size() < most && reach(a) >= n) batch.push_back(a);
+  }
+  const int B = int(batch.size());
+  std::vector<int> tokens, slots;
+  bool any_last = false;
+  for (Active* a : batch) {
+    tokens.insert(tokens.end(), a->job.prompt.begin() + ptrdiff_t(a->fed),
+                  a->job.prompt.begin() + ptrdiff_t(a->fed + n));
+    slots.push_back(a->slot);
+    any_last |= a->fed + n == a->job.prompt.size();
+  }
   try {
-    const size_t chunk = size_t(options_.prefill_chunk);
-    n = std::min(chunk - a->fed % chunk, a->job.prompt.size() - a->fed);
-    const bool last = a->fed + n == a->job.prompt.size();
-    const int slot = a->slot;
-    model_->forward_pooled(a->job.prompt.data() + a->fed, 1, int(n), *pool_, &slot,
-                           logits_.data(), last ? LogitsMode::Last : LogitsMode::None);
-    a->fed += n;
-    if (a->fed % chunk == 0) {
-      pool_->read(slot, scratch_state_.data());
-      cache_.insert(a->job.origin, std::span(a->job.prompt).first(a->fed), scratch_state_);
-    }
-    if (last) take(*a, pick(*a, logits_.data()));
+    model_->forward_pooled(tokens.data(), B, int(n), *pool_, slots.data(), logits_.data(),
+                           any_last ? LogitsMode::Last : LogitsMode::None);
   } catch (const std::exception& e) {
-    finish(*a, Finish::Error, e.what());
+    for (Active* a : batch) finish(*a, Finish::Error, e.what());
+    return n * size_t(B);
   }
-  return std::max<size_t>(n, 1);
+  const size_t vocab = size_t(model_->info().vocab_size);
+  for (int b = 0; b < B; ++b) {
+    Active& a = *batch[size_t(b)];
+    try {
+      a.fed += n;
+      if (a.fed % chunk == 0) {
+        pool_->read(a.slot, scratch_state_.data());
+        cache_.insert(a.job.origin, std::span(a.job.prompt).first(a.fed), scratch_state_);
+      }
+      if (a.fed == a.job.prompt.size()) take(a, pick(a, logits_.data() + size_t(b) * vocab));
+    } catch (const std::exception& e) {
+      finish(a, Finish::Error, e.what());
+    }
+  }
+  return n * size_t(B);
 }
 
 // One batched recurrent step for every sequence with a sampled token to feed, in groups of at

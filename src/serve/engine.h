@@ -6,9 +6,11 @@
 // sequence's next token with its own sampler and streams its text. A finished, cancelled or
 // timed-out job frees its slot at once. Requests wait on their Stream from their own threads.
 //
-// Results do not depend on what else runs: prompts are prefilled alone in chunks that end at
-// fixed multiples of prefill_chunk, and decode steps go in groups of at most decode_group
-// sequences, within which the CPU kernels give every sequence bit for bit its alone result.
+// Results do not depend on what else runs (on the CPU, with prefill_batch 1 and decode_group ≤ 4):
+// prompts are prefilled alone in chunks that end at fixed multiples of prefill_chunk, and decode
+// steps go in groups of at most decode_group sequences, within which the CPU kernels give every
+// sequence bit for bit its alone result. On a GPU, larger batches (prefill_batch, decode_group
+// 0) trade that for throughput: batched products round differently.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -85,6 +87,7 @@ struct EngineOptions {
   int max_queued = 64;     // jobs waiting for a slot; beyond, submit() refuses
   int prefill_chunk = 128; // tokens per prefill call (and the prefix cache's granularity)
   int prefill_budget = 512; // prompt tokens prefilled between two decode steps (≥ one chunk)
+  int prefill_batch = 1;    // prompts advanced together in one prefill call
   int decode_group = 0;    // sequences per step call; 0: all at once
   size_t cache_bytes = size_t(256) << 20;
 };
@@ -124,7 +127,7 @@ class Engine {
   };
   void run();
   void admit(Queued queued, int slot);
-  size_t prefill_one();  // prompt tokens computed (0: none waiting)
+  size_t prefill(size_t budget);  // prompt tokens computed (0: none waiting)
   void decode();
   int pick(Active& a, float* logits) const;  // samples; logits: a row of logits_, masked in place
   void take(Active& a, int token);
