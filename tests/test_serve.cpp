@@ -8,6 +8,7 @@
 #include <fstream>
 #include <thread>
 
+#include "rwkv/checkpoint.h"
 #include "rwkv/error.h"
 #include "rwkv/session.h"
 #include "rwkv/streamed_text.h"
@@ -259,6 +260,53 @@ TEST(StateStore, ValidatesNamesSavesLoadsAndStaysBounded) {
   }
   StateStore off("", *model, 2, 1 << 30);
   EXPECT_THROW(off.load("one"), ApiError);
+}
+
+TEST(StateStore, LoadsAStateTunedCheckpoint) {
+  auto model = demo_model();
+  const ModelInfo& info = model->info();
+  const std::string dir = test::temp_dir() + "/tuned";
+  std::filesystem::remove_all(dir);
+  StateStore store(dir, *model, 10, 1 << 30);
+  // blocks.L.att.time_state (H, N, N), fp32, value l + position / 1e6.
+  const size_t per = size_t(info.n_head) * size_t(info.head_size) * size_t(info.head_size);
+  std::vector<std::vector<float>> data(size_t(info.n_layer), std::vector<float>(per));
+  std::vector<TensorView> tensors;
+  for (int l = 0; l < info.n_layer; ++l) {
+    for (size_t i = 0; i < per; ++i) data[size_t(l)][i] = float(l) + float(i) * 1e-6f;
+    tensors.push_back({cat("blocks.", l, ".att.time_state"), DType::F32,
+                       {info.n_head, info.head_size, info.head_size}, data[size_t(l)].data()});
+  }
+  save_pth(dir + "/tuned.pth", tensors);
+  const std::vector<float> state = store.load("tuned");
+  std::vector<float> start(state.size());
+  model->init_state(start.data());
+  for (const StatePiece& piece : model->state_layout()) {
+    if (piece.name.ends_with(".att_kv")) {
+      const int l = std::stoi(piece.name.substr(7));
+      // RWKV-7 keeps (H, N_value, N_key), the training kernels' layout: copied as is.
+      EXPECT_TRUE(std::equal(data[size_t(l)].begin(), data[size_t(l)].end(), state.begin() + ptrdiff_t(piece.offset)))
+          << piece.name;
+    } else {
+      EXPECT_TRUE(std::equal(start.begin() + ptrdiff_t(piece.offset), start.begin() + ptrdiff_t(piece.offset + piece.numel),
+                             state.begin() + ptrdiff_t(piece.offset)))
+          << piece.name << " keeps its start value";
+    }
+  }
+  // A layer missing, or the wrong shape: refused with 400.
+  tensors.pop_back();
+  save_pth(dir + "/partial.pth", tensors);
+  tensors[0].shape = {1, int64_t(per)};
+  tensors[0].shape[1] -= 1;
+  save_pth(dir + "/bad.pth", tensors);
+  for (const char* name : {"partial", "bad"}) {
+    try {
+      store.load(name);
+      ADD_FAILURE() << name;
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400) << name;
+    }
+  }
 }
 
 // ---- Engine ----
