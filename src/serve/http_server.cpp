@@ -178,10 +178,12 @@ struct HttpServer::Impl {
     if (meta.chat && !send(sse(role_chunk_json(meta)))) return false;
     ReplyStart reply;
     for (Event e;;) {
-      if (!stream.next(e, std::chrono::milliseconds(250))) {
-        if (sink.is_writable()) continue;
-        stream.cancel();
-        return false;
+      if (!stream.next(e, std::chrono::seconds(1))) {
+        // Nothing for a second (queued, or a long prefill): an SSE comment, which clients
+        // ignore, finds out whether the client is still there (a write to a closed connection
+        // fails) and keeps idle-connection timeouts of proxies away.
+        if (!send(": waiting\n\n")) return false;
+        continue;
       }
       if (e.kind == Event::Kind::Text) {
         const std::string piece = meta.chat ? reply(std::move(e.text)) : e.text;
