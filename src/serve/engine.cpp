@@ -313,7 +313,8 @@ void Engine::decode() {
     if (active_[size_t(s)] && active_[size_t(s)]->pending >= 0) slots.push_back(s);
   }
   const size_t vocab = size_t(model_->info().vocab_size);
-  const size_t group = logits_.size() / vocab;
+  const size_t group = size_t(options_.decode_group > 0 ? std::min(options_.decode_group, options_.slots)
+                                                         : options_.slots);
   for (size_t g0 = 0; g0 < slots.size(); g0 += group) {
     const int B = int(std::min(group, slots.size() - g0));
     std::vector<Active*> batch(static_cast<size_t>(B));
