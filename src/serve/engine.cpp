@@ -54,7 +54,10 @@ Event text_event(std::string text) {
   return e;
 }
 
-bool is_free(const auto& active) { return !active; }
+// Whether a job given `timeout_s` (0: none) at `submitted` is past it.
+bool overdue(double timeout_s, Clock::time_point submitted, Clock::time_point now) {
+  return timeout_s > 0 && now - submitted > std::chrono::duration<double>(timeout_s);
+}
 
 }  // namespace
 
@@ -93,10 +96,10 @@ Engine::Engine(std::shared_ptr<Model> model, std::shared_ptr<const Tokenizer> to
   if (options_.max_queued < 0) fail("serve: max queued must be ≥ 0");
   pool_ = model_->new_state_pool(options_.slots);
   active_.resize(size_t(options_.slots));
-  const int decode_rows = options_.decode_group > 0 ? std::min(options_.decode_group, options_.slots)
-                                                    : options_.slots;
-  const int group = std::max(decode_rows, std::min(options_.prefill_batch, options_.slots));
-  logits_.resize(size_t(group) * size_t(model_->info().vocab_size));
+  decode_group_ = options_.decode_group > 0 ? std::min(options_.decode_group, options_.slots)
+                                            : options_.slots;
+  const int rows = std::max(decode_group_, std::min(options_.prefill_batch, options_.slots));
+  logits_.resize(size_t(rows) * size_t(model_->info().vocab_size));
   scratch_state_.resize(model_->state_spec().floats);
   worker_ = std::thread([this] { run(); });
 }
@@ -149,25 +152,18 @@ void Engine::run() {
     std::vector<Queued> incoming;
     {
       std::unique_lock lock(mutex_);
-      const auto has_free = [&] {
-        return std::ranges::any_of(active_, [](const auto& a) { return !a; });
-      };
-      const auto busy = [&] {
-        return std::ranges::any_of(active_, [](const auto& a) { return bool(a); });
-      };
       wake_.wait_for(lock, std::chrono::milliseconds(100), [&] {
-        return stopping_ || busy() || (!queue_.empty() && has_free());
+        return stopping_ || active_count() > 0 || (!queue_.empty() && active_count() < options_.slots);
       });
       if (stopping_) break;
-      const int free_slots = int(std::ranges::count_if(active_, is_free<std::unique_ptr<Active>>));
+      const int free_slots = options_.slots - active_count();
       while (!queue_.empty() && int(incoming.size()) < free_slots) {
         incoming.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
       // Jobs still waiting may have been given up or timed out.
       for (auto it = queue_.begin(); it != queue_.end();) {
-        const bool late = it->job.timeout_s > 0 &&
-                          Clock::now() - it->submitted > std::chrono::duration<double>(it->job.timeout_s);
+        const bool late = overdue(it->job.timeout_s, it->submitted, Clock::now());
         if (!it->stream->cancelled() && !late) {
           ++it;
           continue;
@@ -179,13 +175,13 @@ void Engine::run() {
       stats_.queued = int(queue_.size());
     }
     for (Queued& q : incoming) {
-      const int slot = int(std::ranges::find_if(active_, is_free<std::unique_ptr<Active>>) - active_.begin());
+      const int slot = int(std::ranges::find(active_, nullptr, &std::unique_ptr<Active>::get) - active_.begin());
       admit(std::move(q), slot);
       if (active_[size_t(slot)]) active_[size_t(slot)]->order = admitted++;
     }
     if (!incoming.empty()) {
       std::lock_guard lock(mutex_);
-      stats_.active = int(std::ranges::count_if(active_, [](const auto& p) { return bool(p); }));
+      stats_.active = active_count();
     }
     reap();
     for (size_t done = 0; done < size_t(options_.prefill_budget);) {
@@ -235,14 +231,17 @@ void Engine::admit(Queued queued, int slot) {
   active_[size_t(slot)] = std::move(a);
 }
 
+int Engine::active_count() const {
+  return int(std::ranges::count_if(active_, [](const auto& p) { return p != nullptr; }));
+}
+
 void Engine::reap() {
   const auto now = Clock::now();
   for (auto& a : active_) {
     if (!a) continue;
     if (a->stream->cancelled()) {
       finish(*a, Finish::Cancelled);
-    } else if (a->job.timeout_s > 0 &&
-               now - a->submitted > std::chrono::duration<double>(a->job.timeout_s)) {
+    } else if (overdue(a->job.timeout_s, a->submitted, now)) {
       finish(*a, Finish::Timeout, cat("the request timed out after ", a->job.timeout_s, " s"));
     }
   }
@@ -313,8 +312,7 @@ void Engine::decode() {
     if (active_[size_t(s)] && active_[size_t(s)]->pending >= 0) slots.push_back(s);
   }
   const size_t vocab = size_t(model_->info().vocab_size);
-  const size_t group = size_t(options_.decode_group > 0 ? std::min(options_.decode_group, options_.slots)
-                                                         : options_.slots);
+  const size_t group = size_t(decode_group_);
   for (size_t g0 = 0; g0 < slots.size(); g0 += group) {
     const int B = int(std::min(group, slots.size() - g0));
     std::vector<Active*> batch(static_cast<size_t>(B));
@@ -425,7 +423,7 @@ void Engine::finish(Active& a, Finish why, std::string error) {
     stats_.cached_tokens += uint64_t(usage.cached_tokens);
     stats_.cache_entries = cache_.entries();
     stats_.cache_bytes = cache_.bytes();
-    stats_.active = int(std::ranges::count_if(active_, [](const auto& p) { return bool(p); }));
+    stats_.active = active_count();
   }
   stream->push(std::move(done));
 }

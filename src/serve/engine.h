@@ -133,6 +133,7 @@ class Engine {
   void take(Active& a, int token);
   void finish(Active& a, Finish why, std::string error = {});
   void reap();
+  int active_count() const;  // slots holding a job
 
   std::shared_ptr<Model> model_;
   std::shared_ptr<const Tokenizer> tokenizer_;
@@ -148,7 +149,8 @@ class Engine {
 
   // Worker-only.
   std::vector<std::unique_ptr<Active>> active_;  // by slot; nullptr when free
-  std::vector<float> logits_;                    // (group, V)
+  int decode_group_ = 0;                         // sequences per step call, resolved
+  std::vector<float> logits_;                    // (max(decode group, prefill batch), V)
   std::vector<float> scratch_state_;
   std::thread worker_;
 };
