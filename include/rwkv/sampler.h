@@ -26,6 +26,8 @@ class Sampler {
   // Throws rwkv::Error on an invalid config (negative temperature, top_p or min_p outside [0, 1],
   // negative top_k, non-finite penalties, penalty_decay outside [0, 1]) or vocab_size <= 0.
   Sampler(const SamplerConfig& config, int vocab_size);
+  // The constructor's checks alone, without allocating the vocabulary-sized buffers.
+  static void validate(const SamplerConfig& config, int vocab_size);
   // Picks a token from logits[vocab_size] (not modified), applying the penalties of the tokens
   // accepted so far; -inf masks a token. Throws rwkv::Error on a size mismatch, a NaN or +inf
   // logit, or all -inf. The same seed gives the same tokens on the same SIMD target.

@@ -123,19 +123,6 @@ namespace {
 
 bool in_unit_interval(float x) { return x >= 0.0f && x <= 1.0f; }  // false for NaN
 
-void validate(const SamplerConfig& c, int vocab_size) {
-  if (vocab_size <= 0) fail("sampler: vocab_size must be positive, got ", vocab_size);
-  if (!(c.temperature >= 0.0f) || !std::isfinite(c.temperature))
-    fail("sampler: temperature must be finite and >= 0, got ", c.temperature);
-  if (!in_unit_interval(c.top_p)) fail("sampler: top_p must be in [0, 1], got ", c.top_p);
-  if (c.top_k < 0) fail("sampler: top_k must be >= 0, got ", c.top_k);
-  if (!in_unit_interval(c.min_p)) fail("sampler: min_p must be in [0, 1], got ", c.min_p);
-  if (!std::isfinite(c.presence_penalty) || !std::isfinite(c.frequency_penalty))
-    fail("sampler: presence_penalty and frequency_penalty must be finite, got ",
-         c.presence_penalty, " and ", c.frequency_penalty);
-  if (!in_unit_interval(c.penalty_decay))
-    fail("sampler: penalty_decay must be in [0, 1], got ", c.penalty_decay);
-}
 
 // The weight cut by a truncation rule: the weight of the first token, in descending order,
 // at which the rule's condition holds, and how many tokens weigh strictly more.
@@ -278,6 +265,20 @@ std::span<int32_t> keep_top_p(std::span<int32_t> kept, const float* probs, doubl
 }
 
 }  // namespace
+
+void Sampler::validate(const SamplerConfig& c, int vocab_size) {
+  if (vocab_size <= 0) fail("sampler: vocab_size must be positive, got ", vocab_size);
+  if (!(c.temperature >= 0.0f) || !std::isfinite(c.temperature))
+    fail("sampler: temperature must be finite and >= 0, got ", c.temperature);
+  if (!in_unit_interval(c.top_p)) fail("sampler: top_p must be in [0, 1], got ", c.top_p);
+  if (c.top_k < 0) fail("sampler: top_k must be >= 0, got ", c.top_k);
+  if (!in_unit_interval(c.min_p)) fail("sampler: min_p must be in [0, 1], got ", c.min_p);
+  if (!std::isfinite(c.presence_penalty) || !std::isfinite(c.frequency_penalty))
+    fail("sampler: presence_penalty and frequency_penalty must be finite, got ",
+         c.presence_penalty, " and ", c.frequency_penalty);
+  if (!in_unit_interval(c.penalty_decay))
+    fail("sampler: penalty_decay must be in [0, 1], got ", c.penalty_decay);
+}
 
 Sampler::Sampler(const SamplerConfig& config, int vocab_size)
     : config_(config), vocab_size_(vocab_size), rng_(config.seed) {

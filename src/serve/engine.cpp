@@ -129,7 +129,7 @@ std::shared_ptr<Stream> Engine::submit(Job job) {
   for (const auto& [t, bias] : job.logit_bias) {
     if (t < 0 || t >= vocab || !std::isfinite(bias)) fail("logit bias for token ", t, " is invalid");
   }
-  Sampler check(job.sampler, vocab);  // throws on bad settings
+  Sampler::validate(job.sampler, vocab);
   auto stream = std::make_shared<Stream>();
   {
     std::lock_guard lock(mutex_);
