@@ -40,11 +40,15 @@ uint64_t StateStore::origin_of(std::span<const float> state) {
   return h == 0 ? 1 : h;
 }
 
-std::vector<float> StateStore::load(const std::string& name) const {
-  if (!enabled()) throw ApiError(400, "named states are off on this server (see --state-dir)", "state");
+void StateStore::check_name(const std::string& name, const char* param) const {
+  if (!enabled()) throw ApiError(400, "named states are off on this server (see --state-dir)", param);
   if (!valid_name(name)) {
-    throw ApiError(400, "invalid state name (1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit)", "state");
+    throw ApiError(400, "invalid state name (1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit)", param);
   }
+}
+
+std::vector<float> StateStore::load(const std::string& name) const {
+  check_name(name, "state");
   const fs::path saved = fs::path(folder_) / (name + ".state");
   const fs::path tuned = fs::path(folder_) / (name + ".pth");
   try {
@@ -110,11 +114,7 @@ size_t StateStore::used_bytes(size_t* files, const std::string& except) const {
 }
 
 void StateStore::check_save(const std::string& name) const {
-  if (!enabled()) throw ApiError(400, "named states are off on this server (see --state-dir)", "save_state");
-  if (!valid_name(name)) {
-    throw ApiError(400, "invalid state name (1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit)",
-                   "save_state");
-  }
+  check_name(name, "save_state");
   size_t files = 0;
   const size_t bytes = used_bytes(&files, name + ".state");
   const size_t need = spec_.floats * sizeof(float) + 128;

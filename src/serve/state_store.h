@@ -38,6 +38,8 @@ class StateStore {
   static uint64_t origin_of(std::span<const float> state);
 
  private:
+  // ApiError 400 (naming `param`) when states are off or `name` is not a valid name.
+  void check_name(const std::string& name, const char* param) const;
   std::vector<float> load_tuned(const std::string& path) const;
   size_t used_bytes(size_t* files, const std::string& except) const;
 
