@@ -90,6 +90,8 @@ RWKV_QUANT_BENCH(q4_1, DType::Q4_1);
 RWKV_QUANT_BENCH(q5_0, DType::Q5_0);
 RWKV_QUANT_BENCH(q5_1, DType::Q5_1);
 RWKV_QUANT_BENCH(q8_0, DType::Q8_0);
+RWKV_QUANT_BENCH(q8_g128, DType::Q8_G128);
+RWKV_QUANT_BENCH(q4_g128, DType::Q4_G128);
 
 void Wkv7(benchmark::State& state, bool chunked) {
   const int T = int(state.range(0)), N = 64;

@@ -3,6 +3,7 @@
 // memory map of the file, plus buffers for tensors that had to be copied, e.g. non-contiguous
 // ones). Nothing in a file is executed.
 #pragma once
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -46,8 +47,12 @@ class Checkpoint {
 // Writes tensors as a PyTorch-loadable .pth (torch.load gives a dict name -> tensor), atomically
 // (temp file + rename). Throws rwkv::Error on I/O failure (e.g. a full disk), leaving no file.
 void save_pth(const std::string& path, const std::vector<TensorView>& tensors);
-// Writes tensors as .safetensors, atomically.
-void save_safetensors(const std::string& path, const std::vector<TensorView>& tensors);
+// Writes tensors as .safetensors, atomically, with string metadata (keys "rwkv.quantized" and
+// "rwkv.dtype.*" are the writer's own). Quantized tensors (whole blocks per row) are stored as
+// U8 bytes and named in the metadata (layout in io/safetensors.cpp); Checkpoint::open reads
+// them back as their block type.
+void save_safetensors(const std::string& path, const std::vector<TensorView>& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
 // Writes tensors as an rwkv.cpp model file (spec §7.1; file version 100 or 101), atomically.
 // The header's n_vocab/n_embed come from `emb.weight` (required, 2-D), n_layer from the
 // `blocks.N.` indices, data_type from the dtype holding most matrix (>= 2-D) elements.

@@ -15,9 +15,11 @@ void ModelOptions::add(CLI::App& cmd, bool model_required) {
                              "model file (.pth, .safetensors or an rwkv.cpp .bin)");
   if (model_required) opt->required();
   cmd.add_option("--dtype", dtype,
-                 "convert weight matrices at load: fp32, bf16, fp16, or ggml blocks q8_0, q5_1, "
-                 "q5_0, q4_1, q4_0")
-      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"}));
+                 "convert weight matrices at load: fp32, bf16, fp16, int8 (q8_0, q8_g64, "
+                 "q8_g128), int4 (q4_0, q4_g64, q4_g128) or ggml's q5_1, q5_0, q4_1; LoRA "
+                 "matrices stay in floating point")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "q8_0", "q8_g64", "q8_g128", "q4_0", "q4_g64",
+                             "q4_g128", "q5_1", "q5_0", "q4_1"}));
   cmd.add_option("--backend", backend, "cpu (fast) or ref (plain-loop reference)")
       ->check(CLI::IsMember({"cpu", "ref"}));
   cmd.add_option("--device", device, "where the model runs: cpu, cuda (the first GPU) or cuda:N")

@@ -70,5 +70,6 @@ void register_bench_train(CLI::App& app);
 void register_tokenize_data(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_serve(CLI::App& app);
+void register_quantize(CLI::App& app);
 
 }  // namespace rwkv::app

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   rwkv::app::register_tokenize_data(app);
   rwkv::app::register_eval(app);
   rwkv::app::register_serve(app);
+  rwkv::app::register_quantize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

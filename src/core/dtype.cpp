@@ -18,6 +18,10 @@ const char* dtype_name(DType t) {
     case DType::Q5_0: return "q5_0";
     case DType::Q5_1: return "q5_1";
     case DType::Q8_0: return "q8_0";
+    case DType::Q8_G64: return "q8_g64";
+    case DType::Q8_G128: return "q8_g128";
+    case DType::Q4_G64: return "q4_g64";
+    case DType::Q4_G128: return "q4_g128";
   }
   return "?";
 }
@@ -28,10 +32,12 @@ DType parse_dtype(const std::string& text) {
   if (name == "fp32" || name == "f32" || name == "float32") return DType::F32;
   if (name == "fp16" || name == "f16" || name == "float16") return DType::F16;
   if (name == "bf16" || name == "bfloat16") return DType::BF16;
-  for (DType q : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0}) {
-    if (name == dtype_name(q)) return q;
+  for (size_t i = size_t(DType::Q4_0); i < kDTypeCount; ++i) {
+    if (name == dtype_name(DType(i))) return DType(i);
   }
-  fail("unknown dtype '", text, "' (expected fp32, fp16, bf16, q4_0, q4_1, q5_0, q5_1 or q8_0)");
+  fail("unknown dtype '", text,
+       "' (expected fp32, fp16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q8_g64, q8_g128, q4_g64 or "
+       "q4_g128)");
 }
 
 float f16_to_f32(uint16_t h) {
@@ -89,7 +95,7 @@ void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
     case DType::F32: std::memcpy(dst, src, n * 4); return;
     case DType::BF16: for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(h[i]); return;
     case DType::F16: for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]); return;
-    default: quant::dequantize(from, src, dst, n / quant::kBlock); return;
+    default: quant::dequantize(from, src, dst, n); return;
   }
 }
 
@@ -100,7 +106,7 @@ void convert_from_f32(DType to, const float* src, void* dst, size_t n) {
     case DType::F32: std::memcpy(dst, src, n * 4); return;
     case DType::BF16: for (size_t i = 0; i < n; ++i) h[i] = f32_to_bf16(src[i]); return;
     case DType::F16: for (size_t i = 0; i < n; ++i) h[i] = f32_to_f16(src[i]); return;
-    default: quant::quantize(to, src, dst, n / quant::kBlock); return;
+    default: quant::quantize(to, src, dst, n); return;
   }
 }
 

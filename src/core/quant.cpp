@@ -47,10 +47,10 @@ void pack5(const int q[32], Block& b) {
   std::memcpy(b.qh, &qh, 4);
 }
 
-// The value of largest magnitude (sign kept), and the minimum and maximum of a block.
-float signed_absmax(const float* x) {
+// The value of largest magnitude (sign kept) of n values, and the minimum and maximum of a block.
+float signed_absmax(const float* x, size_t n = kBlock) {
   float amax = 0, max = 0;
-  for (size_t j = 0; j < kBlock; ++j) {
+  for (size_t j = 0; j < n; ++j) {
     if (std::fabs(x[j]) > amax) {
       amax = std::fabs(x[j]);
       max = x[j];
@@ -67,9 +67,62 @@ void min_max(const float* x, float& min, float& max) {
   }
 }
 
+bool is_group_type(DType t) {
+  return t == DType::Q8_G64 || t == DType::Q8_G128 || t == DType::Q4_G64 || t == DType::Q4_G128;
+}
+
+// One block of a symmetric group type (Q8_G*, Q4_G*). Q4_G packs 64 elements in 32 bytes:
+// element j < 32 is the low nibble of byte j, element j + 32 its high nibble.
+void dequantize_group(const BlockFormat& f, const uint8_t* blk, float* y) {
+  uint16_t bits;
+  std::memcpy(&bits, blk, 2);
+  const float d = f16_to_f32(bits);
+  const uint8_t* q = blk + f.quants;
+  if (f.bits == 8) {
+    for (int j = 0; j < f.group; ++j) y[j] = d * float(int8_t(q[j]));
+    return;
+  }
+  for (int c = 0; c < f.group / 64; ++c) {
+    for (int j = 0; j < 32; ++j) {
+      y[64 * c + j] = d * float((q[32 * c + j] & 0x0f) - 8);
+      y[64 * c + j + 32] = d * float((q[32 * c + j] >> 4) - 8);
+    }
+  }
+}
+
+void quantize_group(const BlockFormat& f, const float* x, uint8_t* blk) {
+  uint8_t* q = blk + f.quants;
+  float d;
+  if (f.bits == 8) {
+    float amax = 0;
+    for (int j = 0; j < f.group; ++j) amax = std::max(amax, std::fabs(x[j]));
+    d = amax / 127;
+    const float id = d != 0 ? 1 / d : 0;
+    for (int j = 0; j < f.group; ++j) q[j] = uint8_t(int8_t(std::lround(x[j] * id)));
+  } else {
+    d = signed_absmax(x, size_t(f.group)) / -8;
+    const float id = d != 0 ? 1 / d : 0;
+    auto level = [&](float v) { return std::min(15, int(int8_t(v * id + 8.5f))); };
+    for (int c = 0; c < f.group / 64; ++c) {
+      for (int j = 0; j < 32; ++j) {
+        q[32 * c + j] = uint8_t(level(x[64 * c + j]) | level(x[64 * c + j + 32]) << 4);
+      }
+    }
+  }
+  const uint16_t h = f32_to_f16(d);
+  std::memcpy(blk, &h, 2);
+}
+
 }  // namespace
 
-void dequantize(DType type, const void* src, float* dst, size_t n_blocks) {
+void dequantize(DType type, const void* src, float* dst, size_t n) {
+  if (is_group_type(type)) {
+    const BlockFormat f = block_format(type);
+    const auto* s = static_cast<const uint8_t*>(src);
+    for (size_t i = 0; i < n / size_t(f.group); ++i) dequantize_group(f, s + i * size_t(f.bytes), dst + i * size_t(f.group));
+    return;
+  }
+  const size_t n_blocks = n / kBlock;
   for (size_t i = 0; i < n_blocks; ++i) {
     float* y = dst + i * kBlock;
     int q[32];
@@ -117,7 +170,14 @@ void dequantize(DType type, const void* src, float* dst, size_t n_blocks) {
   }
 }
 
-void quantize(DType type, const float* src, void* dst, size_t n_blocks) {
+void quantize(DType type, const float* src, void* dst, size_t n) {
+  if (is_group_type(type)) {
+    const BlockFormat f = block_format(type);
+    auto* d = static_cast<uint8_t*>(dst);
+    for (size_t i = 0; i < n / size_t(f.group); ++i) quantize_group(f, src + i * size_t(f.group), d + i * size_t(f.bytes));
+    return;
+  }
+  const size_t n_blocks = n / kBlock;
   for (size_t i = 0; i < n_blocks; ++i) {
     const float* x = src + i * kBlock;
     int q[32];

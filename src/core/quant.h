@@ -1,5 +1,6 @@
-// ggml's 32-element quantized blocks (spec §7.1; layouts in rwkv/dtype.h). Scalar decode and
-// encode, the reference for the SIMD kernels (ops/cpu/simd.cpp).
+// Quantized blocks: ggml's 32-element ones (spec §7.1) and the symmetric group types of
+// `rwkv quantize` (layouts in rwkv/dtype.h). Scalar decode and encode, the reference for the
+// SIMD kernels (ops/cpu/simd.cpp, ops/cpu/qdot_kernel.inl).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -35,9 +36,37 @@ struct BlockQ8_0 {
 static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 &&
               sizeof(BlockQ5_1) == 24 && sizeof(BlockQ8_0) == 34);
 
-// n_blocks blocks of `type` at src to 32·n_blocks floats.
-void dequantize(DType type, const void* src, float* dst, size_t n_blocks);
-// 32·n_blocks floats to blocks, as ggml's quantize_row_*_ref.
-void quantize(DType type, const float* src, void* dst, size_t n_blocks);
+// Where a block's parts sit and what its quants mean:
+//   x = d·(q − bias) + m   (d at byte 0; m only where min != 0; 8-bit quants are signed; 4/5-bit
+//   ones packed as in rwkv/dtype.h: 16 B per 32 elements for ggml's types, 32 B per 64 for Q4_G)
+struct BlockFormat {
+  int group;      // elements per block (one d): 32, 64 or 128
+  int bytes;      // bytes per block
+  int quants;     // byte offset of the quants
+  int min;        // byte offset of the fp16 minimum m, 0 if none
+  int high_bits;  // byte offset of the u32 of fifth bits, 0 if none
+  int bits;       // 4, 5 or 8
+  int bias;       // 0, 8 or 16
+};
+constexpr BlockFormat block_format(DType t) {
+  switch (t) {
+    case DType::Q4_0: return {32, 18, 2, 0, 0, 4, 8};
+    case DType::Q4_1: return {32, 20, 4, 2, 0, 4, 0};
+    case DType::Q5_0: return {32, 22, 6, 0, 2, 5, 16};
+    case DType::Q5_1: return {32, 24, 8, 2, 4, 5, 0};
+    case DType::Q8_0: return {32, 34, 2, 0, 0, 8, 0};
+    case DType::Q8_G64: return {64, 66, 2, 0, 0, 8, 0};
+    case DType::Q8_G128: return {128, 130, 2, 0, 0, 8, 0};
+    case DType::Q4_G64: return {64, 34, 2, 0, 0, 4, 8};
+    case DType::Q4_G128: return {128, 66, 2, 0, 0, 4, 8};
+    default: return {1, 0, 0, 0, 0, 0, 0};
+  }
+}
+
+// n elements (a multiple of the block's) of `type` at src to floats.
+void dequantize(DType type, const void* src, float* dst, size_t n);
+// n floats to blocks: ggml's quantize_row_*_ref for its types; the group types follow Q8_0's
+// rule (d = absmax/127) and Q4_0's (d = the signed value of largest magnitude / −8).
+void quantize(DType type, const float* src, void* dst, size_t n);
 
 }  // namespace rwkv::quant

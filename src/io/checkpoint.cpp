@@ -120,14 +120,20 @@ const float* f64_to_f32(const uint8_t* src, size_t n, Owners& owners, const std:
   return out;
 }
 
-void check_tensors_to_save(const std::string& path, const std::vector<TensorView>& tensors) {
+void check_tensors_to_save(const std::string& path, const std::vector<TensorView>& tensors,
+                           bool allow_quantized) {
   std::unordered_set<std::string_view> names;
   for (const TensorView& t : tensors) {
     if (!valid_utf8(t.name)) fail(path, ": tensor name '", t.name, "' is not valid UTF-8");
     if (!names.insert(t.name).second) fail(path, ": duplicate tensor name '", t.name, "'");
     const std::string what = cat(path, ": tensor '", t.name, "'");
-    if (is_quantized(t.dtype)) {
+    if (is_quantized(t.dtype) && !allow_quantized) {
       fail(what, ": ", dtype_name(t.dtype), " tensors cannot be saved in this format");
+    }
+    if (is_quantized(t.dtype) &&
+        (t.shape.empty() || t.shape.back() <= 0 || t.shape.back() % int64_t(dtype_block_elems(t.dtype)) != 0)) {
+      fail(what, ": ", dtype_name(t.dtype), " rows must be whole blocks of ",
+           dtype_block_elems(t.dtype), " elements, got shape ", t.shape_str());
     }
     if (checked_numel(t.shape, what) > 0 && !t.data) fail(what, ": no data");
   }

@@ -36,7 +36,9 @@ int64_t checked_numel(const std::vector<int64_t>& shape, const std::string& what
 const float* f64_to_f32(const uint8_t* src, size_t n, Owners& owners, const std::string& what);
 // Strict UTF-8: no overlong forms, surrogates or code points past U+10FFFF.
 bool valid_utf8(std::string_view s);
-// Throws unless tensors can be saved: unique valid UTF-8 names, data for every byte.
-void check_tensors_to_save(const std::string& path, const std::vector<TensorView>& tensors);
+// Throws unless tensors can be saved: unique valid UTF-8 names, data for every byte, and no
+// quantized tensor unless allowed (then with whole blocks per row).
+void check_tensors_to_save(const std::string& path, const std::vector<TensorView>& tensors,
+                           bool allow_quantized = false);
 
 }  // namespace rwkv::io

@@ -1,8 +1,17 @@
 // safetensors: an 8-byte little-endian header length N, N bytes of JSON
 //   {"<name>": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}
 // then the tensor bytes; offsets are relative to the end of the header.
+//
+// Quantized tensors (rwkv/dtype.h block types, as `rwkv quantize` writes them) are stored as
+// dtype "U8" with shape [rows, bytes per row] (any leading dimensions), and named in the
+// metadata, whose values are strings:
+//   "rwkv.quantized": "1"                         the layout's version
+//   "rwkv.dtype.<tensor name>": "q4_g128"         the block type (rwkv/dtype.h, spec §7.1)
+// The tensor's shape is then [rows, elements per row]. Other readers see plain byte arrays.
 #include <cstring>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <unordered_map>
 
 #include "io/formats.h"
 #include "rwkv/error.h"
@@ -19,6 +28,9 @@ constexpr uint64_t kMaxHeader = 100u << 20;  // the limit the reference implemen
 // recursively while parsing, so a hostile "[[[[..." header would overflow the stack.
 constexpr int kMaxDepth = 8;
 constexpr const char* kMetadataKey = "__metadata__";
+constexpr const char* kQuantizedKey = "rwkv.quantized";
+constexpr const char* kQuantizedVersion = "1";
+constexpr const char* kDTypePrefix = "rwkv.dtype.";
 
 struct FileDType {
   const char* name;
@@ -68,26 +80,9 @@ const Json& json_field(const Json& info, const char* field, const std::string& w
   return *it;
 }
 
-TensorView load_tensor(const std::string& name, const Json& info, const uint8_t* data,
-                       uint64_t data_size, Owners& owners, const std::string& path) {
-  const std::string what = cat(path, ": tensor '", name, "'");
-  if (!info.is_object()) fail(what, ": header entry is not an object");
-  const Json& dtype = json_field(info, "dtype", what);
-  if (!dtype.is_string()) fail(what, ": \"dtype\" is not a string");
-  const FileDType& type = parse_file_dtype(dtype.get<std::string>(), what);
-
-  TensorView view;
-  view.name = name;
-  view.dtype = type.loaded;
-  const Json& shape = json_field(info, "shape", what);
-  if (!shape.is_array()) fail(what, ": \"shape\" is not an array");
-  for (const Json& dim : shape) {
-    const uint64_t n = json_count(dim, what, "shape");
-    if (n > uint64_t(INT64_MAX)) fail(what, ": dimension ", n, " is too large");
-    view.shape.push_back(int64_t(n));
-  }
-  const int64_t numel = checked_numel(view.shape, what);
-
+// The [begin, end) bytes of a tensor, checked against the data section.
+std::pair<uint64_t, uint64_t> data_range(const Json& info, uint64_t data_size,
+                                         const std::string& what) {
   const Json& offsets = json_field(info, "data_offsets", what);
   if (!offsets.is_array() || offsets.size() != 2)
     fail(what, ": \"data_offsets\" is not a [begin, end] pair");
@@ -96,6 +91,94 @@ TensorView load_tensor(const std::string& name, const Json& info, const uint8_t*
   if (begin > end || end > data_size)
     fail(what, ": data_offsets [", begin, ", ", end, "] lie outside the ", data_size,
          " data bytes (truncated file?)");
+  return {begin, end};
+}
+
+std::vector<int64_t> parse_shape(const Json& info, const std::string& what) {
+  const Json& shape = json_field(info, "shape", what);
+  if (!shape.is_array()) fail(what, ": \"shape\" is not an array");
+  std::vector<int64_t> dims;
+  for (const Json& dim : shape) {
+    const uint64_t n = json_count(dim, what, "shape");
+    if (n > uint64_t(INT64_MAX)) fail(what, ": dimension ", n, " is too large");
+    dims.push_back(int64_t(n));
+  }
+  return dims;
+}
+
+// A quantized tensor: U8 [..., bytes per row] becomes `type` [..., elements per row], in place
+// (blocks are read at any alignment).
+TensorView load_quantized(const std::string& name, DType type, const Json& info,
+                          const uint8_t* data, uint64_t data_size, const std::string& what) {
+  if (json_field(info, "dtype", what) != "U8") {
+    fail(what, ": quantized (", dtype_name(type), ") tensors are stored as U8, not ",
+         json_field(info, "dtype", what).dump());
+  }
+  TensorView view;
+  view.name = name;
+  view.dtype = type;
+  view.shape = parse_shape(info, what);
+  const size_t block = dtype_block_bytes(type);
+  if (view.shape.empty() || view.shape.back() == 0 || size_t(view.shape.back()) % block != 0) {
+    fail(what, ": ", dtype_name(type), " rows must be whole ", block, "-byte blocks, got shape ",
+         view.shape_str());
+  }
+  view.shape.back() = int64_t(size_t(view.shape.back()) / block * dtype_block_elems(type));
+  const int64_t numel = checked_numel(view.shape, what);
+  const auto [begin, end] = data_range(info, data_size, what);
+  if (end - begin != dtype_nbytes(type, size_t(numel)))
+    fail(what, ": data_offsets [", begin, ", ", end, "] hold ", end - begin, " bytes but ",
+         dtype_name(type), " ", view.shape_str(), " needs ", dtype_nbytes(type, size_t(numel)));
+  view.data = data + begin;
+  return view;
+}
+
+// The quantized tensors the metadata names, by name.
+using QuantizedTypes = std::unordered_map<std::string, DType>;
+
+QuantizedTypes quantized_types(const Json& header, const std::string& path) {
+  QuantizedTypes types;
+  const auto meta = header.find(kMetadataKey);
+  if (meta == header.end() || !meta->is_object()) return types;
+  const auto version = meta->find(kQuantizedKey);
+  for (const auto& [key, value] : meta->items()) {
+    if (!key.starts_with(kDTypePrefix)) continue;
+    if (version == meta->end() || *version != kQuantizedVersion) {
+      fail(path, ": quantized tensors of layout version ",
+           version == meta->end() ? std::string("(none)") : version->dump(),
+           " (this build reads version ", kQuantizedVersion, ")");
+    }
+    const std::string name = key.substr(std::string(kDTypePrefix).size());
+    if (!value.is_string()) fail(path, ": metadata \"", key, "\" is not a string");
+    DType t;
+    try {
+      t = parse_dtype(value.get<std::string>());
+    } catch (const Error&) {
+      fail(path, ": tensor '", name, "': unknown quantized type ", value.dump());
+    }
+    if (!is_quantized(t)) fail(path, ": tensor '", name, "': ", value.dump(), " is not a quantized type");
+    types[name] = t;
+  }
+  return types;
+}
+
+TensorView load_tensor(const std::string& name, const Json& info, const uint8_t* data,
+                       uint64_t data_size, Owners& owners, const std::string& path,
+                       const QuantizedTypes& quantized) {
+  const std::string what = cat(path, ": tensor '", name, "'");
+  if (!info.is_object()) fail(what, ": header entry is not an object");
+  const Json& dtype = json_field(info, "dtype", what);
+  if (!dtype.is_string()) fail(what, ": \"dtype\" is not a string");
+  const auto q = quantized.find(name);
+  if (q != quantized.end()) return load_quantized(name, q->second, info, data, data_size, what);
+  const FileDType& type = parse_file_dtype(dtype.get<std::string>(), what);
+
+  TensorView view;
+  view.name = name;
+  view.dtype = type.loaded;
+  view.shape = parse_shape(info, what);
+  const int64_t numel = checked_numel(view.shape, what);
+  const auto [begin, end] = data_range(info, data_size, what);
   const uint64_t bytes = uint64_t(numel) * type.size;
   if (end - begin != bytes)
     fail(what, ": data_offsets [", begin, ", ", end, "] hold ", end - begin, " bytes but ",
@@ -142,10 +225,14 @@ Checkpoint read_safetensors(std::shared_ptr<MappedFile> file) {
   const uint8_t* data = file->data() + 8 + length;
   const uint64_t data_size = file->size() - 8 - length;
   Owners owners{file};
+  const QuantizedTypes quantized = quantized_types(header, path);
   std::vector<TensorView> tensors;
   for (const auto& [name, info] : header.items()) {
     if (name == kMetadataKey) continue;
-    tensors.push_back(load_tensor(name, info, data, data_size, owners, path));
+    tensors.push_back(load_tensor(name, info, data, data_size, owners, path, quantized));
+  }
+  for (const auto& [name, type] : quantized) {
+    if (!header.contains(name)) fail(path, ": metadata names a quantized tensor '", name, "' the file does not hold");
   }
   return Checkpoint(path, "safetensors", std::move(tensors), std::move(owners));
 }
@@ -154,17 +241,35 @@ Checkpoint read_safetensors(std::shared_ptr<MappedFile> file) {
 
 namespace rwkv {
 
-void save_safetensors(const std::string& path, const std::vector<TensorView>& tensors) {
-  io::check_tensors_to_save(path, tensors);
+void save_safetensors(const std::string& path, const std::vector<TensorView>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  io::check_tensors_to_save(path, tensors, /*allow_quantized=*/true);
   io::Json header = io::Json::object();
-  header[io::kMetadataKey] = {{"format", "pt"}};  // what Hugging Face loaders look for
+  io::Json meta = {{"format", "pt"}};  // what Hugging Face loaders look for
+  for (const auto& [key, value] : metadata) {
+    if (key == io::kQuantizedKey || key.starts_with(io::kDTypePrefix))
+      fail(path, ": metadata key '", key, "' is reserved");
+    meta[key] = value;
+  }
+  for (const TensorView& t : tensors) {
+    if (!is_quantized(t.dtype)) continue;
+    meta[io::kQuantizedKey] = io::kQuantizedVersion;
+    meta[io::kDTypePrefix + t.name] = dtype_name(t.dtype);
+  }
+  header[io::kMetadataKey] = std::move(meta);
   uint64_t offset = 0;
   for (const TensorView& t : tensors) {
     if (t.name == io::kMetadataKey)
       fail(path, ": tensor name '", t.name, "' is reserved in safetensors");
     io::Json entry = io::Json::object();
-    entry["dtype"] = io::file_dtype_name(t.dtype);
-    entry["shape"] = t.shape;
+    std::vector<int64_t> shape = t.shape;
+    if (is_quantized(t.dtype)) {  // bytes per row (check_tensors_to_save: whole blocks)
+      shape.back() = int64_t(dtype_nbytes(t.dtype, size_t(shape.back())));
+      entry["dtype"] = "U8";
+    } else {
+      entry["dtype"] = io::file_dtype_name(t.dtype);
+    }
+    entry["shape"] = shape;
     entry["data_offsets"] = io::Json::array({offset, offset + t.nbytes()});
     header[t.name] = std::move(entry);
     offset += t.nbytes();

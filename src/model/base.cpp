@@ -186,8 +186,7 @@ void BlockModel::run(const int* tokens, int B, int T, float* const* states, floa
 }
 
 void BlockModel::mixed_linear(const float* mix, const ops::Matrix& W, int M, float* out) {
-  const size_t C = size_t(info_.n_embd), MC = size_t(M) * C;
-  for (size_t i = 0; i < MC; ++i) tmp_[i] = xn_[i] + delta_[i] * mix[i % C];
+  mix_rows(xn_, delta_, mix, nullptr, tmp_, M, info_.n_embd);
   kernels_->linear(W, tmp_, M, out);
 }
 
@@ -197,7 +196,7 @@ void BlockModel::run_channel_mix(const ChannelMix& f, int B, int T, float* const
   const size_t MC = size_t(M) * size_t(C);
   layer_norm(x_, xn_, M, C, f.ln_w, f.ln_b);
   token_shift(xn_, delta_, B, T, C, states, offset);
-  for (size_t i = 0; i < MC; ++i) tmp_[i] = xn_[i] + delta_[i] * f.mix_k[i % size_t(C)];
+  mix_rows(xn_, delta_, f.mix_k, nullptr, tmp_, M, C);
   kernels_->linear(f.key, tmp_, M, hidden_);
   const size_t MF = size_t(M) * size_t(info_.dim_ffn);
   for (size_t i = 0; i < MF; ++i) {
@@ -209,7 +208,7 @@ void BlockModel::run_channel_mix(const ChannelMix& f, int B, int T, float* const
     for (size_t i = 0; i < MC; ++i) x_[i] += tmp2_[i];
     return;
   }
-  for (size_t i = 0; i < MC; ++i) tmp_[i] = xn_[i] + delta_[i] * f.mix_r[i % size_t(C)];
+  mix_rows(xn_, delta_, f.mix_r, nullptr, tmp_, M, C);
   kernels_->linear(f.receptance, tmp_, M, xn_);  // xn_ is free again
   for (size_t i = 0; i < MC; ++i) x_[i] += sigmoid(xn_[i]) * tmp2_[i];
 }

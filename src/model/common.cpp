@@ -97,7 +97,10 @@ DType WeightLoader::target_dtype(DType stored, int cols) const {
 }
 
 ops::Matrix WeightLoader::matrix(DType stored, const void* data, int rows, int cols) {
-  const DType want = target_dtype(stored, cols);
+  return matrix(stored, data, rows, cols, target_dtype(stored, cols));
+}
+
+ops::Matrix WeightLoader::matrix(DType stored, const void* data, int rows, int cols, DType want) {
   ops::Matrix m{want, rows, cols, data};
   if (want != stored) {
     const size_t n = size_t(rows) * size_t(cols);
@@ -114,8 +117,18 @@ void WeightLoader::count(const ops::Matrix& m) {
   bytes_by_dtype_[size_t(m.dtype)] += m.nbytes();
 }
 
+// LoRA matrices (small, and the decay's is sensitive) are not quantized: a quantized request
+// keeps them as stored.
+DType WeightLoader::lora_dtype(DType stored, int cols) const {
+  const DType want = target_dtype(stored, cols);
+  return is_quantized(want) && !is_quantized(stored) ? stored : want;
+}
+
 ops::Matrix WeightLoader::lora(const std::string& name, int in, int out) {
-  if (lora_out_in_) return mat(name, out, in);
+  if (lora_out_in_) {
+    const TensorView& t = get(name, {out, in}, true);
+    return matrix(t.dtype, t.data, out, in, lora_dtype(t.dtype, in));
+  }
   const TensorView& t = get(name, {in, out}, true);
   return transposed(t.dtype, t.data, in, out);
 }
@@ -126,7 +139,8 @@ ops::Matrix WeightLoader::lora_slab(const std::string& name, int index, int coun
   if (lora_out_in_) {
     const TensorView& t = get(name, {count, out, in}, true);
     return matrix(t.dtype, static_cast<const uint8_t*>(t.data) +
-                               dtype_nbytes(t.dtype, size_t(index) * slab), out, in);
+                               dtype_nbytes(t.dtype, size_t(index) * slab), out, in,
+                  lora_dtype(t.dtype, in));
   }
   const TensorView& t = get(name, {count, in, out}, true);
   return transposed(t.dtype, static_cast<const uint8_t*>(t.data) +
@@ -134,7 +148,7 @@ ops::Matrix WeightLoader::lora_slab(const std::string& name, int index, int coun
 }
 
 ops::Matrix WeightLoader::transposed(DType stored, const void* src, int in, int out) {
-  const DType want = target_dtype(stored, in);
+  const DType want = lora_dtype(stored, in);
   const size_t n = size_t(in) * size_t(out);
   std::vector<float> values(n), t(n);
   convert_to_f32(stored, src, values.data(), n);

@@ -16,6 +16,20 @@ namespace rwkv::model {
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 inline float silu(float x) { return x * sigmoid(x); }
 
+// out[m][c] = x[m][c] + d[m][c]·(mix[c] + add[m][c]) for M rows of C (add may be null). Rows, then
+// columns: an index's column as i % C would cost a division per element.
+inline void mix_rows(const float* x, const float* d, const float* mix, const float* add,
+                     float* out, int M, int C) {
+  for (int m = 0; m < M; ++m) {
+    const size_t o = size_t(m) * size_t(C);
+    if (add) {
+      for (int c = 0; c < C; ++c) out[o + c] = x[o + c] + d[o + c] * (mix[c] + add[o + c]);
+    } else {
+      for (int c = 0; c < C; ++c) out[o + c] = x[o + c] + d[o + c] * mix[c];
+    }
+  }
+}
+
 // LayerNorm of M rows of C (biased variance, eps 1e-5), in → out (may alias).
 void layer_norm(const float* in, float* out, int M, int C, const float* weight, const float* bias,
                 float eps = 1e-5f);
@@ -65,8 +79,9 @@ class WeightLoader {
                         bool exact_shape);
   // n fp32 values converted to dtype in a buffer the loader owns.
   const void* own(DType dtype, const float* values, size_t n);
-  // A (rows, cols) matrix at data, converted to the wanted dtype if that differs.
+  // A (rows, cols) matrix at data, converted to the requested dtype (or `want`) if that differs.
   ops::Matrix matrix(DType stored, const void* data, int rows, int cols);
+  ops::Matrix matrix(DType stored, const void* data, int rows, int cols, DType want);
   // (in, out) values at src, as an (out, in) matrix in the wanted dtype.
   ops::Matrix transposed(DType stored, const void* src, int in, int out);
   std::shared_ptr<const Checkpoint> ckpt_;
@@ -76,8 +91,9 @@ class WeightLoader {
   std::vector<std::unique_ptr<uint8_t[]>> owned_;
   void count(const ops::Matrix& m);
   DType target_dtype(DType stored, int cols) const;
+  DType lora_dtype(DType stored, int cols) const;
   size_t matrix_bytes_ = 0;
-  size_t bytes_by_dtype_[size_t(DType::Q8_0) + 1] = {};  // by DType
+  size_t bytes_by_dtype_[kDTypeCount] = {};  // by DType
 
  public:
   // Owned buffers (converted or transposed weights) move into the model with the checkpoint.

@@ -51,8 +51,7 @@ class Rwkv6 final : public MatrixStateModel {
                   hidden_lora_ + size_t(m) * size_t(kRwkv6Targets * D) + size_t(t * D), size_t(D) * 4);
     }
     kernels_->linear(y.maa_w2[t], slab_, M, xc_);
-    const size_t MC = size_t(M) * size_t(C);
-    for (size_t i = 0; i < MC; ++i) xc_[i] = xn_[i] + delta_[i] * (y.maa[t][i % size_t(C)] + xc_[i]);
+    mix_rows(xn_, delta_, y.maa[t], xc_, xc_, M, C);
   }
 
   void time_mix(int l, int B, int T, float* const* states, bool parallel) override {
@@ -61,7 +60,7 @@ class Rwkv6 final : public MatrixStateModel {
     const size_t MC = size_t(M) * size_t(C), MA = size_t(M) * size_t(A);
     layer_norm(x_, xn_, M, C, y.ln1_w, y.ln1_b);
     token_shift(xn_, delta_, B, T, C, states, size_t(l) * layer_floats());
-    for (size_t i = 0; i < MC; ++i) tmp_[i] = xn_[i] + delta_[i] * y.maa_x[i % size_t(C)];
+    mix_rows(xn_, delta_, y.maa_x, nullptr, tmp_, M, C);
     kernels_->linear(y.maa_w1, tmp_, M, hidden_lora_);
     const size_t MH = size_t(M) * size_t(kRwkv6Targets * d_mix_);
     for (size_t i = 0; i < MH; ++i) hidden_lora_[i] = std::tanh(hidden_lora_[i]);
@@ -82,7 +81,10 @@ class Rwkv6 final : public MatrixStateModel {
     const size_t MD = size_t(M) * size_t(d_decay_);
     for (size_t i = 0; i < MD; ++i) hidden_lora_[i] = std::tanh(hidden_lora_[i]);
     kernels_->linear(y.decay_w2, hidden_lora_, M, w_);
-    for (size_t i = 0; i < MA; ++i) w_[i] = -std::exp(y.decay[i % size_t(A)] + w_[i]);  // log d
+    for (int m = 0; m < M; ++m) {
+      float* w = w_ + size_t(m) * size_t(A);
+      for (int c = 0; c < A; ++c) w[c] = -std::exp(y.decay[c] + w[c]);  // log d
+    }
     matrix_wkv6(*kernels_, info_, l, B, T, states, parallel, {r_, w_, k_, v_, y.bonus, y_});
     group_norm(y_, M, info_.n_head, info_.head_size, y.ln_x_w, y.ln_x_b, kRwkv6GroupNormEps);
     for (size_t i = 0; i < MA; ++i) y_[i] *= g_[i];

@@ -79,10 +79,20 @@ struct Wkv6Head {
   float* S = nullptr;
 };
 
+// One of several independent products y[M, W.rows] = x[M, W.cols] · Wᵀ.
+struct Product {
+  Matrix W;
+  const float* x = nullptr;
+  float* y = nullptr;
+};
+
 struct Kernels {
   const char* name;
   // y[M, W.rows] = x[M, W.cols] · Wᵀ (overwrites y).
   void (*linear)(const Matrix& W, const float* x, int M, float* y);
+  // n independent products of M rows each (no output aliases another product's input). The
+  // CPU runs a decode step's products in one team of threads: one fork and join, not n.
+  void (*linear_many)(const Product* products, int n, int M);
   // Recurrent WKV over the T rows, one token after another.
   void (*wkv7_recurrent)(const Wkv7Head& head);
   // Parallel (chunked) WKV over the T rows; equal to wkv7_recurrent up to fp32 rounding.
@@ -109,6 +119,7 @@ struct Wkv7Grads {
 
 namespace ref {
 void linear(const Matrix& W, const float* x, int M, float* y);
+void linear_many(const Product* products, int n, int M);
 void wkv7_recurrent(const Wkv7Head& head);
 // The chunked form of spec §4.5 in plain loops, chunk length `chunk`.
 void wkv7_chunked(const Wkv7Head& head, int chunk);
@@ -122,6 +133,7 @@ void wkv6_chunked(const Wkv6Head& head, int chunk);
 
 namespace cpu {
 void linear(const Matrix& W, const float* x, int M, float* y);
+void linear_many(const Product* products, int n, int M);
 void wkv7_recurrent(const Wkv7Head& head);
 void wkv7_chunked(const Wkv7Head& head);
 void wkv4(const Wkv4Seq& seq);

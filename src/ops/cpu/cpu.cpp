@@ -7,6 +7,7 @@
 
 #include "ops/cpu/simd.h"
 #include "ops/ops.h"
+#include "ops/qdot.h"
 
 namespace rwkv::ops::cpu {
 namespace {
@@ -23,19 +24,45 @@ constexpr size_t kParallelMinWeights = 32 * 1024;
 
 int g_threads = 0;
 
-void matvec(const Matrix& W, const float* x, int M, float* y) {
-  if (W.nbytes() < kParallelMinBytes && size_t(W.rows) * size_t(W.cols) < kParallelMinWeights) {
-    simd_matvec_rows(W, x, M, y, 0, W.rows);
+// Rows [r0, r1) of a product: fp32-input kernels for float weights, 8-bit-input integer kernels
+// (ops/qdot.h) for quantized ones, whose inputs xq were quantized once for all threads.
+void matvec_rows(const Product& p, const QuantizedVectors& xq, int M, int r0, int r1) {
+  if (is_quantized(p.W.dtype)) return qdot_rows(qdot_isa(), p.W, xq, p.y, r0, r1);
+  simd_matvec_rows(p.W, p.x, M, p.y, r0, r1);
+}
+
+bool is_small(const Matrix& W) {
+  return W.nbytes() < kParallelMinBytes && size_t(W.rows) * size_t(W.cols) < kParallelMinWeights;
+}
+
+// Products of M ≤ kMatVecMaxRows vectors, each weight row read once for all of them. Every
+// thread takes its share of every product's rows (contiguous, in multiples of 8 rows to keep
+// cache lines whole) without waiting between products: one fork and join for all.
+void matvec_many(const Product* products, int n, int M) {
+  thread_local std::vector<QuantizedVectors> xq;
+  if (xq.size() < size_t(n)) xq.resize(size_t(n));
+  bool small = true;
+  for (int i = 0; i < n; ++i) {
+    const Matrix& W = products[i].W;
+    if (is_quantized(W.dtype)) {
+      quantize_vectors(qdot_isa(), products[i].x, M, size_t(W.cols), qdot_group(W.dtype), xq[size_t(i)]);
+    }
+    small = small && is_small(W);
+  }
+  const QuantizedVectors* inputs = xq.data();  // the calling thread's, read by all
+  if (small) {
+    for (int i = 0; i < n; ++i) matvec_rows(products[i], inputs[i], M, 0, products[i].W.rows);
     return;
   }
 #pragma omp parallel
   {
-    // Contiguous row ranges, one per thread, in multiples of 8 rows to keep cache lines whole.
     const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-    const int blocks = (W.rows + 7) / 8;
-    const int b0 = int(int64_t(blocks) * id / nt), b1 = int(int64_t(blocks) * (id + 1) / nt);
-    const int r0 = std::min(W.rows, b0 * 8), r1 = std::min(W.rows, b1 * 8);
-    if (r0 < r1) simd_matvec_rows(W, x, M, y, r0, r1);
+    for (int i = 0; i < n; ++i) {
+      const int rows = products[i].W.rows, blocks = (rows + 7) / 8;
+      const int b0 = int(int64_t(blocks) * id / nt), b1 = int(int64_t(blocks) * (id + 1) / nt);
+      const int r0 = std::min(rows, b0 * 8), r1 = std::min(rows, b1 * 8);
+      if (r0 < r1) matvec_rows(products[i], inputs[i], M, r0, r1);
+    }
   }
 }
 
@@ -65,10 +92,32 @@ void linear(const Matrix& W, const float* x, int M, float* y) {
     std::fill(y, y + size_t(M) * size_t(W.rows), 0.f);
     return;
   }
-  if (M <= kMatVecMaxRows) return matvec(W, x, M, y);
+  if (M <= kMatVecMaxRows) {
+    const Product p{W, x, y};
+    return matvec_many(&p, 1, M);
+  }
   const float* w = weights_f32(W);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, W.rows, W.cols, 1.0f, x, W.cols, w,
               W.cols, 0.0f, y, W.rows);
+}
+
+void linear_many(const Product* products, int n, int M) {
+  if (M <= 0 || n <= 0) return;
+  if (M > kMatVecMaxRows) {  // GEMMs, each threaded inside
+    for (int i = 0; i < n; ++i) linear(products[i].W, products[i].x, M, products[i].y);
+    return;
+  }
+  thread_local std::vector<Product> nonempty;
+  nonempty.clear();
+  for (int i = 0; i < n; ++i) {
+    const Product& p = products[i];
+    if (p.W.rows > 0 && p.W.cols > 0) {
+      nonempty.push_back(p);
+    } else {
+      linear(p.W, p.x, M, p.y);  // zeroes y where there are columns to sum over none
+    }
+  }
+  matvec_many(nonempty.data(), int(nonempty.size()), M);
 }
 
 static bool simd_head_ok(const Wkv7Head& h) {
@@ -103,14 +152,14 @@ static void ref_wkv7_parallel(const Wkv7Head& h) { ref::wkv7_chunked(h, cpu::kWk
 static void ref_wkv6_parallel(const Wkv6Head& h) { ref::wkv6_chunked(h, cpu::kWkvChunk); }
 
 const Kernels& ref_kernels() {
-  static const Kernels k{"ref",       &ref::linear,         &ref::wkv7_recurrent,
-                         &ref_wkv7_parallel, &ref::wkv4,    &ref::wkv6_recurrent,
+  static const Kernels k{"ref",          &ref::linear, &ref::linear_many, &ref::wkv7_recurrent,
+                         &ref_wkv7_parallel, &ref::wkv4,   &ref::wkv6_recurrent,
                          &ref_wkv6_parallel};
   return k;
 }
 
 const Kernels& cpu_kernels() {
-  static const Kernels k{"cpu",       &cpu::linear,      &cpu::wkv7_recurrent,
+  static const Kernels k{"cpu",       &cpu::linear, &cpu::linear_many, &cpu::wkv7_recurrent,
                          &cpu::wkv7_chunked, &cpu::wkv4, &cpu::wkv6_recurrent,
                          &cpu::wkv6_chunked};
   return k;

@@ -284,18 +284,9 @@ void MatVecRowsW(const void* w, int cols, const float* x, int M, float* y, int r
   }
 }
 
-// Quantized rows: ggml's 32-element blocks (spec §7.1, layouts in rwkv/dtype.h). A block's
-// weights are d·(q − bias) (Q4_0 bias 8, Q5_0 bias 16, Q8_0 bias 0) or d·q + m (Q4_1, Q5_1), so
-// its dot product with inputs x_j is
-//   d·Σ_j q_j x_j + c·Σ_j x_j,   c = −bias·d or m.
-// The kernels decode each block's q_j to fp32 lanes once and use them for every input vector,
-// keep Σ q_j x_j in vector lanes (scaled by d once per block, not per element), and take Σ x_j
-// per block once per call: −bias·Σ x_j starts the block's partial sum, m·Σ x_j is one more
-// multiply-add. One input vector reads kStreams distant rows at once, as the bf16 kernel does.
-// Blocks sit at any byte offset (they are memory-mapped from rwkv.cpp files): every load is
-// unaligned, and scales and high bits are copied out with memcpy.
-// Cost per block and row on one Zen 3 core (AVX2): q4_0 about 17 vector instructions (4
-// conversions, 5 FMAs), about bf16's time per weight; decode, not DRAM, bounds one core.
+// Quantized blocks to fp32 (before sgemm): ggml's 32-element blocks and the group types (spec
+// §7.1, layouts in rwkv/dtype.h and core/quant.h). Their products with a few vectors (decode) go
+// through the integer kernels of ops/qdot.h instead.
 
 // At most 16 lanes: a chunk of lanes comes from as many bytes of a block's 16 nibble bytes.
 using DQ = hn::CappedTag<float, 16>;
@@ -303,26 +294,15 @@ using DQI = hn::RebindToSigned<DQ>;
 using VQ = hn::Vec<DQ>;
 using VQI = hn::Vec<DQI>;
 
-// Byte offsets inside a block (checked against core/quant.h below): scale d at 0, minimum m,
-// high bits qh (u32) and the quants; 0 = absent (d is always at 0).
-template <size_t Bytes, size_t Quants, size_t HighBits, size_t Min, int Bits, int Bias>
+// A block's format (quant::block_format) as template constants. A block holds Group / 32
+// sub-blocks of 32 elements sharing its scale d.
+template <DType T>
 struct QuantLayout {
-  static constexpr size_t kBytes = Bytes, kQs = Quants, kQh = HighBits, kMin = Min;
-  static constexpr int kBits = Bits, kBias = Bias;
-  // Whether a block adds c·Σ x_j.
-  static constexpr bool kOffset = Bias != 0 || Min != 0;
+  static constexpr quant::BlockFormat kF = quant::block_format(T);
+  static constexpr size_t kBytes = kF.bytes, kQs = kF.quants, kQh = kF.high_bits, kMin = kF.min;
+  static constexpr int kBits = kF.bits, kBias = kF.bias, kSub = kF.group / 32;
+  static constexpr size_t kSubBytes = kBits == 8 ? 32 : 16;
 };
-using Q4_0L = QuantLayout<18, 2, 0, 0, 4, 8>;
-using Q4_1L = QuantLayout<20, 4, 0, 2, 4, 0>;
-using Q5_0L = QuantLayout<22, 6, 2, 0, 5, 16>;
-using Q5_1L = QuantLayout<24, 8, 4, 2, 5, 0>;
-using Q8_0L = QuantLayout<34, 2, 0, 0, 8, 0>;
-static_assert(offsetof(quant::BlockQ4_0, qs) == Q4_0L::kQs && sizeof(quant::BlockQ4_0) == 18);
-static_assert(offsetof(quant::BlockQ4_1, m) == Q4_1L::kMin && offsetof(quant::BlockQ4_1, qs) == Q4_1L::kQs);
-static_assert(offsetof(quant::BlockQ5_0, qh) == Q5_0L::kQh && offsetof(quant::BlockQ5_0, qs) == Q5_0L::kQs);
-static_assert(offsetof(quant::BlockQ5_1, m) == Q5_1L::kMin && offsetof(quant::BlockQ5_1, qh) == Q5_1L::kQh &&
-              offsetof(quant::BlockQ5_1, qs) == Q5_1L::kQs);
-static_assert(offsetof(quant::BlockQ8_0, qs) == Q8_0L::kQs && sizeof(quant::BlockQ8_0) == 34);
 
 // The fp16 value at any byte address, in every lane (one broadcast and one F16C conversion
 // where the target has them).
@@ -368,137 +348,16 @@ HWY_INLINE void DecodeChunk(const uint8_t* blk, uint32_t qh, size_t k, VQI& lo, 
   }
 }
 
-template <class D>
-HWY_INLINE float SumLanes(D d, hn::Vec<D> v) {
-  return hn::GetLane(hn::SumOfLanes(d, v));
-}
-
-// Blocks ahead of the current one that each row stream prefetches: 1.7 KiB (q4_0) to 3.2 KiB
-// (q8_0). Measured on q4_0 (Zen 3, one core): 1 or 2 KiB ahead beat 4 KiB by 8%, and no
-// prefetch by 2% when streaming from DRAM.
-constexpr size_t kPrefetchBlocks = 96;
-
-// Dot products of R rows (w[r], nb blocks each) with M input vectors (x + m·cols): out[r·M + m].
-// R > 1 reads several distant rows at once (M = 1). sx + m·nb holds vector m's per-block
-// offset term spread over the lanes: −bias·Σx_j / lanes (biased types: it starts the block's
-// partial sum, which d then scales) or Σx_j / lanes (types with a minimum: it is scaled by m).
-template <class L, int R, int M>
-HWY_INLINE void QuantDots(const uint8_t* const* w, size_t nb, const float* x, size_t cols,
-                          const float* sx, float* out) {
-  const DQ d;
-  const size_t NL = hn::Lanes(d);
-  VQ acc[R * M];
-  for (int i = 0; i < R * M; ++i) acc[i] = hn::Zero(d);
-  for (size_t b = 0; b < nb; ++b) {
-    const float* xb = x + b * quant::kBlock;
-    for (int r = 0; r < R; ++r) {
-      const uint8_t* blk = w[r] + b * L::kBytes;
-      __builtin_prefetch(blk + kPrefetchBlocks * L::kBytes);
-      uint32_t qh = 0;
-      if constexpr (L::kBits == 5) std::memcpy(&qh, blk + L::kQh, 4);
-      VQ part[M];
-      for (int m = 0; m < M; ++m) {
-        part[m] = L::kBias != 0 ? hn::Set(d, sx[size_t(m) * nb + b]) : hn::Zero(d);
-      }
-      for (size_t k = 0; k < 16; k += NL) {
-        VQI lo, hi;
-        DecodeChunk<L>(blk, qh, k, lo, hi);
-        const VQ qlo = hn::ConvertTo(d, lo), qhi = hn::ConvertTo(d, hi);
-        for (int m = 0; m < M; ++m) {
-          const float* xm = xb + size_t(m) * cols;
-          part[m] = hn::MulAdd(qlo, hn::LoadU(d, xm + k), part[m]);
-          part[m] = hn::MulAdd(qhi, hn::LoadU(d, xm + 16 + k), part[m]);
-        }
-      }
-      const VQ scale = BroadcastHalf(blk);
-      for (int m = 0; m < M; ++m) acc[r * M + m] = hn::MulAdd(scale, part[m], acc[r * M + m]);
-      if constexpr (L::kMin != 0) {
-        const VQ min = BroadcastHalf(blk + L::kMin);
-        for (int m = 0; m < M; ++m) {
-          acc[r * M + m] = hn::MulAdd(min, hn::Set(d, sx[size_t(m) * nb + b]), acc[r * M + m]);
-        }
-      }
-    }
-  }
-  for (int i = 0; i < R * M; ++i) out[i] = SumLanes(d, acc[i]);
-}
-
-// Rows [r0, r1) of y[m][o] for M ≤ 4 vectors; M = 1 reads kStreams distant rows at once, as
-// MatVecStreamsBF16 does.
-template <class L, int M>
-void MatVecRowsQT(const uint8_t* w_all, size_t row_bytes, size_t cols, const float* x,
-                  const float* sx, float* y, int rows, int r0, int r1) {
-  const size_t nb = cols / quant::kBlock;
-  int first = r0;
-  if constexpr (M == 1) {
-    const int slice = (r1 - r0) / kStreams;
-    for (int o = r0; o < r0 + slice; ++o) {
-      const uint8_t* w[kStreams];
-      float out[kStreams];
-      for (int k = 0; k < kStreams; ++k) w[k] = w_all + size_t(o + k * slice) * row_bytes;
-      QuantDots<L, kStreams, 1>(w, nb, x, cols, sx, out);
-      for (int k = 0; k < kStreams; ++k) y[o + k * slice] = out[k];
-    }
-    first = r0 + kStreams * slice;
-  }
-  for (int o = first; o < r1; ++o) {
-    const uint8_t* w = w_all + size_t(o) * row_bytes;
-    float out[M];
-    QuantDots<L, 1, M>(&w, nb, x, cols, sx, out);
-    for (int m = 0; m < M; ++m) y[size_t(m) * size_t(rows) + size_t(o)] = out[m];
-  }
-}
-
-// The per-block offset terms of QuantDots: sx[i] = factor·Σ of the 32 inputs of block i.
-// factor = −bias / lanes or 1 / lanes, powers of two apart from the bias: exact scalings.
-void BlockSums(const float* x, size_t n_blocks, float factor, float* sx) {
-  const DQ d;
-  const size_t NL = hn::Lanes(d);
-  for (size_t i = 0; i < n_blocks; ++i) {
-    const float* xb = x + i * quant::kBlock;
-    VQ s = hn::LoadU(d, xb);
-    for (size_t k = NL; k < quant::kBlock; k += NL) s = hn::Add(s, hn::LoadU(d, xb + k));
-    sx[i] = factor * SumLanes(d, s);
-  }
-}
-
-template <class L>
-void MatVecRowsQ(const Matrix& W, const float* x, int M, float* y, int r0, int r1) {
-  const auto* w = static_cast<const uint8_t*>(W.data);
-  const size_t cols = size_t(W.cols), nb = cols / quant::kBlock, rb = W.row_bytes();
-  thread_local std::vector<float> sums;
-  if constexpr (L::kOffset) {
-    const float lanes = float(hn::Lanes(DQ()));
-    sums.resize(size_t(M) * nb);
-    BlockSums(x, size_t(M) * nb, (L::kBias != 0 ? -float(L::kBias) : 1.f) / lanes, sums.data());
-  }
-  for (int m = 0; m < M; m += 4) {
-    const float* xm = x + size_t(m) * cols;
-    const float* sm = sums.data() + (L::kOffset ? size_t(m) * nb : 0);
-    float* ym = y + size_t(m) * size_t(W.rows);
-    switch (std::min(4, M - m)) {
-      case 1: MatVecRowsQT<L, 1>(w, rb, cols, xm, sm, ym, W.rows, r0, r1); break;
-      case 2: MatVecRowsQT<L, 2>(w, rb, cols, xm, sm, ym, W.rows, r0, r1); break;
-      case 3: MatVecRowsQT<L, 3>(w, rb, cols, xm, sm, ym, W.rows, r0, r1); break;
-      default: MatVecRowsQT<L, 4>(w, rb, cols, xm, sm, ym, W.rows, r0, r1);
-    }
-  }
-}
-
 void MatVecRows(const Matrix& W, const float* x, int M, float* y, int r0, int r1) {
   switch (W.dtype) {
     case DType::F32: return MatVecRowsW<F32W>(W.data, W.cols, x, M, y, W.rows, r0, r1);
     case DType::BF16: return MatVecRowsBF16(W.data, W.cols, x, M, y, W.rows, r0, r1);
     case DType::F16: return MatVecRowsW<F16W>(W.data, W.cols, x, M, y, W.rows, r0, r1);
-    case DType::Q4_0: return MatVecRowsQ<Q4_0L>(W, x, M, y, r0, r1);
-    case DType::Q4_1: return MatVecRowsQ<Q4_1L>(W, x, M, y, r0, r1);
-    case DType::Q5_0: return MatVecRowsQ<Q5_0L>(W, x, M, y, r0, r1);
-    case DType::Q5_1: return MatVecRowsQ<Q5_1L>(W, x, M, y, r0, r1);
-    case DType::Q8_0: return MatVecRowsQ<Q8_0L>(W, x, M, y, r0, r1);
+    default: return;  // quantized: ops/qdot.h
   }
 }
 
-// n (a multiple of 32) elements of whole blocks to fp32. Bit-identical to quant::dequantize:
+// n elements of whole blocks to fp32. Bit-identical to quant::dequantize:
 // d·(q − bias) is one rounding in both, and d·q + m is too, d·q being exact in fp32 (an 11-bit
 // significand times at most 8 bits), so a fused multiply-add rounds the same as mul then add.
 template <class L>
@@ -507,15 +366,18 @@ void ToF32Q(const void* src, float* dst, size_t n) {
   const DQI di;
   const size_t NL = hn::Lanes(d);
   const auto* s = static_cast<const uint8_t*>(src);
-  for (size_t b = 0; b < n / quant::kBlock; ++b) {
-    const uint8_t* blk = s + b * L::kBytes;
-    float* out = dst + b * quant::kBlock;
+  for (size_t i = 0; i < n / quant::kBlock; ++i) {
+    // Sub-block i % kSub of block i / kSub (Q8_G: 32 quants each): its quants sit where a lone
+    // block's would if the block started kSubBytes·(i % kSub) bytes later.
+    const uint8_t* blk = s + i / L::kSub * L::kBytes;
+    const uint8_t* sub = blk + i % L::kSub * L::kSubBytes;
+    float* out = dst + i * quant::kBlock;
     uint32_t qh = 0;
     if constexpr (L::kBits == 5) std::memcpy(&qh, blk + L::kQh, 4);
     const VQ dv = BroadcastHalf(blk);
     for (size_t k = 0; k < 16; k += NL) {
       VQI lo, hi;
-      DecodeChunk<L>(blk, qh, k, lo, hi);
+      DecodeChunk<L>(sub, qh, k, lo, hi);
       if constexpr (L::kMin != 0) {
         const VQ mv = BroadcastHalf(blk + L::kMin);
         hn::StoreU(hn::MulAdd(dv, hn::ConvertTo(d, lo), mv), d, out + k);
@@ -524,6 +386,30 @@ void ToF32Q(const void* src, float* dst, size_t n) {
         const VQI bias = hn::Set(di, L::kBias);
         hn::StoreU(hn::Mul(dv, hn::ConvertTo(d, hn::Sub(lo, bias))), d, out + k);
         hn::StoreU(hn::Mul(dv, hn::ConvertTo(d, hn::Sub(hi, bias))), d, out + 16 + k);
+      }
+    }
+  }
+}
+
+// Q4_G blocks: 32 bytes per 64 elements, element j < 32 the low nibble of byte j and j + 32 its
+// high nibble. d·(q − 8) is one rounding, as in quant::dequantize.
+template <class L>
+void ToF32Q4G(const void* src, float* dst, size_t n) {
+  const DQ d;
+  const DQI di;
+  const hn::Rebind<uint8_t, DQI> d8;
+  const size_t NL = hn::Lanes(d), group = size_t(L::kSub) * 32;
+  const auto* s = static_cast<const uint8_t*>(src);
+  const VQI eight = hn::Set(di, 8), low = hn::Set(di, 0x0f);
+  for (size_t b = 0; b < n / group; ++b) {
+    const uint8_t* blk = s + b * L::kBytes;
+    const VQ dv = BroadcastHalf(blk);
+    for (size_t c = 0; c < group / 64; ++c) {
+      float* out = dst + b * group + 64 * c;
+      for (size_t k = 0; k < 32; k += NL) {
+        const VQI bytes = hn::PromoteTo(di, hn::LoadU(d8, blk + L::kQs + 32 * c + k));
+        hn::StoreU(hn::Mul(dv, hn::ConvertTo(d, hn::Sub(hn::And(bytes, low), eight))), d, out + k);
+        hn::StoreU(hn::Mul(dv, hn::ConvertTo(d, hn::Sub(hn::ShiftRight<4>(bytes), eight))), d, out + 32 + k);
       }
     }
   }
@@ -544,11 +430,15 @@ void ToF32(DType dtype, const void* src, float* dst, size_t n) {
     case DType::F32: return ToF32W<F32W>(src, dst, n);
     case DType::BF16: return ToF32W<BF16W>(src, dst, n);
     case DType::F16: return ToF32W<F16W>(src, dst, n);
-    case DType::Q4_0: return ToF32Q<Q4_0L>(src, dst, n);
-    case DType::Q4_1: return ToF32Q<Q4_1L>(src, dst, n);
-    case DType::Q5_0: return ToF32Q<Q5_0L>(src, dst, n);
-    case DType::Q5_1: return ToF32Q<Q5_1L>(src, dst, n);
-    case DType::Q8_0: return ToF32Q<Q8_0L>(src, dst, n);
+    case DType::Q4_0: return ToF32Q<QuantLayout<DType::Q4_0>>(src, dst, n);
+    case DType::Q4_1: return ToF32Q<QuantLayout<DType::Q4_1>>(src, dst, n);
+    case DType::Q5_0: return ToF32Q<QuantLayout<DType::Q5_0>>(src, dst, n);
+    case DType::Q5_1: return ToF32Q<QuantLayout<DType::Q5_1>>(src, dst, n);
+    case DType::Q8_0: return ToF32Q<QuantLayout<DType::Q8_0>>(src, dst, n);
+    case DType::Q8_G64: return ToF32Q<QuantLayout<DType::Q8_G64>>(src, dst, n);
+    case DType::Q8_G128: return ToF32Q<QuantLayout<DType::Q8_G128>>(src, dst, n);
+    case DType::Q4_G64: return ToF32Q4G<QuantLayout<DType::Q4_G64>>(src, dst, n);
+    case DType::Q4_G128: return ToF32Q4G<QuantLayout<DType::Q4_G128>>(src, dst, n);
   }
 }
 

@@ -11,6 +11,7 @@ namespace rwkv::ops::cpu {
 constexpr int kMaxHeadSize = 256;
 constexpr int kWkvChunk = 16;
 
+// fp32, fp16 and bf16 weights (quantized ones: ops/qdot.h).
 void simd_matvec_rows(const Matrix& W, const float* x, int M, float* y, int r0, int r1);
 void simd_to_f32(DType dtype, const void* src, float* dst, size_t n);
 // Need h.N % simd_lanes_f32() == 0 and h.N <= kMaxHeadSize.

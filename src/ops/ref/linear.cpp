@@ -19,4 +19,8 @@ void linear(const Matrix& W, const float* x, int M, float* y) {
   }
 }
 
+void linear_many(const Product* products, int n, int M) {
+  for (int i = 0; i < n; ++i) linear(products[i].W, products[i].x, M, products[i].y);
+}
+
 }  // namespace rwkv::ops::ref

@@ -1,0 +1,226 @@
+// The quantized dot-product kernel (ops/qdot.h), written once over 256-bit x86 vectors and
+// included by qdot_x86.cpp once per instruction set, inside that set's namespace and target
+// pragma. RWKV_QDOT_VNNI picks the 32-element integer dot: vpdpbusd (AVX-512 VNNI, EVEX-encoded
+// 256-bit) or vpmaddubsw + vpmaddwd (AVX2); their results are equal (no saturation is reachable:
+// |q_w| ≤ 128 unsigned or ≤ 31, |x̂| ≤ 127, so a pair sums to at most 32512).
+//
+// Needs, from the includer: <immintrin.h>, <cstring>, <algorithm>, ops::Matrix,
+// ops::QuantizedVectors; F below is a block format's constants (FormatOf in qdot_x86.cpp).
+
+#define RWKV_INLINE inline __attribute__((always_inline))
+
+// acc + the sums of four adjacent u8·s8 products, per 32-bit lane.
+RWKV_INLINE __m256i DotBytes(__m256i acc, __m256i u, __m256i s) {
+#if RWKV_QDOT_VNNI
+  return _mm256_dpbusd_epi32(acc, u, s);
+#else
+  const __m256i pairs = _mm256_maddubs_epi16(u, s);
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#endif
+}
+
+// acc + the products of two pairs (u0, s0), (u1, s1) of 4-bit unsigned and 8-bit signed bytes.
+// AVX2 adds the two 16-bit pair sums before widening (each ≤ 2·15·127, so no overflow).
+RWKV_INLINE __m256i DotNibbles2(__m256i acc, __m256i u0, __m256i s0, __m256i u1, __m256i s1) {
+#if RWKV_QDOT_VNNI
+  return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, u0, s0), u1, s1);
+#else
+  const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#endif
+}
+
+// The fp16 value at p (any alignment) in every lane.
+RWKV_INLINE __m256 BroadcastHalf(const uint8_t* p) {
+  uint16_t bits;
+  std::memcpy(&bits, p, 2);
+  return _mm256_cvtph_ps(_mm_set1_epi16(short(bits)));
+}
+
+// Byte j = 16 where bit j of the u32 at p is set (the fifth bits of a 5-bit block), else 0.
+RWKV_INLINE __m256i FifthBits(const uint8_t* p) {
+  uint32_t bits;
+  std::memcpy(&bits, p, 4);
+  // Byte j takes byte j/8 of the word (the shuffle works within each 128-bit half, and the
+  // word is in every 32-bit lane), then tests bit j%8.
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(int(bits)),
+      _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+  const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+  return _mm256_and_si256(set, _mm256_set1_epi8(16));
+}
+
+// The 32 quants of a ggml 4/5-bit block, unsigned: element j < 16 is the low nibble of byte j,
+// element j + 16 its high nibble. One 16-byte load fills both halves, the upper one shifted.
+template <class F>
+RWKV_INLINE __m256i GgmlQuants(const uint8_t* blk) {
+  const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + F::kQs)));
+  __m256i q = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0f));
+  if constexpr (F::kBits == 5) q = _mm256_or_si256(q, FifthBits(blk + F::kQh));
+  return q;
+}
+
+RWKV_INLINE __m256i Load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+RWKV_INLINE float SumLanes(__m256 v) {
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+// Bytes ahead that each row stream prefetches.
+constexpr size_t kPrefetchBytes = 3072;
+
+// Σ_j q_j·x̂_j over one block (F::kGroup elements) for M inputs (x[m] at the block's first
+// input), each added to isum[m].
+template <class F, int M>
+RWKV_INLINE void BlockDots(const uint8_t* blk, const int8_t* const* x, __m256i* isum) {
+  if constexpr (F::kBits == 8) {
+    for (int s = 0; s < F::kGroup / 32; ++s) {
+      // Signed weights: |q| goes in the unsigned operand, q's sign onto x̂.
+      const __m256i q = Load32(blk + F::kQs + 32 * s);
+      const __m256i u = _mm256_abs_epi8(q);
+      for (int m = 0; m < M; ++m) isum[m] = DotBytes(isum[m], u, _mm256_sign_epi8(Load32(x[m] + 32 * s), q));
+    }
+  } else if constexpr (F::kGroup > 32) {
+    // Q4_G: 32 bytes hold elements c..c+31 (low nibbles) and c+32..c+63 (high nibbles).
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    for (int c = 0; c < F::kGroup; c += 64) {
+      const __m256i v = Load32(blk + F::kQs + c / 2);
+      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      for (int m = 0; m < M; ++m) isum[m] = DotNibbles2(isum[m], lo, Load32(x[m] + c), hi, Load32(x[m] + c + 32));
+    }
+  } else {
+    const __m256i q = GgmlQuants<F>(blk);
+    for (int m = 0; m < M; ++m) isum[m] = DotBytes(isum[m], q, Load32(x[m]));
+  }
+}
+
+// Dot products of R weight rows (w[r], n_groups blocks each) with inputs m0..m0+M−1 of x:
+// out[r·M + m]. For one (row, input) pair the operations and their order are the same whatever
+// R and M are.
+template <class F, int R, int M>
+RWKV_INLINE void Dots(const uint8_t* const* w, size_t n_groups, const QuantizedVectors& x, int m0,
+                      float* out) {
+  __m256 acc[R * M];
+  for (int i = 0; i < R * M; ++i) acc[i] = _mm256_setzero_ps();
+  for (size_t g = 0; g < n_groups; ++g) {
+    const int8_t* xg[M];
+    __m256i start[M];
+    __m256 dx[M], min_share[M];
+    for (int m = 0; m < M; ++m) {
+      const size_t i = size_t(m0 + m) * n_groups + g;
+      xg[m] = x.vector(m0 + m) + g * F::kGroup;
+      dx[m] = _mm256_set1_ps(x.scale[i]);
+      // −bias·Σ x̂ spread over the 8 lanes (bias is 8 or 16): the block's dot starts from it.
+      start[m] = _mm256_set1_epi32(-(F::kBias / 8) * x.sum[i]);
+      // m_w·d_x·Σ x̂ likewise: each lane adds m_w times an eighth (exact) of d_x·Σ x̂.
+      if constexpr (F::kMin != 0) min_share[m] = _mm256_set1_ps(x.scale[i] * float(x.sum[i]) * 0.125f);
+    }
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = w[r] + g * F::kBytes;
+      for (int p = 0; p < F::kBytes; p += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetchBytes + p, _MM_HINT_T0);
+      }
+      __m256i isum[M];
+      for (int m = 0; m < M; ++m) isum[m] = start[m];
+      BlockDots<F, M>(blk, xg, isum);
+      const __m256 d = BroadcastHalf(blk);
+      for (int m = 0; m < M; ++m) {
+        __m256& a = acc[r * M + m];
+        a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[m]), _mm256_mul_ps(d, dx[m]), a);
+        if constexpr (F::kMin != 0) a = _mm256_fmadd_ps(BroadcastHalf(blk + F::kMin), min_share[m], a);
+      }
+    }
+  }
+  for (int i = 0; i < R * M; ++i) out[i] = SumLanes(acc[i]);
+}
+
+// Rows read at once by one thread with one input vector (several DRAM streams, as the fp32-input
+// kernels do).
+constexpr int kStreams = 4;
+
+// Rows [r0, r1) of y[m][o] for M ≤ 4 inputs; one input reads kStreams distant rows at once.
+template <class F, int M>
+void RowsM(const uint8_t* w_all, size_t row_bytes, size_t n_groups, const QuantizedVectors& x,
+           int m0, float* y, int rows, int r0, int r1) {
+  int first = r0;
+  if constexpr (M == 1) {
+    const int slice = (r1 - r0) / kStreams;
+    for (int o = r0; o < r0 + slice; ++o) {
+      const uint8_t* w[kStreams];
+      float out[kStreams];
+      for (int k = 0; k < kStreams; ++k) w[k] = w_all + size_t(o + k * slice) * row_bytes;
+      Dots<F, kStreams, 1>(w, n_groups, x, m0, out);
+      for (int k = 0; k < kStreams; ++k) y[o + k * slice] = out[k];
+    }
+    first = r0 + kStreams * slice;
+  }
+  for (int o = first; o < r1; ++o) {
+    const uint8_t* w = w_all + size_t(o) * row_bytes;
+    float out[M];
+    Dots<F, 1, M>(&w, n_groups, x, m0, out);
+    for (int m = 0; m < M; ++m) y[size_t(m) * size_t(rows) + size_t(o)] = out[m];
+  }
+}
+
+template <class F>
+void Rows(const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1) {
+  const auto* w = static_cast<const uint8_t*>(W.data);
+  const size_t n_groups = size_t(W.cols) / F::kGroup, rb = W.row_bytes();
+  for (int m = 0; m < x.count; m += 4) {
+    float* ym = y + size_t(m) * size_t(W.rows);
+    switch (std::min(4, x.count - m)) {
+      case 1: RowsM<F, 1>(w, rb, n_groups, x, m, ym, W.rows, r0, r1); break;
+      case 2: RowsM<F, 2>(w, rb, n_groups, x, m, ym, W.rows, r0, r1); break;
+      case 3: RowsM<F, 3>(w, rb, n_groups, x, m, ym, W.rows, r0, r1); break;
+      default: RowsM<F, 4>(w, rb, n_groups, x, m, ym, W.rows, r0, r1);
+    }
+  }
+}
+
+// quantize_vectors (ops/qdot.h) with the same roundings: absmax over the group, inv = 127/absmax
+// in fp32, x·inv rounded to nearest even (vcvtps2dq under the default rounding mode = lrint).
+void Quantize(const float* x, int M, size_t cols, int group, QuantizedVectors& out) {
+  const size_t G = size_t(group), ng = cols / G;
+  const __m256 sign = _mm256_set1_ps(-0.f), inf = _mm256_set1_ps(__builtin_inff());
+  for (size_t i = 0; i < size_t(M) * ng; ++i) {
+    const float* xg = x + i * G;
+    __m256 amax = _mm256_setzero_ps(), finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    for (size_t j = 0; j < G; j += 8) {
+      const __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(xg + j));
+      amax = _mm256_max_ps(amax, a);
+      finite = _mm256_and_ps(finite, _mm256_cmp_ps(a, inf, _CMP_LT_OQ));  // false for NaN, ±inf
+    }
+    const __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    const __m128 m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float top = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+    const bool ok = _mm256_movemask_ps(finite) == 0xff;
+    const float d = top / 127, inv = d != 0 ? 127 / top : 0;
+    int8_t* q = out.q.data() + i * G;
+    out.scale[i] = ok ? d : __builtin_nanf("");
+    if (!ok) {  // x·0 would still be NaN for the NaN and infinite elements
+      std::memset(q, 0, G);
+      out.sum[i] = 0;
+      continue;
+    }
+    const __m256 vinv = _mm256_set1_ps(inv);
+    __m256i sum = _mm256_setzero_si256();
+    for (size_t j = 0; j < G; j += 32) {
+      __m256i v[4];
+      for (int k = 0; k < 4; ++k) v[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + j + 8 * k), vinv));
+      sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3])));
+      // Pack 4×8 int32 to 32 int8 (saturating; |values| ≤ 127) and undo the packs' lane interleave.
+      const __m256i p16 = _mm256_packs_epi32(v[0], v[1]), p16b = _mm256_packs_epi32(v[2], v[3]);
+      const __m256i p8 = _mm256_packs_epi16(p16, p16b);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j),
+                          _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+    const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    out.sum[i] = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xb1)));
+  }
+}
+
+#undef RWKV_INLINE

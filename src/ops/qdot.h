@@ -1,0 +1,64 @@
+// Quantized matrix-vector products with 8-bit inputs (decode and batched decode, M ≤ 4 vectors).
+//
+// A product W·x over quantized weights is bound by reading W when its blocks are decoded as
+// integers: the input vectors are quantized once per call to int8 in groups of the weights' block
+// size (32, 64 or 128; symmetric, scale = absmax/127, like the weights of Q8_0), and each block
+// of a weight row contributes
+//   d_w·d_x·(Σ_j q_j·x̂_j − bias·Σ_j x̂_j)  [+ m_w·d_x·Σ_j x̂_j for the types with a minimum]
+// with the sums over j exact in 32-bit integers: one conversion and one multiply-add per block.
+// The input's rounding (at most d_x/2 per element) is the only difference from the fp32 product
+// with the dequantized weights; quality reports and the tests bound it. Every quantized type
+// (rwkv/dtype.h) goes through this one kernel family.
+//
+//   ref::qdot_rows   plain loops (fp64 sums), the reference
+//   cpu::qdot_rows   AVX2, or AVX-512 VNNI (vpdpbusd) where present, picked once at run time
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "ops/ops.h"
+
+namespace rwkv::ops {
+
+// M input vectors of `cols` elements (a multiple of `group`), quantized per group.
+struct QuantizedVectors {
+  int count = 0;
+  size_t cols = 0;
+  int group = 32;
+  std::vector<int8_t> q;      // (count, cols), in [−127, 127]
+  std::vector<float> scale;   // (count, cols/group): d_x; NaN where the group holds a NaN or ±inf
+  std::vector<int32_t> sum;   // (count, cols/group): Σ_j x̂_j of the group
+  const int8_t* vector(int m) const { return q.data() + size_t(m) * cols; }
+  size_t groups() const { return cols / size_t(group); }
+};
+
+// x̂ = round(x / d_x), d_x = absmax/127 per group of `group` elements. A group with a NaN or an
+// infinity gets a NaN scale, so the products it enters are NaN, as they are in fp32.
+void quantize_vectors(const float* x, int M, size_t cols, int group, QuantizedVectors& out);
+
+// The input group a quantized dtype's products need: its block size.
+int qdot_group(DType dtype);
+// Throws rwkv::Error unless W is quantized and x was quantized for it (columns, group).
+void check_qdot_args(const Matrix& W, const QuantizedVectors& x);
+
+namespace ref {
+// Rows [r0, r1) of y[m][o] = Σ_i W[o][i]·x̂[m][i] for the x.count vectors (y is (count, W.rows)).
+void qdot_rows(const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1);
+}  // namespace ref
+
+namespace cpu {
+enum class QdotIsa { Scalar, Avx2, Avx512Vnni };
+// The best instruction set this CPU (and OS) runs, lowered by RWKV_QDOT_ISA=scalar|avx2 if set.
+QdotIsa qdot_isa();
+// Whether this CPU runs `isa` (Scalar always).
+bool qdot_isa_supported(QdotIsa isa);
+const char* qdot_isa_name(QdotIsa isa);
+// ops::quantize_vectors with SIMD (the same values: same roundings, exact sums).
+void quantize_vectors(QdotIsa isa, const float* x, int M, size_t cols, int group,
+                      QuantizedVectors& out);
+// ref::qdot_rows with the SIMD kernel of `isa` (Scalar: the reference itself). Per vector, the
+// result does not depend on how many vectors share the call or on [r0, r1).
+void qdot_rows(QdotIsa isa, const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1);
+}  // namespace cpu
+
+}  // namespace rwkv::ops
