@@ -293,7 +293,7 @@ TEST(Quantize, CommandWritesAFileEveryCommandLoadsAndReports) {
       {cat_args("quantize", quote(in), quote(in), "--type int4"), "input file"},
       {cat_args("quantize", quote(in), quote(out), "--type int4 --group 48"), "48"},
       {cat_args("quantize", quote(in), quote(out), "--type int2"), "int2"},
-      {cat_args("quantize /nonexistent.pth", quote(out), "--type int8"), "/nonexistent.pth"},
+      {"quantize /nonexistent.pth " + quote(out) + " --type int8", "/nonexistent.pth"},
   };
   for (const Case& k : cases) {
     r = run_cli(k.args);
