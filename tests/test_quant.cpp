@@ -235,6 +235,37 @@ TEST(Quant, QuantizeZeroAndConstantBlocks) {
   }
 }
 
+// rwkv quantize's 4-bit search: never worse in total than the absmax rule, values on the grid.
+TEST(Quant, LeastSquaresScalesBeatTheAbsmaxRule) {
+  std::mt19937 rng(9);
+  for (DType t : {DType::Q4_0, DType::Q4_G64, DType::Q4_G128}) {
+    for (float tail : {0.f, 4.f}) {  // plain uniform, and with an outlier per 128 values
+      auto x = random_vec(128 * 256, rng);
+      for (size_t i = 0; i < x.size(); i += 128) x[i] *= 1 + tail;
+      std::vector<uint8_t> a(dtype_nbytes(t, x.size())), b(a.size());
+      quant::quantize(t, x.data(), a.data(), x.size());
+      quant::quantize_least_squares(t, x.data(), b.data(), x.size());
+      std::vector<float> ya(x.size()), yb(x.size());
+      convert_to_f32(t, a.data(), ya.data(), x.size());
+      convert_to_f32(t, b.data(), yb.data(), x.size());
+      double ea = 0, eb = 0;
+      for (size_t i = 0; i < x.size(); ++i) {
+        ea += std::pow(double(ya[i]) - x[i], 2);
+        eb += std::pow(double(yb[i]) - x[i], 2);
+      }
+      std::printf("%s (outliers x%.0f): squared error %.4g least squares vs %.4g absmax\n",
+                  dtype_name(t), 1 + tail, eb, ea);
+      EXPECT_LT(eb, ea * 0.98) << dtype_name(t);
+    }
+  }
+  // Other types fall through to quantize().
+  const auto x = random_vec(64, rng);
+  std::vector<uint8_t> a(dtype_nbytes(DType::Q8_G64, 64)), b(a.size());
+  quant::quantize(DType::Q8_G64, x.data(), a.data(), 64);
+  quant::quantize_least_squares(DType::Q8_G64, x.data(), b.data(), 64);
+  EXPECT_EQ(a, b);
+}
+
 // ---- (c) ops::cpu::linear against ops::ref::linear ----
 
 // Error bound per output, against the reference's fp64 sum over the dequantized weights:

@@ -1,6 +1,7 @@
 #include "core/quant.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <cstring>
 
@@ -113,7 +114,66 @@ void quantize_group(const BlockFormat& f, const float* x, uint8_t* blk) {
   std::memcpy(blk, &h, 2);
 }
 
+// Levels 0..15 of one 4-bit symmetric block (Q4_0 or Q4_G) into its quant bytes.
+void pack_levels4(const BlockFormat& f, const int* level, uint8_t* q) {
+  if (f.group == 32) {
+    for (int j = 0; j < 16; ++j) q[j] = uint8_t(level[j] | level[j + 16] << 4);
+    return;
+  }
+  for (int c = 0; c < f.group / 64; ++c) {
+    for (int j = 0; j < 32; ++j) q[32 * c + j] = uint8_t(level[64 * c + j] | level[64 * c + j + 32] << 4);
+  }
+}
+
+// One 4-bit symmetric block with the scale of least squared error: for candidate inverse scales
+// around the absmax rule's (the value of largest magnitude ↦ −8), the levels q = round(x·id) in
+// [−8, 7], then the scale that fits them best, d = Σx·q / Σq², rounded to fp16; the pair with the
+// smallest Σ(x − d·q)² wins.
+void quantize_search4(const BlockFormat& f, const float* x, uint8_t* blk) {
+  const int G = f.group;
+  const float smax = signed_absmax(x, size_t(G));
+  int level[128] = {}, trial[128];
+  float best_d = 0;
+  double best_err = 0;
+  for (int j = 0; j < G; ++j) best_err += double(x[j]) * x[j];  // d = 0
+  for (int k = -5; smax != 0 && k <= 5; ++k) {
+    const float id = (-8.f + 0.25f * float(k)) / smax;
+    double xq = 0, qq = 0;
+    for (int j = 0; j < G; ++j) {
+      const int q = std::clamp(int(std::lrint(x[j] * id)), -8, 7);
+      trial[j] = q;
+      xq += double(x[j]) * q;
+      qq += double(q) * q;
+    }
+    if (qq == 0) continue;
+    const float d = f16_to_f32(f32_to_f16(float(xq / qq)));
+    double err = 0;
+    for (int j = 0; j < G; ++j) {
+      const double e = double(x[j]) - double(d) * trial[j];
+      err += e * e;
+    }
+    if (err < best_err) {
+      best_err = err;
+      best_d = d;
+      for (int j = 0; j < G; ++j) level[j] = trial[j];
+    }
+  }
+  for (int j = 0; j < G; ++j) level[j] = best_d != 0 ? level[j] + 8 : 8;
+  pack_levels4(f, level, blk + f.quants);
+  const uint16_t h = f32_to_f16(best_d);
+  std::memcpy(blk, &h, 2);
+}
+
 }  // namespace
+
+void quantize_least_squares(DType type, const float* src, void* dst, size_t n) {
+  if (type != DType::Q4_0 && type != DType::Q4_G64 && type != DType::Q4_G128) return quantize(type, src, dst, n);
+  const BlockFormat f = block_format(type);
+  auto* d = static_cast<uint8_t*>(dst);
+  for (size_t i = 0; i < n / size_t(f.group); ++i) {
+    quantize_search4(f, src + i * size_t(f.group), d + i * size_t(f.bytes));
+  }
+}
 
 void dequantize(DType type, const void* src, float* dst, size_t n) {
   if (is_group_type(type)) {

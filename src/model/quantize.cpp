@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/quant.h"
 #include "rwkv/error.h"
 
 namespace rwkv::model {
@@ -37,7 +38,7 @@ TensorView quantize_tensor(const TensorView& t, DType to, QuantizedCheckpoint& o
     for (int64_t r = 0; r < rows; ++r) {
       convert_to_f32(t.dtype, static_cast<const uint8_t*>(t.data) + size_t(r) * in_row, w.data(), w.size());
       uint8_t* q = bytes.get() + size_t(r) * out_row;
-      convert_from_f32(to, w.data(), q, w.size());
+      quant::quantize_least_squares(to, w.data(), q, w.size());
       convert_to_f32(to, q, back.data(), back.size());
       for (size_t j = 0; j < w.size(); ++j) {
         const double d = double(back[j]) - double(w[j]);
