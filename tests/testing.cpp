@@ -171,8 +171,9 @@ CommandResult run_cli(const std::string& args, const std::string& input) {
   const std::string base = temp_dir() + "/cli" + std::to_string(counter++);
   const std::string in = base + ".in", out = base + ".out", err = base + ".err";
   write_file_atomic(in, input.data(), input.size());
-  const std::string cmd = std::string(quote(RWKV_CLI)) + " " + args + " <" + in + " >" + out +
-                          " 2>" + err;
+  // $RWKV_CLI: the command elsewhere than where it was built (a packed copy on another machine).
+  const char* cli = std::getenv("RWKV_CLI") ? std::getenv("RWKV_CLI") : RWKV_CLI;
+  const std::string cmd = quote(cli) + " " + args + " <" + in + " >" + out + " 2>" + err;
   const int status = std::system(cmd.c_str());
   CommandResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;

@@ -198,8 +198,9 @@ void BlockModel::run_channel_mix(const ChannelMix& f, int B, int T, float* const
   token_shift(xn_, delta_, B, T, C, states, offset);
   mix_rows(xn_, delta_, f.mix_k, nullptr, tmp_, M, C);
   kernels_->linear(f.key, tmp_, M, hidden_);
-  const size_t MF = size_t(M) * size_t(info_.dim_ffn);
-  for (size_t i = 0; i < MF; ++i) {
+  const int64_t MF = int64_t(M) * info_.dim_ffn;
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
+  for (int64_t i = 0; i < MF; ++i) {
     const float z = std::max(hidden_[i], 0.f);
     hidden_[i] = z * z;
   }
@@ -210,7 +211,8 @@ void BlockModel::run_channel_mix(const ChannelMix& f, int B, int T, float* const
   }
   mix_rows(xn_, delta_, f.mix_r, nullptr, tmp_, M, C);
   kernels_->linear(f.receptance, tmp_, M, xn_);  // xn_ is free again
-  for (size_t i = 0; i < MC; ++i) x_[i] += sigmoid(xn_[i]) * tmp2_[i];
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
+  for (int64_t i = 0; i < int64_t(MC); ++i) x_[i] += sigmoid(xn_[i]) * tmp2_[i];
 }
 
 }  // namespace rwkv::model

@@ -11,6 +11,7 @@ namespace rwkv::model {
 
 void layer_norm(const float* in, float* out, int M, int C, const float* weight, const float* bias,
                 float eps) {
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
   for (int m = 0; m < M; ++m) {
     const float* x = in + size_t(m) * size_t(C);
     float* y = out + size_t(m) * size_t(C);
@@ -25,6 +26,7 @@ void layer_norm(const float* in, float* out, int M, int C, const float* weight, 
 }
 
 void group_norm(float* x, int M, int H, int N, const float* weight, const float* bias, float eps) {
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
   for (int m = 0; m < M; ++m) {
     for (int h = 0; h < H; ++h) {
       const size_t o = (size_t(m) * size_t(H) + size_t(h)) * size_t(N);

@@ -13,6 +13,10 @@
 
 namespace rwkv::model {
 
+// Element-wise loops over rows use the threads from this many rows on (prefill); a decode step's
+// few rows are not worth a fork and join.
+constexpr int kParallelRows = 64;
+
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 inline float silu(float x) { return x * sigmoid(x); }
 
@@ -20,6 +24,7 @@ inline float silu(float x) { return x * sigmoid(x); }
 // columns: an index's column as i % C would cost a division per element.
 inline void mix_rows(const float* x, const float* d, const float* mix, const float* add,
                      float* out, int M, int C) {
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
   for (int m = 0; m < M; ++m) {
     const size_t o = size_t(m) * size_t(C);
     if (add) {

@@ -72,6 +72,7 @@ class Rwkv7 final : public MatrixStateModel {
     const size_t MC = size_t(M) * size_t(C);
     layer_norm(x_, xn_, M, C, y.ln1_w, y.ln1_b);
     token_shift(xn_, delta_, B, T, C, states, att_x_offset(l));
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
     for (int m = 0; m < M; ++m) {
       for (int c = 0; c < C; ++c) {
         const size_t i = size_t(m) * size_t(C) + size_t(c);
@@ -93,14 +94,18 @@ class Rwkv7 final : public MatrixStateModel {
                                  {y.w1, s.xw, hidden[0]},   {y.a1, s.xa, hidden[1]},
                                  {y.g1, s.xg, hidden[2]},   {y.v1, s.xv, hidden[3]}};
     kernels_->linear_many(down, 3 + lorae, M);
-    for (size_t i = 0; i < size_t(M) * size_t(y.w1.rows); ++i) hidden[0][i] = std::tanh(hidden[0][i]);
-    for (size_t i = 0; i < size_t(M) * size_t(y.g1.rows); ++i) hidden[2][i] = sigmoid(hidden[2][i]);
+    const int64_t nw = int64_t(M) * y.w1.rows, ng = int64_t(M) * y.g1.rows;
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
+    for (int64_t i = 0; i < nw; ++i) hidden[0][i] = std::tanh(hidden[0][i]);
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
+    for (int64_t i = 0; i < ng; ++i) hidden[2][i] = sigmoid(hidden[2][i]);
     const ops::Product up[] = {{y.w2, hidden[0], s.w}, {y.a2, hidden[1], s.a},
                                {y.g2, hidden[2], s.g}, {y.v2, hidden[3], s.kk}};
     kernels_->linear_many(up, lorae, M);
     if (l == 0) {
       std::memcpy(s.v_first, s.v, MC * 4);
     } else {
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
       for (int m = 0; m < M; ++m) {  // kk holds the value LoRA's output until it is needed
         for (int c = 0; c < C; ++c) {
           const size_t i = size_t(m) * size_t(C) + size_t(c);
@@ -108,6 +113,7 @@ class Rwkv7 final : public MatrixStateModel {
         }
       }
     }
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
     for (int m = 0; m < M; ++m) {
       for (int h = 0; h < H; ++h) {
         const size_t o = size_t(m) * size_t(C) + size_t(h) * size_t(N);
@@ -131,6 +137,7 @@ class Rwkv7 final : public MatrixStateModel {
     }
     wkv(l, B, T, states, parallel);
     group_norm(s.y, M, H, N, y.ln_x_w, y.ln_x_b, kRwkv7GroupNormEps);
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
     for (int m = 0; m < M; ++m) {
       for (int h = 0; h < H; ++h) {
         const size_t o = size_t(m) * size_t(C) + size_t(h) * size_t(N);
