@@ -93,6 +93,7 @@ RWKV_QUANT_BENCH(q8_0, DType::Q8_0);
 RWKV_QUANT_BENCH(q8_g128, DType::Q8_G128);
 RWKV_QUANT_BENCH(q4_g128, DType::Q4_G128);
 RWKV_QUANT_BENCH(q4_g64, DType::Q4_G64);
+RWKV_QUANT_BENCH(q8_g64, DType::Q8_G64);
 BENCHMARK_CAPTURE(MatVecDecode, q4_g64_model, DType::Q4_G64)->Args({768, 768, 1, 1})->Args({65536, 768, 1, 1})->UseRealTime();
 
 void Wkv7(benchmark::State& state, bool chunked) {
