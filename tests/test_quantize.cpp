@@ -283,6 +283,17 @@ TEST(Quantize, CommandWritesAFileEveryCommandLoadsAndReports) {
   for (const auto& t : j["tensors"]) EXPECT_LT(t["rel_rms_error"].get<double>(), 0.2) << t["name"];
   r = run_cli("generate -m " + quote(out) + " -p hello -n 8 --temperature 0");
   EXPECT_EQ(r.exit_code, 0) << r.err;
+  // logits and bench load it too; the logits are the in-process model's.
+  const std::vector<int> ids = {1, 2, 3, 200, 17};
+  const std::string logits_file = temp_dir() + "/cli-int4-logits.bin";
+  r = run_cli("logits -m " + quote(out) + " --tokens 1,2,3,200,17 -o " + quote(logits_file));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto model = load_model(out);
+  const auto want = step_logits(*model, ids);
+  EXPECT_EQ(compare(read_f32_file(logits_file), want).max_abs, 0.0);
+  r = run_cli("bench -m " + quote(out) + " --json --decode-tokens 4 --prefill-tokens 16 --bandwidth-mib 64 -t 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_GT(nlohmann::json::parse(r.out)["decode_tokens_per_s"].get<double>(), 0) << r.out;
   r = run_cli(cat_args("quantize", quote(in), quote(out), "--type int8"));  // replaces the file
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("q8_g64"), std::string::npos) << r.out;

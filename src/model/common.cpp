@@ -15,13 +15,20 @@ void layer_norm(const float* in, float* out, int M, int C, const float* weight, 
   for (int m = 0; m < M; ++m) {
     const float* x = in + size_t(m) * size_t(C);
     float* y = out + size_t(m) * size_t(C);
-    double mean = 0, var = 0;
-    for (int c = 0; c < C; ++c) mean += x[c];
-    mean /= C;
-    for (int c = 0; c < C; ++c) var += (x[c] - mean) * (x[c] - mean);
-    var /= C;
+    // fp64 sums in four interleaved partial sums: one chain of dependent additions would take
+    // C adds' latency.
+    double sum[4] = {}, sq[4] = {};
+    int c = 0;
+    for (; c + 4 <= C; c += 4)
+      for (int k = 0; k < 4; ++k) sum[k] += x[c + k];
+    for (; c < C; ++c) sum[0] += x[c];
+    const double mean = (sum[0] + sum[1] + sum[2] + sum[3]) / C;
+    for (c = 0; c + 4 <= C; c += 4)
+      for (int k = 0; k < 4; ++k) sq[k] += (x[c + k] - mean) * (x[c + k] - mean);
+    for (; c < C; ++c) sq[0] += (x[c] - mean) * (x[c] - mean);
+    const double var = (sq[0] + sq[1] + sq[2] + sq[3]) / C;
     const float inv = float(1.0 / std::sqrt(var + eps)), mu = float(mean);
-    for (int c = 0; c < C; ++c) y[c] = (x[c] - mu) * inv * weight[c] + bias[c];
+    for (c = 0; c < C; ++c) y[c] = (x[c] - mu) * inv * weight[c] + bias[c];
   }
 }
 

@@ -27,10 +27,13 @@ inline void mix_rows(const float* x, const float* d, const float* mix, const flo
 #pragma omp parallel for schedule(static) if (M >= kParallelRows)
   for (int m = 0; m < M; ++m) {
     const size_t o = size_t(m) * size_t(C);
-    if (add) {
+    if (add) {  // add may be out (RWKV-6's DDLerp)
       for (int c = 0; c < C; ++c) out[o + c] = x[o + c] + d[o + c] * (mix[c] + add[o + c]);
     } else {
-      for (int c = 0; c < C; ++c) out[o + c] = x[o + c] + d[o + c] * mix[c];
+      const float* __restrict xr = x + o;
+      const float* __restrict dr = d + o;
+      float* __restrict outr = out + o;
+      for (int c = 0; c < C; ++c) outr[c] = xr[c] + dr[c] * mix[c];
     }
   }
 }

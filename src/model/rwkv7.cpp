@@ -74,15 +74,24 @@ class Rwkv7 final : public MatrixStateModel {
     token_shift(xn_, delta_, B, T, C, states, att_x_offset(l));
 #pragma omp parallel for schedule(static) if (M >= kParallelRows)
     for (int m = 0; m < M; ++m) {
+      // Six distinct buffers: __restrict lets the compiler vectorize (else it reloads after
+      // every store, in case the outputs alias the inputs).
+      const size_t o = size_t(m) * size_t(C);
+      const float* __restrict x = xn_ + o;
+      const float* __restrict d = delta_ + o;
+      float* __restrict xr = s.xr + o;
+      float* __restrict xw = s.xw + o;
+      float* __restrict xk = s.xk + o;
+      float* __restrict xv = s.xv + o;
+      float* __restrict xa = s.xa + o;
+      float* __restrict xg = s.xg + o;
       for (int c = 0; c < C; ++c) {
-        const size_t i = size_t(m) * size_t(C) + size_t(c);
-        const float x = xn_[i], d = delta_[i];
-        s.xr[i] = x + d * y.x_r[c];
-        s.xw[i] = x + d * y.x_w[c];
-        s.xk[i] = x + d * y.x_k[c];
-        s.xv[i] = x + d * y.x_v[c];
-        s.xa[i] = x + d * y.x_a[c];
-        s.xg[i] = x + d * y.x_g[c];
+        xr[c] = x[c] + d[c] * y.x_r[c];
+        xw[c] = x[c] + d[c] * y.x_w[c];
+        xk[c] = x[c] + d[c] * y.x_k[c];
+        xv[c] = x[c] + d[c] * y.x_v[c];
+        xa[c] = x[c] + d[c] * y.x_a[c];
+        xg[c] = x[c] + d[c] * y.x_g[c];
       }
     }
     // The projections and the LoRAs' down products (W1ᵀ·x), then their up products (W2ᵀ·f(h)),

@@ -16,9 +16,8 @@ namespace {
 // kernel (decode: bound by weight bandwidth); beyond it a GEMM wins (prefill: bound by FLOPs).
 constexpr int kMatVecMaxRows = 4;
 // Below this many weight bytes and this many weights a product runs on one thread (fork/join
-// costs more). The weight count matters for quantized matrices: their kernels spend about as
-// long per weight as the bf16 one (decode, not bytes, bounds them on one core), so they split
-// at the size a bf16 matrix does (32 Ki weights) although their bytes are 2–3.5× fewer.
+// costs more). The weight count keeps small quantized matrices (2–4× fewer bytes than bf16 for
+// the same work) on one thread too.
 constexpr size_t kParallelMinBytes = 64 * 1024;
 constexpr size_t kParallelMinWeights = 32 * 1024;
 
