@@ -48,7 +48,11 @@ for _ in $(seq 1 100); do
 done
 [ -n "$port" ] || { cat "$work/server.log"; echo "the server did not say its port"; exit 1; }
 
-cp "$here/$name.test.cjs" "$here/common.cjs" "$deps/"
+# The two tests run in parallel and share common.cjs: each copy is renamed into place, so a test
+# never sees a half-written file (a plain cp raced: "cannot create regular file: File exists").
+for f in "$name.test.cjs" common.cjs; do
+  cp "$here/$f" "$deps/$f.$$" && mv -f "$deps/$f.$$" "$deps/$f"
+done
 status=0
 (cd "$deps" && RWKV_URL="http://127.0.0.1:$port" RWKV_KEY="$key" RWKV_OUT="$build" \
   node "$name.test.cjs") || status=$?
