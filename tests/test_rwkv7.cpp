@@ -69,7 +69,8 @@ TEST(Rwkv7Forms, DecodeStepsOfUpToFourSequencesAreBatchInvariant) {
   test::V7Dims dims;
   dims.n_embd = 128;
   dims.head_size = 32;
-  for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q5_1}) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q5_1,
+                   DType::Q8_G64, DType::Q4_G64, DType::Q4_G128}) {
     LoadOptions opt;
     opt.weight_dtype = dt;
     auto model = load_model(test::random_v7_checkpoint(dims, 12), opt);
