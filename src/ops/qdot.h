@@ -28,6 +28,15 @@ struct QuantizedVectors {
   std::vector<int8_t> q;      // (count, cols), in [−127, 127]
   std::vector<float> scale;   // (count, cols/group): d_x; NaN where the group holds a NaN or ±inf
   std::vector<int32_t> sum;   // (count, cols/group): Σ_j x̂_j of the group
+  // Room for M vectors of `cols` in groups of `group` (values left to the quantizer).
+  void resize(int M, size_t n_cols, int n_group) {
+    count = M;
+    cols = n_cols;
+    group = n_group;
+    q.resize(size_t(M) * cols);
+    scale.resize(size_t(M) * groups());
+    sum.resize(size_t(M) * groups());
+  }
   const int8_t* vector(int m) const { return q.data() + size_t(m) * cols; }
   size_t groups() const { return cols / size_t(group); }
 };

@@ -36,21 +36,26 @@ bool is_small(const Matrix& W) {
 
 // Products of M ≤ kMatVecMaxRows vectors, each weight row read once for all of them. Every
 // thread takes its share of every product's rows (contiguous, in multiples of 8 rows to keep
-// cache lines whole) without waiting between products: one fork and join for all.
+// cache lines whole) without waiting between products: one fork and join for all. A product with
+// no columns is zeros.
 void matvec_many(const Product* products, int n, int M) {
   thread_local std::vector<QuantizedVectors> xq;
   if (xq.size() < size_t(n)) xq.resize(size_t(n));
   bool small = true;
   for (int i = 0; i < n; ++i) {
-    const Matrix& W = products[i].W;
-    if (is_quantized(W.dtype)) {
-      quantize_vectors(qdot_isa(), products[i].x, M, size_t(W.cols), qdot_group(W.dtype), xq[size_t(i)]);
+    const Product& p = products[i];
+    if (p.W.cols == 0) std::fill(p.y, p.y + size_t(M) * size_t(p.W.rows), 0.f);
+    if (is_quantized(p.W.dtype)) {
+      quantize_vectors(qdot_isa(), p.x, M, size_t(p.W.cols), qdot_group(p.W.dtype), xq[size_t(i)]);
     }
-    small = small && is_small(W);
+    small = small && is_small(p.W);
   }
   const QuantizedVectors* inputs = xq.data();  // the calling thread's, read by all
+  auto rows_of = [&](int i, int r0, int r1) {
+    if (r0 < r1 && products[i].W.cols > 0) matvec_rows(products[i], inputs[i], M, r0, r1);
+  };
   if (small) {
-    for (int i = 0; i < n; ++i) matvec_rows(products[i], inputs[i], M, 0, products[i].W.rows);
+    for (int i = 0; i < n; ++i) rows_of(i, 0, products[i].W.rows);
     return;
   }
 #pragma omp parallel
@@ -59,8 +64,7 @@ void matvec_many(const Product* products, int n, int M) {
     for (int i = 0; i < n; ++i) {
       const int rows = products[i].W.rows, blocks = (rows + 7) / 8;
       const int b0 = int(int64_t(blocks) * id / nt), b1 = int(int64_t(blocks) * (id + 1) / nt);
-      const int r0 = std::min(rows, b0 * 8), r1 = std::min(rows, b1 * 8);
-      if (r0 < r1) matvec_rows(products[i], inputs[i], M, r0, r1);
+      rows_of(i, std::min(rows, b0 * 8), std::min(rows, b1 * 8));
     }
   }
 }
@@ -87,13 +91,13 @@ const float* weights_f32(const Matrix& W) {
 
 void linear(const Matrix& W, const float* x, int M, float* y) {
   if (M <= 0 || W.rows == 0) return;
-  if (W.cols == 0) {
-    std::fill(y, y + size_t(M) * size_t(W.rows), 0.f);
-    return;
-  }
   if (M <= kMatVecMaxRows) {
     const Product p{W, x, y};
     return matvec_many(&p, 1, M);
+  }
+  if (W.cols == 0) {
+    std::fill(y, y + size_t(M) * size_t(W.rows), 0.f);
+    return;
   }
   const float* w = weights_f32(W);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, W.rows, W.cols, 1.0f, x, W.cols, w,
@@ -102,21 +106,8 @@ void linear(const Matrix& W, const float* x, int M, float* y) {
 
 void linear_many(const Product* products, int n, int M) {
   if (M <= 0 || n <= 0) return;
-  if (M > kMatVecMaxRows) {  // GEMMs, each threaded inside
-    for (int i = 0; i < n; ++i) linear(products[i].W, products[i].x, M, products[i].y);
-    return;
-  }
-  thread_local std::vector<Product> nonempty;
-  nonempty.clear();
-  for (int i = 0; i < n; ++i) {
-    const Product& p = products[i];
-    if (p.W.rows > 0 && p.W.cols > 0) {
-      nonempty.push_back(p);
-    } else {
-      linear(p.W, p.x, M, p.y);  // zeroes y where there are columns to sum over none
-    }
-  }
-  matvec_many(nonempty.data(), int(nonempty.size()), M);
+  if (M <= kMatVecMaxRows) return matvec_many(products, n, M);
+  for (int i = 0; i < n; ++i) linear(products[i].W, products[i].x, M, products[i].y);  // GEMMs
 }
 
 static bool simd_head_ok(const Wkv7Head& h) {

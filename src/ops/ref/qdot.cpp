@@ -10,12 +10,7 @@ namespace rwkv::ops {
 
 void quantize_vectors(const float* x, int M, size_t cols, int group, QuantizedVectors& out) {
   const size_t G = size_t(group), ng = cols / G;
-  out.count = M;
-  out.cols = cols;
-  out.group = group;
-  out.q.resize(size_t(M) * cols);
-  out.scale.resize(size_t(M) * ng);
-  out.sum.resize(size_t(M) * ng);
+  out.resize(M, cols, group);
   for (size_t i = 0; i < size_t(M) * ng; ++i) {
     const float* xg = x + i * G;
     int8_t* q = out.q.data() + i * G;
