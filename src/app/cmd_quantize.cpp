@@ -2,8 +2,6 @@
 // symmetric int8/int4 blocks (model/quantize.h) in a safetensors file every command loads, and
 // with --report what that costs: each tensor's error, then perplexity, top-1 agreement and KL
 // divergence of the quantized model (decoding) against the original on a text.
-#include <omp.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -28,12 +26,6 @@ struct QuantizeArgs {
   TokenizerOptions tokenizer;
 };
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 double mb(size_t bytes) { return double(bytes) / 1e6; }
 
 void check_paths(const QuantizeArgs& a) {
@@ -44,7 +36,7 @@ void check_paths(const QuantizeArgs& a) {
   }
 }
 
-void print_report(const model::QuantizedCheckpoint& q, const QualityReport* quality,
+void print_report(const model::QuantizedCheckpoint& q, const QualityReport& quality,
                   const std::string& original_dtype, const std::string& quantized_dtype,
                   const std::string& text_name, bool json) {
   if (json) {
@@ -54,14 +46,12 @@ void print_report(const model::QuantizedCheckpoint& q, const QualityReport* qual
                               {"to", dtype_name(e.to)}, {"rel_rms_error", e.rel_rms},
                               {"max_abs_error", e.max_abs}, {"max_abs_weight", e.max_weight}});
     }
-    if (quality) {
-      j["text"] = {{"source", text_name},
-                   {"positions", quality->positions},
-                   {"perplexity_original", quality->perplexity_original()},
-                   {"perplexity_quantized", quality->perplexity_quantized()},
-                   {"top1_agreement", quality->top1_agreement},
-                   {"mean_kl", quality->mean_kl}};
-    }
+    j["text"] = {{"source", text_name},
+                 {"positions", quality.positions},
+                 {"perplexity_original", quality.perplexity_original()},
+                 {"perplexity_quantized", quality.perplexity_quantized()},
+                 {"top1_agreement", quality.top1_agreement},
+                 {"mean_kl", quality.mean_kl}};
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
@@ -70,7 +60,8 @@ void print_report(const model::QuantizedCheckpoint& q, const QualityReport* qual
   double sum = 0;
   const model::TensorError* worst = nullptr;
   for (const auto& e : q.errors) {
-    std::printf("%-40s %-14s %-8s %14.4f %12.3g %10.3g\n", e.name.c_str(), shape_text(e.shape).c_str(),
+    const std::string shape = TensorView{e.name, e.to, e.shape, nullptr}.shape_str();
+    std::printf("%-40s %-14s %-8s %14.4f %12.3g %10.3g\n", e.name.c_str(), shape.c_str(),
                 dtype_name(e.to), e.rel_rms, e.max_abs, e.max_weight);
     sum += e.rel_rms;
     if (!worst || e.rel_rms > worst->rel_rms) worst = &e;
@@ -79,14 +70,13 @@ void print_report(const model::QuantizedCheckpoint& q, const QualityReport* qual
     std::printf("%zu tensors: rel. RMS error mean %.4f, worst %.4f (%s)\n", q.errors.size(),
                 sum / double(q.errors.size()), worst->rel_rms, worst->name.c_str());
   }
-  if (!quality) return;
-  const double po = quality->perplexity_original(), pq = quality->perplexity_quantized();
+  const double po = quality.perplexity_original(), pq = quality.perplexity_quantized();
   std::printf("\n%s: %zu next-token predictions (original: parallel form; quantized: decoding)\n",
-              text_name.c_str(), quality->positions);
+              text_name.c_str(), quality.positions);
   std::printf("  perplexity  original (%s) %.3f   quantized (%s) %.3f   %+.2f%%\n",
               original_dtype.c_str(), po, quantized_dtype.c_str(), pq, 100 * (pq / po - 1));
   std::printf("  top-1 agreement %.1f%%   mean KL(original || quantized) %.4f nats\n",
-              100 * quality->top1_agreement, quality->mean_kl);
+              100 * quality.top1_agreement, quality.mean_kl);
 }
 
 void run(const QuantizeArgs& a) {
@@ -127,7 +117,7 @@ void run(const QuantizeArgs& a) {
   std::vector<int> ids = tok->encode(text);
   if (a.report_tokens > 0 && ids.size() > size_t(a.report_tokens)) ids.resize(size_t(a.report_tokens));
   const QualityReport quality = compare_models(*original, *quantized, ids);
-  print_report(q, &quality, dtype_name(original->weight_dtype()), dtype_name(quantized->weight_dtype()),
+  print_report(q, quality, dtype_name(original->weight_dtype()), dtype_name(quantized->weight_dtype()),
                text_name, a.json);
 }
 

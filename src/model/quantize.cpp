@@ -73,7 +73,6 @@ QuantizedCheckpoint quantize_checkpoint(const Checkpoint& ckpt, const QuantizeOp
     const bool embedding = t.name == "emb.weight" && t.shape.size() == 2 && options.quantize_embedding;
     if (!is_projection(t) && !embedding) {
       out.tensors.push_back(t);
-      out.bytes_out += t.nbytes();
       continue;
     }
     // The embedding is only gathered: int8 keeps it small at no cost in speed or accuracy.
@@ -84,7 +83,6 @@ QuantizedCheckpoint quantize_checkpoint(const Checkpoint& ckpt, const QuantizeOp
       if (cols % 32 != 0) {
         out.notes.push_back(cat(t.name, " ", t.shape_str(), ": rows of ", cols, " are not whole groups of 32; kept as stored"));
         out.tensors.push_back(t);
-        out.bytes_out += t.nbytes();
         continue;
       }
       out.notes.push_back(cat(t.name, " ", t.shape_str(), ": rows of ", cols, " are not whole groups of ",
@@ -92,8 +90,8 @@ QuantizedCheckpoint quantize_checkpoint(const Checkpoint& ckpt, const QuantizeOp
       to = small;
     }
     out.tensors.push_back(quantize_tensor(t, to, out));
-    out.bytes_out += out.tensors.back().nbytes();
   }
+  for (const TensorView& t : out.tensors) out.bytes_out += t.nbytes();
   return out;
 }
 
