@@ -95,6 +95,29 @@ TEST(Qdot, SimdInputQuantizationEqualsScalar) {
   }
 }
 
+// Threads that own parts of a vector quantize their groups (ops::quantize_groups): ranges that
+// tile the groups give exactly the whole vectors' quantization, with every ISA.
+TEST(Qdot, QuantizingGroupRangesEqualsWholeVectors) {
+  std::mt19937 rng(2);
+  for (QdotIsa isa : supported_isas()) {
+    for (int group : {32, 64}) {
+      for (int M : {1, 3}) {
+        const int groups = 7, cols = groups * group;
+        const auto x = random_inputs(M, cols, group, rng);
+        QuantizedVectors whole, parts;
+        ops::cpu::quantize_vectors(isa, x.data(), M, size_t(cols), group, whole);
+        parts.resize(M, size_t(cols), group);
+        for (auto [g0, g1] : {std::pair{0, 2}, {2, 3}, {3, 3}, {3, 7}}) {
+          ops::cpu::quantize_groups(isa, x.data(), size_t(g0), size_t(g1), parts);
+        }
+        EXPECT_EQ(parts.q, whole.q) << ops::cpu::qdot_isa_name(isa) << " group " << group << " M " << M;
+        EXPECT_EQ(parts.scale, whole.scale);
+        EXPECT_EQ(parts.sum, whole.sum);
+      }
+    }
+  }
+}
+
 // Σ_j (|w_j| + 2|m|)·|x̂_j| per output: the magnitude of the terms the kernels add in fp32 (the
 // integer sums are exact): d·d_x·Σ(q − bias)x̂ ≤ Σ|w||x̂| and, with a minimum m, d·d_x·Σq·x̂ ≤
 // Σ(|w| + |m|)|x̂| and m·d_x·Σx̂ ≤ |m|Σ|x̂|.

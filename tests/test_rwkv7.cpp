@@ -1,8 +1,11 @@
 // RWKV-7: the two forms against each other on random weights, and bad checkpoints. (The official
 // fixtures of every generation are checked in test_generations.cpp.)
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <random>
 
+#include "ops/ops.h"
 #include "rwkv/error.h"
 #include "rwkv/model.h"
 #include "testing.h"
@@ -98,6 +101,56 @@ TEST(Rwkv7Forms, DecodeStepsOfUpToFourSequencesAreBatchInvariant) {
       for (int b = 0; b < B; ++b) EXPECT_EQ(together[size_t(b)], alone[size_t(b)]) << dtype_name(dt);
     }
   }
+}
+
+// Decode steps of up to four sequences run in one team of threads (model/rwkv7_step.h). Against
+// the layer-by-layer path (RWKV_CPU_FUSED_STEP=0) only LayerNorm's fp64 sums are taken in another
+// order, so float weights agree to fp32 rounding; with quantized weights an input element next
+// to a rounding boundary of its 8-bit quantization could land on the other side, moving a
+// product by one input step (absmax/127) times one weight. (Rounded to fp32 the statistics have
+// come out equal, and so every result.) And bit for bit the same at 1, 2 and 3 threads.
+TEST(Rwkv7Forms, FusedDecodeStepMatchesLayerByLayerAtAnyThreadCount) {
+  test::V7Dims dims;
+  dims.n_embd = 128;
+  dims.head_size = 32;
+  const auto ckpt = test::random_v7_checkpoint(dims, 13);
+  const size_t V = size_t(dims.vocab);
+  for (DType dt : {DType::F32, DType::BF16, DType::Q8_0, DType::Q8_G128, DType::Q4_G64, DType::Q5_1}) {
+    LoadOptions opt;
+    opt.weight_dtype = dt;
+    auto fused = load_model(ckpt, opt);
+    setenv("RWKV_CPU_FUSED_STEP", "0", 1);
+    auto layered = load_model(ckpt, opt);
+    unsetenv("RWKV_CPU_FUSED_STEP");
+    const size_t S = fused->state_spec().floats;
+    for (int B : {1, 3, 4}) {
+      // Per thread count: logits of every step and the final states, fused; then layered.
+      auto run = [&](Model& model, int threads) {
+        ops::cpu::set_num_threads(threads);
+        std::vector<std::vector<float>> states(static_cast<size_t>(B), std::vector<float>(S));
+        std::vector<float*> ptrs;
+        for (auto& st : states) {
+          model.init_state(st.data());
+          ptrs.push_back(st.data());
+        }
+        std::vector<float> logits(size_t(12 * B) * V);
+        for (int t = 0; t < 12; ++t) {
+          const auto tokens = random_tokens(size_t(B), dims.vocab, unsigned(10 * B + t));
+          model.step(tokens.data(), B, ptrs.data(), logits.data() + size_t(t * B) * V);
+        }
+        for (auto& st : states) logits.insert(logits.end(), st.begin(), st.end());
+        return logits;
+      };
+      const std::vector<float> one = run(*fused, 1);
+      for (int threads : {2, 3}) {
+        EXPECT_TRUE(run(*fused, threads) == one) << dtype_name(dt) << " B " << B << " threads " << threads;
+      }
+      const auto d = test::compare(run(*layered, 2), one);
+      EXPECT_LE(d.max_abs, is_quantized(dt) ? 2e-3 : 1e-4) << dtype_name(dt) << " B " << B;
+      std::printf("%s B %d: fused vs layer by layer, max abs %.2e\n", dtype_name(dt), B, d.max_abs);
+    }
+  }
+  ops::cpu::set_num_threads(0);
 }
 
 TEST(Rwkv7Forms, CpuMatchesReferenceBackendForEveryWeightDtype) {

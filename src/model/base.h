@@ -72,6 +72,7 @@ class BlockModel : public Model {
   void load_common(WeightLoader& load);
   // Checks every tensor was used and takes ownership of the weights; call last.
   void finish_load(WeightLoader& load, std::shared_ptr<const Checkpoint> checkpoint);
+  const CommonWeights& common() const { return common_; }
 
   // Floats of one layer's state, and the generation's time mix of layer l over M = B·T rows of
   // x_ (residual, updated in place). States are in the layout state_layout() describes.

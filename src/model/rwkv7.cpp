@@ -1,9 +1,12 @@
 // RWKV-7 "Goose" (x070), spec §2.4 (recurrent) and §4.5 (chunked parallel form).
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "model/base.h"
 #include "model/generations.h"
+#include "model/rwkv7_step.h"
 #include "model/rwkv7_weights.h"
 #include "rwkv/error.h"
 
@@ -41,6 +44,18 @@ class Rwkv7 final : public MatrixStateModel {
     load_weights(load);
     finish_load(load, std::move(ckpt));
     for (const auto& [name, width] : info_.lora) max_lora_ = std::max(max_lora_, width);
+    // Decode steps of a few sequences run in one team of threads (model/rwkv7_step.h), unless
+    // RWKV_CPU_FUSED_STEP=0 asks for the layer-by-layer path (for comparisons).
+    const char* fused = std::getenv("RWKV_CPU_FUSED_STEP");
+    if (options.backend == Backend::Cpu && !(fused && std::string(fused) == "0")) {
+      step_ = Rwkv7Step::create(info_, common(), layers_, ffn_);
+    }
+  }
+
+  void step(const int* tokens, int B, float* const* states, float* logits) override {
+    if (!step_ || B < 1 || B > Rwkv7Step::kMaxBatch) return BlockModel::step(tokens, B, states, logits);
+    check_token_ids(tokens, size_t(B), info_.vocab_size);
+    step_->run(tokens, B, states, logits);
   }
 
   // Per layer: att_x_prev (C), att_kv (H, N, N) value-major, ffn_x_prev (C) — the official
@@ -179,6 +194,7 @@ class Rwkv7 final : public MatrixStateModel {
   }
 
   std::vector<Rwkv7Layer> layers_;
+  std::unique_ptr<Rwkv7Step> step_;  // null: layer by layer
   Activations act_;
   int max_lora_ = 1;
 };

@@ -131,9 +131,16 @@ void wkv6_recurrent(const Wkv6Head& head);
 void wkv6_chunked(const Wkv6Head& head, int chunk);
 }  // namespace ref
 
+struct QuantizedVectors;  // ops/qdot.h
+
 namespace cpu {
 void linear(const Matrix& W, const float* x, int M, float* y);
 void linear_many(const Product* products, int n, int M);
+// Rows [r0, r1) of y[M, W.rows] = x[M, W.cols]·Wᵀ for M ≤ 4 vectors on the calling thread, for
+// callers that split a product among their own threads. Quantized weights read xq (x quantized
+// for them, ops/qdot.h); other weights read x.
+void matvec_rows(const Matrix& W, const float* x, const QuantizedVectors* xq, int M, float* y,
+                 int r0, int r1);
 void wkv7_recurrent(const Wkv7Head& head);
 void wkv7_chunked(const Wkv7Head& head);
 void wkv4(const Wkv4Seq& seq);

@@ -44,6 +44,9 @@ struct QuantizedVectors {
 // x̂ = round(x / d_x), d_x = absmax/127 per group of `group` elements. A group with a NaN or an
 // infinity gets a NaN scale, so the products it enters are NaN, as they are in fp32.
 void quantize_vectors(const float* x, int M, size_t cols, int group, QuantizedVectors& out);
+// The same for groups [g0, g1) of each of out.count vectors (x is (out.count, out.cols)) into
+// `out`, already sized: threads that own parts of a vector quantize their parts.
+void quantize_groups(const float* x, size_t g0, size_t g1, QuantizedVectors& out);
 
 // The input group a quantized dtype's products need: its block size.
 int qdot_group(DType dtype);
@@ -65,6 +68,7 @@ const char* qdot_isa_name(QdotIsa isa);
 // ops::quantize_vectors with SIMD (the same values: same roundings, exact sums).
 void quantize_vectors(QdotIsa isa, const float* x, int M, size_t cols, int group,
                       QuantizedVectors& out);
+void quantize_groups(QdotIsa isa, const float* x, size_t g0, size_t g1, QuantizedVectors& out);
 // ref::qdot_rows with the SIMD kernel of `isa` (Scalar: the reference itself). Per vector, the
 // result does not depend on how many vectors share the call or on [r0, r1).
 void qdot_rows(QdotIsa isa, const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1);

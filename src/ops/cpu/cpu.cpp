@@ -8,6 +8,7 @@
 #include "ops/cpu/simd.h"
 #include "ops/ops.h"
 #include "ops/qdot.h"
+#include "rwkv/error.h"
 
 namespace rwkv::ops::cpu {
 namespace {
@@ -22,13 +23,6 @@ constexpr size_t kParallelMinBytes = 64 * 1024;
 constexpr size_t kParallelMinWeights = 32 * 1024;
 
 int g_threads = 0;
-
-// Rows [r0, r1) of a product: fp32-input kernels for float weights, 8-bit-input integer kernels
-// (ops/qdot.h) for quantized ones, whose inputs xq were quantized once for all threads.
-void matvec_rows(const Product& p, const QuantizedVectors& xq, int M, int r0, int r1) {
-  if (is_quantized(p.W.dtype)) return qdot_rows(qdot_isa(), p.W, xq, p.y, r0, r1);
-  simd_matvec_rows(p.W, p.x, M, p.y, r0, r1);
-}
 
 bool is_small(const Matrix& W) {
   return W.nbytes() < kParallelMinBytes && size_t(W.rows) * size_t(W.cols) < kParallelMinWeights;
@@ -52,7 +46,8 @@ void matvec_many(const Product* products, int n, int M) {
   }
   const QuantizedVectors* inputs = xq.data();  // the calling thread's, read by all
   auto rows_of = [&](int i, int r0, int r1) {
-    if (r0 < r1 && products[i].W.cols > 0) matvec_rows(products[i], inputs[i], M, r0, r1);
+    const Product& p = products[i];
+    if (r0 < r1 && p.W.cols > 0) matvec_rows(p.W, p.x, &inputs[i], M, p.y, r0, r1);
   };
   if (small) {
     for (int i = 0; i < n; ++i) rows_of(i, 0, products[i].W.rows);
@@ -88,6 +83,15 @@ const float* weights_f32(const Matrix& W) {
 }
 
 }  // namespace
+
+// Float weights: the fp32-input kernels; quantized ones: the 8-bit-input integer kernels
+// (ops/qdot.h), whose inputs xq were quantized once for all threads.
+void matvec_rows(const Matrix& W, const float* x, const QuantizedVectors* xq, int M, float* y,
+                 int r0, int r1) {
+  if (!is_quantized(W.dtype)) return simd_matvec_rows(W, x, M, y, r0, r1);
+  if (!xq) fail("matvec_rows: ", dtype_name(W.dtype), " weights need quantized inputs");
+  qdot_rows(qdot_isa(), W, *xq, y, r0, r1);
+}
 
 void linear(const Matrix& W, const float* x, int M, float* y) {
   if (M <= 0 || W.rows == 0) return;

@@ -53,48 +53,51 @@ namespace qdot_avx2 {
 #undef RWKV_QDOT_VNNI
 RWKV_QDOT_ENTRY
 
-// quantize_vectors (ops/qdot.h) with the same roundings: absmax over the group, inv = 127/absmax
-// in fp32, x·inv rounded to nearest even (vcvtps2dq under the default rounding mode = lrint).
-// AVX2 only: the VNNI build's products use it too.
-void Quantize(const float* x, int M, size_t cols, int group, QuantizedVectors& out) {
-  const size_t G = size_t(group), ng = cols / G;
-  out.resize(M, cols, group);
+// One group of G elements as ops::quantize_groups quantizes it, with the same roundings: absmax
+// over the group, inv = 127/absmax in fp32, x·inv rounded to nearest even (vcvtps2dq under the
+// default rounding mode = lrint). AVX2 only: the VNNI build's products use it too.
+void QuantizeGroup(const float* xg, size_t G, int8_t* q, float& scale, int32_t& group_sum) {
   const __m256 sign = _mm256_set1_ps(-0.f), inf = _mm256_set1_ps(__builtin_inff());
-  for (size_t i = 0; i < size_t(M) * ng; ++i) {
-    const float* xg = x + i * G;
-    __m256 amax = _mm256_setzero_ps(), finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-    for (size_t j = 0; j < G; j += 8) {
-      const __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(xg + j));
-      amax = _mm256_max_ps(amax, a);
-      finite = _mm256_and_ps(finite, _mm256_cmp_ps(a, inf, _CMP_LT_OQ));  // false for NaN, ±inf
+  __m256 amax = _mm256_setzero_ps(), finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  for (size_t j = 0; j < G; j += 8) {
+    const __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(xg + j));
+    amax = _mm256_max_ps(amax, a);
+    finite = _mm256_and_ps(finite, _mm256_cmp_ps(a, inf, _CMP_LT_OQ));  // false for NaN, ±inf
+  }
+  const __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+  const __m128 m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  const float top = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+  const bool ok = _mm256_movemask_ps(finite) == 0xff;
+  const float d = top / 127, inv = d != 0 ? 127 / top : 0;
+  scale = ok ? d : __builtin_nanf("");
+  if (!ok) {  // x·0 would still be NaN for the NaN and infinite elements
+    std::memset(q, 0, G);
+    group_sum = 0;
+    return;
+  }
+  const __m256 vinv = _mm256_set1_ps(inv);
+  __m256i sum = _mm256_setzero_si256();
+  for (size_t j = 0; j < G; j += 32) {
+    __m256i v[4];
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + j + 8 * k), vinv));
+    sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3])));
+    // Pack 4×8 int32 to 32 int8 (saturating; |values| ≤ 127) and undo the packs' lane interleave.
+    const __m256i p16 = _mm256_packs_epi32(v[0], v[1]), p16b = _mm256_packs_epi32(v[2], v[3]);
+    const __m256i p8 = _mm256_packs_epi16(p16, p16b);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j),
+                        _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
+  const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+  const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+  group_sum = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xb1)));
+}
+
+void Quantize(const float* x, size_t g0, size_t g1, QuantizedVectors& out) {
+  const size_t G = size_t(out.group), ng = out.groups();
+  for (size_t m = 0; m < size_t(out.count); ++m) {
+    for (size_t i = m * ng + g0; i < m * ng + g1; ++i) {
+      QuantizeGroup(x + i * G, G, out.q.data() + i * G, out.scale[i], out.sum[i]);
     }
-    const __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    const __m128 m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    const float top = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
-    const bool ok = _mm256_movemask_ps(finite) == 0xff;
-    const float d = top / 127, inv = d != 0 ? 127 / top : 0;
-    int8_t* q = out.q.data() + i * G;
-    out.scale[i] = ok ? d : __builtin_nanf("");
-    if (!ok) {  // x·0 would still be NaN for the NaN and infinite elements
-      std::memset(q, 0, G);
-      out.sum[i] = 0;
-      continue;
-    }
-    const __m256 vinv = _mm256_set1_ps(inv);
-    __m256i sum = _mm256_setzero_si256();
-    for (size_t j = 0; j < G; j += 32) {
-      __m256i v[4];
-      for (int k = 0; k < 4; ++k) v[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + j + 8 * k), vinv));
-      sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3])));
-      // Pack 4×8 int32 to 32 int8 (saturating; |values| ≤ 127) and undo the packs' lane interleave.
-      const __m256i p16 = _mm256_packs_epi32(v[0], v[1]), p16b = _mm256_packs_epi32(v[2], v[3]);
-      const __m256i p8 = _mm256_packs_epi16(p16, p16b);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j),
-                          _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-    }
-    const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-    const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-    out.sum[i] = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xb1)));
   }
 }
 }  // namespace qdot_avx2
@@ -163,11 +166,16 @@ const char* qdot_isa_name(QdotIsa isa) {
 
 void quantize_vectors(QdotIsa isa, const float* x, int M, size_t cols, int group,
                       QuantizedVectors& out) {
+  out.resize(M, cols, group);
+  quantize_groups(isa, x, 0, out.groups(), out);
+}
+
+void quantize_groups(QdotIsa isa, const float* x, size_t g0, size_t g1, QuantizedVectors& out) {
 #if RWKV_QDOT_X86
   // Both builds use AVX2 instructions only here.
-  if (isa != QdotIsa::Scalar) return qdot_avx2::Quantize(x, M, cols, group, out);
+  if (isa != QdotIsa::Scalar) return qdot_avx2::Quantize(x, g0, g1, out);
 #endif
-  ops::quantize_vectors(x, M, cols, group, out);
+  ops::quantize_groups(x, g0, g1, out);
 }
 
 void qdot_rows(QdotIsa isa, const Matrix& W, const QuantizedVectors& x, float* y, int r0,

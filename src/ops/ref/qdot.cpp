@@ -9,25 +9,31 @@
 namespace rwkv::ops {
 
 void quantize_vectors(const float* x, int M, size_t cols, int group, QuantizedVectors& out) {
-  const size_t G = size_t(group), ng = cols / G;
   out.resize(M, cols, group);
-  for (size_t i = 0; i < size_t(M) * ng; ++i) {
-    const float* xg = x + i * G;
-    int8_t* q = out.q.data() + i * G;
-    float amax = 0;
-    bool finite = true;
-    for (size_t j = 0; j < G; ++j) {
-      finite = finite && std::isfinite(xg[j]);
-      amax = std::max(amax, std::fabs(xg[j]));
+  quantize_groups(x, 0, out.groups(), out);
+}
+
+void quantize_groups(const float* x, size_t g0, size_t g1, QuantizedVectors& out) {
+  const size_t G = size_t(out.group), ng = out.groups();
+  for (size_t m = 0; m < size_t(out.count); ++m) {
+    for (size_t i = m * ng + g0; i < m * ng + g1; ++i) {
+      const float* xg = x + i * G;
+      int8_t* q = out.q.data() + i * G;
+      float amax = 0;
+      bool finite = true;
+      for (size_t j = 0; j < G; ++j) {
+        finite = finite && std::isfinite(xg[j]);
+        amax = std::max(amax, std::fabs(xg[j]));
+      }
+      const float d = amax / 127, inv = d != 0 ? 127 / amax : 0;
+      int32_t sum = 0;
+      for (size_t j = 0; j < G; ++j) {
+        q[j] = finite ? int8_t(std::lrint(xg[j] * inv)) : 0;
+        sum += q[j];
+      }
+      out.scale[i] = finite ? d : std::nanf("");
+      out.sum[i] = sum;
     }
-    const float d = amax / 127, inv = d != 0 ? 127 / amax : 0;
-    int32_t sum = 0;
-    for (size_t j = 0; j < G; ++j) {
-      q[j] = finite ? int8_t(std::lrint(xg[j] * inv)) : 0;
-      sum += q[j];
-    }
-    out.scale[i] = finite ? d : std::nanf("");
-    out.sum[i] = sum;
   }
 }
 
