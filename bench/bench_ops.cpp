@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ops/ops.h"
+#include "ops/qdot.h"
 #include "rwkv/sampler.h"
 
 namespace rwkv::ops {
@@ -98,6 +99,36 @@ BENCHMARK_CAPTURE(MatVecDecode, q4_g64_model, DType::Q4_G64)->Args({768, 768, 1,
 BENCHMARK_CAPTURE(MatVecDecode, cols_q4g64, DType::Q4_G64)->Args({2048, 2048, 1, 1})->Args({2048, 4096, 1, 1})->Args({2048, 8192, 1, 1})->Args({4096, 2048, 1, 1})->Args({4096, 4096, 1, 1})->UseRealTime();
 BENCHMARK_CAPTURE(MatVecDecode, cols_q8g64, DType::Q8_G64)->Args({2048, 2048, 1, 1})->Args({2048, 4096, 1, 1})->Args({2048, 8192, 1, 1})->Args({4096, 4096, 1, 1})->UseRealTime();
 BENCHMARK_CAPTURE(MatVecDecode, cols_q8_0, DType::Q8_0)->Args({2048, 2048, 1, 1})->Args({2048, 4096, 1, 1})->Args({4096, 4096, 1, 1})->UseRealTime();
+
+// Prefill-shaped products, y[M, rows] = x[M, cols]·Wᵀ, in FLOP/s (2·M·rows·cols per call):
+// cpu::linear (sgemm over fp32 weights, converted per call for quantized ones) against the
+// integer kernels of ops/qdot.h over all rows (inputs quantized once per call, as decode does).
+void Gemm(benchmark::State& state, DType dtype, bool integer) {
+  const int rows = int(state.range(0)), cols = int(state.range(1)), M = int(state.range(2));
+  const auto& w = weight_bytes(dtype, dtype_nbytes(dtype, size_t(rows) * size_t(cols)));
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<float> x(size_t(M) * size_t(cols)), y(size_t(M) * size_t(rows));
+  for (float& v : x) v = normal(rng);
+  const Matrix W{dtype, rows, cols, w.data()};
+  QuantizedVectors xq;
+  for (auto _ : state) {
+    if (integer) {
+      cpu::quantize_vectors(cpu::qdot_isa(), x.data(), M, size_t(cols), qdot_group(dtype), xq);
+      cpu::qdot_rows(cpu::qdot_isa(), W, xq, y.data(), 0, rows);
+    } else {
+      cpu::linear(W, x.data(), M, y.data());
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * M * rows * cols * double(state.iterations()),
+                                                benchmark::Counter::kIsRate);
+}
+BENCHMARK_CAPTURE(Gemm, fp32_sgemm, DType::F32, false)->Args({3072, 768, 512})->UseRealTime();
+BENCHMARK_CAPTURE(Gemm, q8_g64_sgemm, DType::Q8_G64, false)->Args({3072, 768, 512})->UseRealTime();
+BENCHMARK_CAPTURE(Gemm, q8_g64_int, DType::Q8_G64, true)->Args({3072, 768, 512})->UseRealTime();
+BENCHMARK_CAPTURE(Gemm, q4_g64_sgemm, DType::Q4_G64, false)->Args({3072, 768, 512})->UseRealTime();
+BENCHMARK_CAPTURE(Gemm, q4_g64_int, DType::Q4_G64, true)->Args({3072, 768, 512})->UseRealTime();
 
 void Wkv7(benchmark::State& state, bool chunked) {
   const int T = int(state.range(0)), N = 64;

@@ -141,19 +141,27 @@ RWKV_INLINE void Dots(const uint8_t* const* w, size_t n_groups, const QuantizedV
 // kernels do).
 constexpr int kStreams = 4;
 
-// Rows [r0, r1) of y[m][o] for M ≤ 4 inputs; one input reads kStreams distant rows at once.
+// Rows [r0, r1) of y[m][o] for M ≤ 4 inputs. One input reads kStreams distant rows at once: the
+// rows split into kStreams slices, and stream k starts k rows into its slice (wrapping to the
+// slice's start at its end). Without that offset the streams sit a whole number of slices apart,
+// which for some row sizes (q8_g64 at 2048–8192 columns: 64 KB multiples) halved the rate from
+// DRAM; one row of offset each restored it (bench_ops MatVecDecode/cols_q8g64).
 template <class F, int M>
 void RowsM(const uint8_t* w_all, size_t row_bytes, size_t n_groups, const QuantizedVectors& x,
            int m0, float* y, int rows, int r0, int r1) {
   int first = r0;
   if constexpr (M == 1) {
     const int slice = (r1 - r0) / kStreams;
-    for (int o = r0; o < r0 + slice; ++o) {
+    for (int i = 0; i < slice; ++i) {
       const uint8_t* w[kStreams];
       float out[kStreams];
-      for (int k = 0; k < kStreams; ++k) w[k] = w_all + size_t(o + k * slice) * row_bytes;
+      int row[kStreams];
+      for (int k = 0; k < kStreams; ++k) {
+        row[k] = r0 + k * slice + (i + k) % slice;
+        w[k] = w_all + size_t(row[k]) * row_bytes;
+      }
       Dots<F, kStreams, 1>(w, n_groups, x, m0, out);
-      for (int k = 0; k < kStreams; ++k) y[o + k * slice] = out[k];
+      for (int k = 0; k < kStreams; ++k) y[row[k]] = out[k];
     }
     first = r0 + kStreams * slice;
   }
