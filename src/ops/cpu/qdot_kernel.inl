@@ -143,9 +143,9 @@ constexpr int kStreams = 4;
 
 // Rows [r0, r1) of y[m][o] for M ≤ 4 inputs. One input reads kStreams distant rows at once: the
 // rows split into kStreams slices, and stream k starts k rows into its slice (wrapping to the
-// slice's start at its end). Without that offset the streams sit a whole number of slices apart,
-// which for some row sizes (q8_g64 at 2048–8192 columns: 64 KB multiples) halved the rate from
-// DRAM; one row of offset each restored it (bench_ops MatVecDecode/cols_q8g64).
+// slice's start at its end). Exactly a slice apart (for q8_g64 at 2048–8192 columns a multiple
+// of 64 KiB) the streams ran at half the rate from DRAM, likely conflicting in DRAM banks or
+// cache sets; one row of offset each restored it (bench_ops MatVecDecode/cols_q8g64).
 template <class F, int M>
 void RowsM(const uint8_t* w_all, size_t row_bytes, size_t n_groups, const QuantizedVectors& x,
            int m0, float* y, int rows, int r0, int r1) {
