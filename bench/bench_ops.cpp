@@ -150,8 +150,31 @@ void Wkv7(benchmark::State& state, bool chunked) {
   }
   state.SetItemsProcessed(int64_t(state.iterations()) * T);
 }
-BENCHMARK_CAPTURE(Wkv7, recurrent, false)->Arg(512);
-BENCHMARK_CAPTURE(Wkv7, chunked, true)->Arg(512);
+BENCHMARK_CAPTURE(Wkv7, recurrent, false)->Arg(512)->Arg(2048);
+BENCHMARK_CAPTURE(Wkv7, chunked, true)->Arg(512)->Arg(2048);
+
+void Wkv6(benchmark::State& state, bool chunked) {
+  const int T = int(state.range(0)), N = 64;
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-0.5f, 0.5f);
+  std::vector<float> in(size_t(T) * N * 3), bonus(N), y(size_t(T) * N), S(size_t(N) * N, 0.f);
+  for (float& v : in) v = u(rng);
+  for (float& v : bonus) v = u(rng);
+  std::vector<float> w(size_t(T) * N, -0.1f);
+  const float* p = in.data();
+  Wkv6Head h{T, N, N, p, w.data(), p + T * N, p + 2 * T * N, bonus.data(), y.data(), S.data()};
+  for (auto _ : state) {
+    if (chunked) {
+      cpu::wkv6_chunked(h);
+    } else {
+      cpu::wkv6_recurrent(h);
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * T);
+}
+BENCHMARK_CAPTURE(Wkv6, recurrent, false)->Arg(2048);
+BENCHMARK_CAPTURE(Wkv6, chunked, true)->Arg(2048);
 
 }  // namespace
 }  // namespace rwkv::ops

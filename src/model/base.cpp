@@ -198,12 +198,9 @@ void BlockModel::run_channel_mix(const ChannelMix& f, int B, int T, float* const
   token_shift(xn_, delta_, B, T, C, states, offset);
   mix_rows(xn_, delta_, f.mix_k, nullptr, tmp_, M, C);
   kernels_->linear(f.key, tmp_, M, hidden_);
-  const int64_t MF = int64_t(M) * info_.dim_ffn;
+  const size_t F = size_t(info_.dim_ffn);
 #pragma omp parallel for schedule(static) if (M >= kParallelRows)
-  for (int64_t i = 0; i < MF; ++i) {
-    const float z = std::max(hidden_[i], 0.f);
-    hidden_[i] = z * z;
-  }
+  for (int m = 0; m < M; ++m) relu_squared(hidden_ + size_t(m) * F, F);
   kernels_->linear(f.value, hidden_, M, tmp2_);
   if (!f.mix_r) {
     for (size_t i = 0; i < MC; ++i) x_[i] += tmp2_[i];

@@ -35,15 +35,6 @@ void add_to(float* __restrict x, const float* __restrict add, int begin, int end
   for (int i = begin; i < end; ++i) x[i] += add[i];
 }
 
-// h = max(h, 0)² over [begin, end). max(h, 0) is written (h + |h|)/2, exact below 2^127: GCC
-// keeps a branch per element for a float comparison (trapping math) and vectorizes this.
-void relu_squared(float* __restrict h, int begin, int end) {
-  for (int i = begin; i < end; ++i) {
-    const float z = 0.5f * (h[i] + std::fabs(h[i]));
-    h[i] = z * z;
-  }
-}
-
 }  // namespace
 
 std::unique_ptr<Rwkv7Step> Rwkv7Step::create(const ModelInfo& info, const CommonWeights& common,
@@ -369,7 +360,7 @@ void Rwkv7Step::layer(int l, const Share& s, float* const* states) {
   const Span& u = s.hidden;
   const size_t F = size_t(info_.dim_ffn);
   rows(f.key, ffn_x_, in.ffn.get(), hidden_, u);
-  for (int b = 0; b < B_; ++b) relu_squared(hidden_ + size_t(b) * F, u.begin, u.end);
+  for (int b = 0; b < B_; ++b) relu_squared(hidden_ + size_t(b) * F + u.begin, size_t(u.end - u.begin));
   quantize(in.hidden.get(), hidden_, u);
   barrier();
 
