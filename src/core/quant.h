@@ -63,6 +63,17 @@ constexpr BlockFormat block_format(DType t) {
   }
 }
 
+// A dtype's block format as compile-time constants, for kernels templated on it (the SIMD
+// conversions in ops/cpu/simd.cpp, the integer products in ops/cpu/qdot_kernel.inl). A block
+// holds kSub sub-blocks of 32 elements sharing its scale; kSubBytes holds one's quants.
+template <DType T>
+struct Format {
+  static constexpr BlockFormat f = block_format(T);
+  static constexpr int kGroup = f.group, kBytes = f.bytes, kQs = f.quants, kMin = f.min,
+                       kQh = f.high_bits, kBits = f.bits, kBias = f.bias, kSub = f.group / 32;
+  static constexpr int kSubBytes = kBits == 8 ? 32 : 16;
+};
+
 // n elements (a multiple of the block's) of `type` at src to floats.
 void dequantize(DType type, const void* src, float* dst, size_t n);
 // n floats to blocks: ggml's quantize_row_*_ref for its types; the group types follow Q8_0's

@@ -19,6 +19,7 @@ namespace rwkv::model {
 constexpr int kParallelRows = 64;
 
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
+inline float silu(float x) { return x * sigmoid(x); }
 
 // h = max(h, 0)² for n values (the channel mix's squared ReLU). The sign bit clears a negative
 // value to +0 in integer lanes: GCC keeps a branch per element for a float comparison (trapping
@@ -34,7 +35,6 @@ inline void relu_squared(float* __restrict h, size_t n) {
     h[i] = z * z;
   }
 }
-inline float silu(float x) { return x * sigmoid(x); }
 
 // out[m][c] = x[m][c] + d[m][c]·(mix[c] + add[m][c]) for M rows of C (add may be null). Rows, then
 // columns: an index's column as i % C would cost a division per element.

@@ -5,7 +5,7 @@
 // |q_w| ≤ 128 unsigned or ≤ 31, |x̂| ≤ 127, so a pair sums to at most 32512).
 //
 // Needs, from the includer: <immintrin.h>, <cstring>, <algorithm>, ops::Matrix,
-// ops::QuantizedVectors; F below is a block format's constants (FormatOf in qdot_x86.cpp).
+// ops::QuantizedVectors; F below is a block format's constants (quant::Format in core/quant.h).
 
 #define RWKV_INLINE inline __attribute__((always_inline))
 

@@ -21,28 +21,20 @@
 namespace rwkv::ops::cpu {
 
 #if RWKV_QDOT_X86
-// A dtype's block format as the kernel's template constants.
-template <DType T>
-struct FormatOf {
-  static constexpr quant::BlockFormat f = quant::block_format(T);
-  static constexpr int kGroup = f.group, kBytes = f.bytes, kQs = f.quants, kMin = f.min,
-                       kQh = f.high_bits, kBits = f.bits, kBias = f.bias, kSub = f.group / 32;
-};
-
-#define RWKV_QDOT_ENTRY                                                                       \
-  void RowsOf(const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1) {         \
-    switch (W.dtype) {                                                                        \
-      case DType::Q4_0: return Rows<FormatOf<DType::Q4_0>>(W, x, y, r0, r1);                  \
-      case DType::Q4_1: return Rows<FormatOf<DType::Q4_1>>(W, x, y, r0, r1);                  \
-      case DType::Q5_0: return Rows<FormatOf<DType::Q5_0>>(W, x, y, r0, r1);                  \
-      case DType::Q5_1: return Rows<FormatOf<DType::Q5_1>>(W, x, y, r0, r1);                  \
-      case DType::Q8_0: return Rows<FormatOf<DType::Q8_0>>(W, x, y, r0, r1);                  \
-      case DType::Q8_G64: return Rows<FormatOf<DType::Q8_G64>>(W, x, y, r0, r1);              \
-      case DType::Q8_G128: return Rows<FormatOf<DType::Q8_G128>>(W, x, y, r0, r1);            \
-      case DType::Q4_G64: return Rows<FormatOf<DType::Q4_G64>>(W, x, y, r0, r1);              \
-      case DType::Q4_G128: return Rows<FormatOf<DType::Q4_G128>>(W, x, y, r0, r1);            \
-      default: return;                                                                        \
-    }                                                                                         \
+#define RWKV_QDOT_ENTRY                                                                           \
+  void RowsOf(const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1) {             \
+    switch (W.dtype) {                                                                            \
+      case DType::Q4_0: return Rows<quant::Format<DType::Q4_0>>(W, x, y, r0, r1);                 \
+      case DType::Q4_1: return Rows<quant::Format<DType::Q4_1>>(W, x, y, r0, r1);                 \
+      case DType::Q5_0: return Rows<quant::Format<DType::Q5_0>>(W, x, y, r0, r1);                 \
+      case DType::Q5_1: return Rows<quant::Format<DType::Q5_1>>(W, x, y, r0, r1);                 \
+      case DType::Q8_0: return Rows<quant::Format<DType::Q8_0>>(W, x, y, r0, r1);                 \
+      case DType::Q8_G64: return Rows<quant::Format<DType::Q8_G64>>(W, x, y, r0, r1);             \
+      case DType::Q8_G128: return Rows<quant::Format<DType::Q8_G128>>(W, x, y, r0, r1);           \
+      case DType::Q4_G64: return Rows<quant::Format<DType::Q4_G64>>(W, x, y, r0, r1);             \
+      case DType::Q4_G128: return Rows<quant::Format<DType::Q4_G128>>(W, x, y, r0, r1);           \
+      default: return;                                                                            \
+    }                                                                                             \
   }
 
 #pragma GCC push_options

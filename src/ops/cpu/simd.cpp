@@ -294,16 +294,6 @@ using DQI = hn::RebindToSigned<DQ>;
 using VQ = hn::Vec<DQ>;
 using VQI = hn::Vec<DQI>;
 
-// A block's format (quant::block_format) as template constants. A block holds Group / 32
-// sub-blocks of 32 elements sharing its scale d.
-template <DType T>
-struct QuantLayout {
-  static constexpr quant::BlockFormat kF = quant::block_format(T);
-  static constexpr size_t kBytes = kF.bytes, kQs = kF.quants, kQh = kF.high_bits, kMin = kF.min;
-  static constexpr int kBits = kF.bits, kBias = kF.bias, kSub = kF.group / 32;
-  static constexpr size_t kSubBytes = kBits == 8 ? 32 : 16;
-};
-
 // The fp16 value at any byte address, in every lane (one broadcast and one F16C conversion
 // where the target has them).
 HWY_INLINE VQ BroadcastHalf(const uint8_t* p) {
@@ -430,15 +420,15 @@ void ToF32(DType dtype, const void* src, float* dst, size_t n) {
     case DType::F32: return ToF32W<F32W>(src, dst, n);
     case DType::BF16: return ToF32W<BF16W>(src, dst, n);
     case DType::F16: return ToF32W<F16W>(src, dst, n);
-    case DType::Q4_0: return ToF32Q<QuantLayout<DType::Q4_0>>(src, dst, n);
-    case DType::Q4_1: return ToF32Q<QuantLayout<DType::Q4_1>>(src, dst, n);
-    case DType::Q5_0: return ToF32Q<QuantLayout<DType::Q5_0>>(src, dst, n);
-    case DType::Q5_1: return ToF32Q<QuantLayout<DType::Q5_1>>(src, dst, n);
-    case DType::Q8_0: return ToF32Q<QuantLayout<DType::Q8_0>>(src, dst, n);
-    case DType::Q8_G64: return ToF32Q<QuantLayout<DType::Q8_G64>>(src, dst, n);
-    case DType::Q8_G128: return ToF32Q<QuantLayout<DType::Q8_G128>>(src, dst, n);
-    case DType::Q4_G64: return ToF32Q4G<QuantLayout<DType::Q4_G64>>(src, dst, n);
-    case DType::Q4_G128: return ToF32Q4G<QuantLayout<DType::Q4_G128>>(src, dst, n);
+    case DType::Q4_0: return ToF32Q<quant::Format<DType::Q4_0>>(src, dst, n);
+    case DType::Q4_1: return ToF32Q<quant::Format<DType::Q4_1>>(src, dst, n);
+    case DType::Q5_0: return ToF32Q<quant::Format<DType::Q5_0>>(src, dst, n);
+    case DType::Q5_1: return ToF32Q<quant::Format<DType::Q5_1>>(src, dst, n);
+    case DType::Q8_0: return ToF32Q<quant::Format<DType::Q8_0>>(src, dst, n);
+    case DType::Q8_G64: return ToF32Q<quant::Format<DType::Q8_G64>>(src, dst, n);
+    case DType::Q8_G128: return ToF32Q<quant::Format<DType::Q8_G128>>(src, dst, n);
+    case DType::Q4_G64: return ToF32Q4G<quant::Format<DType::Q4_G64>>(src, dst, n);
+    case DType::Q4_G128: return ToF32Q4G<quant::Format<DType::Q4_G128>>(src, dst, n);
   }
 }
 
