@@ -68,13 +68,29 @@ void min_max(const float* x, float& min, float& max) {
   }
 }
 
-bool is_group_type(DType t) {
-  return t == DType::Q8_G64 || t == DType::Q8_G128 || t == DType::Q4_G64 || t == DType::Q4_G128;
+// The symmetric types: one fp16 scale d, then int8 values (Q8_0, Q8_G*) or 4-bit levels
+// (Q4_0, Q4_G*) with value d·(level − 8).
+bool is_symmetric(DType t) {
+  return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q8_G64 || t == DType::Q8_G128 ||
+         t == DType::Q4_G64 || t == DType::Q4_G128;
 }
 
-// One block of a symmetric group type (Q8_G*, Q4_G*). Q4_G packs 64 elements in 32 bytes:
-// element j < 32 is the low nibble of byte j, element j + 32 its high nibble.
-void dequantize_group(const BlockFormat& f, const uint8_t* blk, float* y) {
+// 4-bit levels sit in chunks of min(group, 64) elements: the first half of a chunk in the low
+// nibbles of its bytes, the second half in the high nibbles (Q4_0: j and j + 16 share byte j;
+// Q4_G: j and j + 32).
+int nibble_chunk(const BlockFormat& f) { return std::min(f.group, 64); }
+
+// Levels 0..15 of one 4-bit symmetric block into its quant bytes.
+void pack_levels4(const BlockFormat& f, const int* level, uint8_t* q) {
+  const int chunk = nibble_chunk(f), half = chunk / 2;
+  for (int c = 0; c < f.group / chunk; ++c) {
+    for (int j = 0; j < half; ++j) {
+      q[half * c + j] = uint8_t(level[chunk * c + j] | level[chunk * c + j + half] << 4);
+    }
+  }
+}
+
+void dequantize_symmetric(const BlockFormat& f, const uint8_t* blk, float* y) {
   uint16_t bits;
   std::memcpy(&bits, blk, 2);
   const float d = f16_to_f32(bits);
@@ -83,15 +99,18 @@ void dequantize_group(const BlockFormat& f, const uint8_t* blk, float* y) {
     for (int j = 0; j < f.group; ++j) y[j] = d * float(int8_t(q[j]));
     return;
   }
-  for (int c = 0; c < f.group / 64; ++c) {
-    for (int j = 0; j < 32; ++j) {
-      y[64 * c + j] = d * float((q[32 * c + j] & 0x0f) - 8);
-      y[64 * c + j + 32] = d * float((q[32 * c + j] >> 4) - 8);
+  const int chunk = nibble_chunk(f), half = chunk / 2;
+  for (int c = 0; c < f.group / chunk; ++c) {
+    for (int j = 0; j < half; ++j) {
+      y[chunk * c + j] = d * float((q[half * c + j] & 0x0f) - 8);
+      y[chunk * c + j + half] = d * float((q[half * c + j] >> 4) - 8);
     }
   }
 }
 
-void quantize_group(const BlockFormat& f, const float* x, uint8_t* blk) {
+// ggml's rules for Q8_0 and Q4_0 (quantize_row_q8_0_ref, quantize_row_q4_0_ref), at any group:
+// d = absmax/127, or the value of largest magnitude / −8.
+void quantize_symmetric(const BlockFormat& f, const float* x, uint8_t* blk) {
   uint8_t* q = blk + f.quants;
   float d;
   if (f.bits == 8) {
@@ -103,26 +122,12 @@ void quantize_group(const BlockFormat& f, const float* x, uint8_t* blk) {
   } else {
     d = signed_absmax(x, size_t(f.group)) / -8;
     const float id = d != 0 ? 1 / d : 0;
-    auto level = [&](float v) { return std::min(15, int(int8_t(v * id + 8.5f))); };
-    for (int c = 0; c < f.group / 64; ++c) {
-      for (int j = 0; j < 32; ++j) {
-        q[32 * c + j] = uint8_t(level(x[64 * c + j]) | level(x[64 * c + j + 32]) << 4);
-      }
-    }
+    int level[128];
+    for (int j = 0; j < f.group; ++j) level[j] = std::min(15, int(int8_t(x[j] * id + 8.5f)));
+    pack_levels4(f, level, q);
   }
   const uint16_t h = f32_to_f16(d);
   std::memcpy(blk, &h, 2);
-}
-
-// Levels 0..15 of one 4-bit symmetric block (Q4_0 or Q4_G) into its quant bytes.
-void pack_levels4(const BlockFormat& f, const int* level, uint8_t* q) {
-  if (f.group == 32) {
-    for (int j = 0; j < 16; ++j) q[j] = uint8_t(level[j] | level[j + 16] << 4);
-    return;
-  }
-  for (int c = 0; c < f.group / 64; ++c) {
-    for (int j = 0; j < 32; ++j) q[32 * c + j] = uint8_t(level[64 * c + j] | level[64 * c + j + 32] << 4);
-  }
 }
 
 // One 4-bit symmetric block with the scale of least squared error: for candidate inverse scales
@@ -176,10 +181,12 @@ void quantize_least_squares(DType type, const float* src, void* dst, size_t n) {
 }
 
 void dequantize(DType type, const void* src, float* dst, size_t n) {
-  if (is_group_type(type)) {
+  if (is_symmetric(type)) {
     const BlockFormat f = block_format(type);
     const auto* s = static_cast<const uint8_t*>(src);
-    for (size_t i = 0; i < n / size_t(f.group); ++i) dequantize_group(f, s + i * size_t(f.bytes), dst + i * size_t(f.group));
+    for (size_t i = 0; i < n / size_t(f.group); ++i) {
+      dequantize_symmetric(f, s + i * size_t(f.bytes), dst + i * size_t(f.group));
+    }
     return;
   }
   const size_t n_blocks = n / kBlock;
@@ -187,15 +194,6 @@ void dequantize(DType type, const void* src, float* dst, size_t n) {
     float* y = dst + i * kBlock;
     int q[32];
     switch (type) {
-      case DType::Q4_0: {
-        const auto b = load_block<BlockQ4_0>(src, i);
-        const float d = f16_to_f32(b.d);
-        for (int j = 0; j < 16; ++j) {
-          y[j] = d * float((b.qs[j] & 0x0f) - 8);
-          y[j + 16] = d * float((b.qs[j] >> 4) - 8);
-        }
-        break;
-      }
       case DType::Q4_1: {
         const auto b = load_block<BlockQ4_1>(src, i);
         const float d = f16_to_f32(b.d), m = f16_to_f32(b.m);
@@ -219,22 +217,18 @@ void dequantize(DType type, const void* src, float* dst, size_t n) {
         for (int j = 0; j < 32; ++j) y[j] = d * float(q[j]) + m;
         break;
       }
-      case DType::Q8_0: {
-        const auto b = load_block<BlockQ8_0>(src, i);
-        const float d = f16_to_f32(b.d);
-        for (int j = 0; j < 32; ++j) y[j] = d * float(b.qs[j]);
-        break;
-      }
       default: return;
     }
   }
 }
 
 void quantize(DType type, const float* src, void* dst, size_t n) {
-  if (is_group_type(type)) {
+  if (is_symmetric(type)) {
     const BlockFormat f = block_format(type);
     auto* d = static_cast<uint8_t*>(dst);
-    for (size_t i = 0; i < n / size_t(f.group); ++i) quantize_group(f, src + i * size_t(f.group), d + i * size_t(f.bytes));
+    for (size_t i = 0; i < n / size_t(f.group); ++i) {
+      quantize_symmetric(f, src + i * size_t(f.group), d + i * size_t(f.bytes));
+    }
     return;
   }
   const size_t n_blocks = n / kBlock;
@@ -242,15 +236,6 @@ void quantize(DType type, const float* src, void* dst, size_t n) {
     const float* x = src + i * kBlock;
     int q[32];
     switch (type) {
-      case DType::Q4_0: {
-        const float d = signed_absmax(x) / -8, id = d != 0 ? 1 / d : 0;
-        BlockQ4_0 b;
-        b.d = f32_to_f16(d);
-        for (int j = 0; j < 32; ++j) q[j] = std::min(15, int(int8_t(x[j] * id + 8.5f)));
-        for (int j = 0; j < 16; ++j) b.qs[j] = uint8_t(q[j] | (q[j + 16] << 4));
-        store_block(dst, i, b);
-        break;
-      }
       case DType::Q4_1: {
         float min, max;
         min_max(x, min, max);
@@ -281,16 +266,6 @@ void quantize(DType type, const float* src, void* dst, size_t n) {
         b.m = f32_to_f16(min);
         for (int j = 0; j < 32; ++j) q[j] = std::min(31, int(uint8_t((x[j] - min) * id + 0.5f)));
         pack5(q, b);
-        store_block(dst, i, b);
-        break;
-      }
-      case DType::Q8_0: {
-        float amax = 0;
-        for (size_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
-        const float d = amax / 127, id = d != 0 ? 1 / d : 0;
-        BlockQ8_0 b;
-        b.d = f32_to_f16(d);
-        for (int j = 0; j < 32; ++j) b.qs[j] = int8_t(std::lround(x[j] * id));
         store_block(dst, i, b);
         break;
       }
