@@ -19,7 +19,7 @@ namespace {
 
 struct QuantizeArgs {
   std::string in, out, type, text;
-  int group = 0;
+  int group = model::QuantizeOptions{}.group;
   bool keep_embedding = false, report = false, json = false;
   int report_tokens = 512;
   int threads = 0;
@@ -91,8 +91,7 @@ void run(const QuantizeArgs& a) {
   opt.group = a.group;
   opt.quantize_embedding = !a.keep_embedding;
   const model::QuantizedCheckpoint q = model::quantize_checkpoint(*ckpt, opt);
-  const int group = a.group ? a.group : model::QuantizeOptions::kDefaultGroup;
-  const std::string what = cat(a.type, " in groups of ", group);
+  const std::string what = cat(a.type, " in groups of ", a.group);
   save_safetensors(a.out, q.tensors,
                    {{"rwkv.source", std::filesystem::path(a.in).filename().string()},
                     {"rwkv.quantization", cat(what, a.keep_embedding ? ", embedding as stored" : ", embedding int8")}});
@@ -101,7 +100,7 @@ void run(const QuantizeArgs& a) {
   auto quantized = load_model(a.out);
   if (!a.json) {
     std::printf("wrote %s: %s (%s), %zu tensors quantized, %zu kept; %.1f MB -> %.1f MB (%.2fx) in %.1f s\n",
-                a.out.c_str(), what.c_str(), dtype_name(model::quantized_dtype(opt.bits, group)),
+                a.out.c_str(), what.c_str(), dtype_name(model::quantized_dtype(opt.bits, a.group)),
                 q.errors.size(), q.tensors.size() - q.errors.size(), mb(q.bytes_in), mb(q.bytes_out),
                 double(q.bytes_in) / double(std::max<size_t>(q.bytes_out, 1)), seconds);
     for (const std::string& note : q.notes) std::printf("  note: %s\n", note.c_str());
@@ -131,8 +130,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("output", a->out, "quantized model file to write (.safetensors)")->required();
   cmd->add_option("--type", a->type, "int8 or int4 (symmetric, one fp16 scale per group)")
       ->required()->check(CLI::IsMember({"int8", "int4"}));
-  cmd->add_option("--group", a->group, "weights per scale: 32, 64 or 128 (default 64)")
-      ->check(CLI::IsMember({32, 64, 128}));
+  cmd->add_option("--group", a->group, "weights per scale: 32, 64 or 128")
+      ->check(CLI::IsMember({32, 64, 128}))
+      ->capture_default_str();
   cmd->add_flag("--keep-embedding", a->keep_embedding,
                 "keep the embedding as stored (default: int8, the same group)");
   cmd->add_flag("--report", a->report,

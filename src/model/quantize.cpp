@@ -59,7 +59,7 @@ TensorView quantize_tensor(const TensorView& t, DType to, QuantizedCheckpoint& o
 }  // namespace
 
 QuantizedCheckpoint quantize_checkpoint(const Checkpoint& ckpt, const QuantizeOptions& options) {
-  const int group = options.group == 0 ? QuantizeOptions::kDefaultGroup : options.group;
+  const int group = options.group;
   const DType target = quantized_dtype(options.bits, group);
   if (ckpt.format() == "rwkv.cpp") {
     fail(ckpt.path(), ": an rwkv.cpp file (its tensors are in rwkv.cpp's own layout); quantize "

@@ -14,10 +14,9 @@
 namespace rwkv::model {
 
 struct QuantizeOptions {
-  int bits = 8;                  // 8 or 4
-  int group = 0;                 // 32, 64 or 128; 0 = kDefaultGroup
+  int bits = 8;                    // 8 or 4
+  int group = 64;                  // 32, 64 or 128
   bool quantize_embedding = true;  // as int8 with the same group
-  static constexpr int kDefaultGroup = 64;
 };
 
 // The block type for `bits` and `group` (32 gives ggml's Q8_0 / Q4_0); rwkv::Error otherwise.
