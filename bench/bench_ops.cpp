@@ -124,7 +124,7 @@ void Gemm(benchmark::State& state, DType dtype, bool integer) {
   state.counters["FLOP/s"] = benchmark::Counter(2.0 * M * rows * cols * double(state.iterations()),
                                                 benchmark::Counter::kIsRate);
 }
-BENCHMARK_CAPTURE(Gemm, fp32_sgemm, DType::F32, false)->Args({3072, 768, 512})->UseRealTime();
+BENCHMARK_CAPTURE(Gemm, fp32_sgemm, DType::F32, false)->Args({3072, 768, 512})->Args({768, 768, 512})->Args({64, 768, 512})->Args({768, 64, 512})->Args({768, 128, 512})->UseRealTime();
 BENCHMARK_CAPTURE(Gemm, q8_g64_sgemm, DType::Q8_G64, false)->Args({3072, 768, 512})->UseRealTime();
 BENCHMARK_CAPTURE(Gemm, q8_g64_int, DType::Q8_G64, true)->Args({3072, 768, 512})->UseRealTime();
 BENCHMARK_CAPTURE(Gemm, q4_g64_sgemm, DType::Q4_G64, false)->Args({3072, 768, 512})->UseRealTime();
