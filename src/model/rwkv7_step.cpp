@@ -30,11 +30,6 @@ std::unique_ptr<QuantizedVectors> input_for(std::initializer_list<const ops::Mat
   return q;
 }
 
-// x[i] += add[i] for i in [begin, end).
-void add_to(float* __restrict x, const float* __restrict add, int begin, int end) {
-  for (int i = begin; i < end; ++i) x[i] += add[i];
-}
-
 }  // namespace
 
 std::unique_ptr<Rwkv7Step> Rwkv7Step::create(const ModelInfo& info, const CommonWeights& common,
@@ -191,6 +186,30 @@ void Rwkv7Step::norm_owned(const Span& c, int parity, const float* w, const floa
   }
 }
 
+void Rwkv7Step::shift_and_mix(float* const* states, size_t shift_offset, int n,
+                              const float* const* mix, float* const* out, const Span& c) {
+  const int C = info_.n_embd;
+  for (int b = 0; b < B_; ++b) {
+    const size_t o = size_t(b) * size_t(C);
+    float* prev = states[b] + shift_offset;
+    const float* xn = out_ + o;
+    for (int i = c.begin; i < c.end; ++i) {
+      const float d = prev[i] - xn[i];
+      prev[i] = xn[i];
+      for (int k = 0; k < n; ++k) out[k][o + size_t(i)] = xn[i] + d * mix[k][i];
+    }
+  }
+}
+
+void Rwkv7Step::add_out_to_residual(const Span& c) {
+  for (int b = 0; b < B_; ++b) {
+    const size_t o = size_t(b) * size_t(info_.n_embd);
+    float* __restrict x = x_ + o;
+    const float* __restrict add = out_ + o;
+    for (int i = c.begin; i < c.end; ++i) x[i] += add[i];
+  }
+}
+
 void Rwkv7Step::embed(const Share& s, const int* tokens) {
   const ops::Matrix& E = common_.emb;
   const Span& c = s.channels;
@@ -217,41 +236,12 @@ void Rwkv7Step::layer(int l, const Share& s, float* const* states) {
 
   // A: x̂ = LN1(x) (into out_), δ = x̂′ − x̂ with x̂′ from the state, the six mixes.
   norm_owned(c, 1, y.ln1_w, y.ln1_b, out_);
-  const float* __restrict mr = y.x_r;
-  const float* __restrict mw = y.x_w;
-  const float* __restrict mk = y.x_k;
-  const float* __restrict mv = y.x_v;
-  const float* __restrict ma = y.x_a;
-  const float* __restrict mg = y.x_g;
-  for (int b = 0; b < B_; ++b) {
-    // Distinct buffers: __restrict lets the compiler vectorize (else it reloads after every
-    // store, in case an output aliases an input).
-    const size_t o = size_t(b) * size_t(C);
-    float* __restrict prev = states[b] + att_x;
-    const float* __restrict xn = out_ + o;
-    float* __restrict xr = xr_ + o;
-    float* __restrict xw = xw_ + o;
-    float* __restrict xk = xk_ + o;
-    float* __restrict xv = xv_ + o;
-    float* __restrict xa = xa_ + o;
-    float* __restrict xg = xg_ + o;
-    for (int i = c.begin; i < c.end; ++i) {
-      const float d = prev[i] - xn[i];
-      prev[i] = xn[i];
-      xr[i] = xn[i] + d * mr[i];
-      xw[i] = xn[i] + d * mw[i];
-      xk[i] = xn[i] + d * mk[i];
-      xv[i] = xn[i] + d * mv[i];
-      xa[i] = xn[i] + d * ma[i];
-      xg[i] = xn[i] + d * mg[i];
-    }
-  }
-  quantize(in.xr.get(), xr_, c);
-  quantize(in.xw.get(), xw_, c);
-  quantize(in.xk.get(), xk_, c);
-  quantize(in.xv.get(), xv_, c);
-  quantize(in.xa.get(), xa_, c);
-  quantize(in.xg.get(), xg_, c);
+  const float* mixes[6] = {y.x_r, y.x_w, y.x_k, y.x_v, y.x_a, y.x_g};
+  float* mixed[6] = {xr_, xw_, xk_, xv_, xa_, xg_};
+  QuantizedVectors* mixed_q[6] = {in.xr.get(), in.xw.get(), in.xk.get(),
+                                  in.xv.get(), in.xa.get(), in.xg.get()};
+  shift_and_mix(states, att_x, 6, mixes, mixed, c);
+  for (int k = 0; k < 6; ++k) quantize(mixed_q[k], mixed[k], c);
   barrier();
 
   // B: r, k, v for the owned channels; this thread's rows of the LoRAs' first products, with
@@ -335,24 +325,13 @@ void Rwkv7Step::layer(int l, const Share& s, float* const* states) {
 
   // D: the output projection added to the residual.
   rows(y.output, y_, in.y.get(), out_, c);
-  for (int b = 0; b < B_; ++b) add_to(x_ + size_t(b) * size_t(C), out_ + size_t(b) * size_t(C), c.begin, c.end);
+  add_out_to_residual(c);
   partial_sums(c, 0);
   barrier();
 
   // E: the channel mix's LN2, token shift and mix.
   norm_owned(c, 0, f.ln_w, f.ln_b, out_);
-  const float* __restrict mix = f.mix_k;
-  for (int b = 0; b < B_; ++b) {
-    const size_t o = size_t(b) * size_t(C);
-    float* __restrict prev = states[b] + ffn_x;
-    const float* __restrict xn = out_ + o;
-    float* __restrict xk = ffn_x_ + o;
-    for (int i = c.begin; i < c.end; ++i) {
-      const float d = prev[i] - xn[i];
-      prev[i] = xn[i];
-      xk[i] = xn[i] + d * mix[i];
-    }
-  }
+  shift_and_mix(states, ffn_x, 1, &f.mix_k, &ffn_x_, c);
   quantize(in.ffn.get(), ffn_x_, c);
   barrier();
 
@@ -366,7 +345,7 @@ void Rwkv7Step::layer(int l, const Share& s, float* const* states) {
 
   // G: the value projection added to the residual, the next LayerNorm's partial sums.
   rows(f.value, hidden_, in.hidden.get(), out_, c);
-  for (int b = 0; b < B_; ++b) add_to(x_ + size_t(b) * size_t(C), out_ + size_t(b) * size_t(C), c.begin, c.end);
+  add_out_to_residual(c);
   partial_sums(c, 1);
   barrier();
 }

@@ -75,6 +75,12 @@ class Rwkv7Step {
 
   // LayerNorm of x's owned channels into out (null: in place), from partial sums `parity`.
   void norm_owned(const Span& c, int parity, const float* w, const float* b, float* out);
+  // Token shift and mixes of the owned channels of out_ (x̂): δ = x̂′ − x̂ with x̂′ at shift_offset
+  // in each state (which then takes x̂), and out[k] = x̂ + δ⊙mix[k] for each of n mixes.
+  void shift_and_mix(float* const* states, size_t shift_offset, int n, const float* const* mix,
+                     float* const* out, const Span& c);
+  // x += out_ over the owned channels (a projection's output added to the residual).
+  void add_out_to_residual(const Span& c);
   // Sums of x's owned units into partial buffer `parity`.
   void partial_sums(const Span& c, int parity);
   // Owned groups [span) of `B` vectors x (rows of `cols`) into q, if quantized.
