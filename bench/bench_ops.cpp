@@ -113,10 +113,10 @@ void Gemm(benchmark::State& state, DType dtype, bool integer) {
   const Matrix W{dtype, rows, cols, w.data()};
   QuantizedVectors xq;
   for (auto _ : state) {
-    if (integer) {
+    if (integer) {  // the decode kernel, 4 inputs at a time, on one thread
       cpu::quantize_vectors(cpu::qdot_isa(), x.data(), M, size_t(cols), qdot_group(dtype), xq);
       cpu::qdot_rows(cpu::qdot_isa(), W, xq, y.data(), 0, rows);
-    } else {
+    } else {  // sgemm on fp32 weights, or for quantized ones the integer GEMM (RWKV_CPU_QGEMM)
       cpu::linear(W, x.data(), M, y.data());
     }
     benchmark::DoNotOptimize(y.data());
@@ -125,10 +125,12 @@ void Gemm(benchmark::State& state, DType dtype, bool integer) {
                                                 benchmark::Counter::kIsRate);
 }
 BENCHMARK_CAPTURE(Gemm, fp32_sgemm, DType::F32, false)->Args({3072, 768, 512})->Args({768, 768, 512})->Args({64, 768, 512})->Args({768, 64, 512})->Args({768, 128, 512})->UseRealTime();
-BENCHMARK_CAPTURE(Gemm, q8_g64_sgemm, DType::Q8_G64, false)->Args({3072, 768, 512})->UseRealTime();
-BENCHMARK_CAPTURE(Gemm, q8_g64_int, DType::Q8_G64, true)->Args({3072, 768, 512})->UseRealTime();
-BENCHMARK_CAPTURE(Gemm, q4_g64_sgemm, DType::Q4_G64, false)->Args({3072, 768, 512})->UseRealTime();
-BENCHMARK_CAPTURE(Gemm, q4_g64_int, DType::Q4_G64, true)->Args({3072, 768, 512})->UseRealTime();
+BENCHMARK_CAPTURE(Gemm, q8_g64, DType::Q8_G64, false)->Args({3072, 768, 512})->Args({768, 3072, 512})->UseRealTime();
+BENCHMARK_CAPTURE(Gemm, q8_g64_decode_kernel, DType::Q8_G64, true)->Args({3072, 768, 512})->UseRealTime();
+BENCHMARK_CAPTURE(Gemm, q4_g64, DType::Q4_G64, false)->Args({3072, 768, 512})->Args({768, 3072, 512})->UseRealTime();
+BENCHMARK_CAPTURE(Gemm, q4_g64_decode_kernel, DType::Q4_G64, true)->Args({3072, 768, 512})->UseRealTime();
+BENCHMARK_CAPTURE(Gemm, q8_0, DType::Q8_0, false)->Args({3072, 768, 512})->UseRealTime();
+BENCHMARK_CAPTURE(Gemm, q4_0, DType::Q4_0, false)->Args({3072, 768, 512})->UseRealTime();
 
 void Wkv7(benchmark::State& state, bool chunked) {
   const int T = int(state.range(0)), N = 64;

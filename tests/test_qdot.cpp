@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/quant.h"
@@ -183,6 +184,46 @@ TEST(Qdot, EveryKernelMatchesReference) {
     }
     std::printf("%s: worst |kernel − reference| / magnitude = %.2e\n", ops::cpu::qdot_isa_name(isa), worst);
   }
+}
+
+// The many-input product (prefill) against the reference: every type (those without the panel
+// kernel take the decode kernel), rows around the 8-row panels and 32-row panel blocks, input
+// counts around its 4-input tiles, a NaN input that must reach only its own vector's outputs.
+TEST(Qdot, ManyInputProductMatchesReference) {
+  std::mt19937 rng(4);
+  double worst = 0;
+  for (DType t : kTypes) {
+    const int G = int(dtype_block_elems(t));
+    for (int rows : {1, 7, 8, 9, 31, 33, 77}) {
+      for (int cols : {G, 3 * G, 768}) {
+        if (cols % G != 0) continue;
+        const size_t nb = size_t(rows) * size_t(cols) / size_t(G);
+        const auto buf = random_blocks(t, nb, 1, rng);
+        const ops::Matrix W{t, rows, cols, buf.data() + 1};
+        for (int M : {5, 6, 7, 8, 13}) {
+          auto xf = random_inputs(M, cols, G, rng);
+          xf[size_t(M / 2) * size_t(cols) + 1] = std::nanf("");
+          QuantizedVectors x;
+          ops::quantize_vectors(xf.data(), M, size_t(cols), G, x);
+          std::vector<float> want(size_t(M) * size_t(rows), 1.f), got(want.size(), std::nanf(""));
+          ops::ref::qdot_rows(W, x, want.data(), 0, rows);
+          ops::cpu::qgemm(W, x, got.data());
+          const auto mag = magnitudes(W, x);
+          for (size_t i = 0; i < want.size(); ++i) {
+            const std::string where = std::string(dtype_name(t)) + " rows=" + std::to_string(rows) +
+                                      " cols=" + std::to_string(cols) + " M=" + std::to_string(M) +
+                                      " output " + std::to_string(i);
+            ASSERT_EQ(std::isnan(want[i]), std::isnan(got[i])) << where;
+            if (std::isnan(want[i])) continue;
+            const double err = std::fabs(double(got[i]) - double(want[i]));
+            ASSERT_LE(err, 2e-5 * mag[i] + 1e-30) << where << " got " << got[i] << " want " << want[i];
+            if (mag[i] > 0) worst = std::max(worst, err / mag[i]);
+          }
+        }
+      }
+    }
+  }
+  std::printf("worst |qgemm − reference| / magnitude = %.2e\n", worst);
 }
 
 // A vector's outputs are the same bits alone or beside up to three others, and whichever rows

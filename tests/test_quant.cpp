@@ -13,6 +13,7 @@
 #include "hwy/targets.h"
 #include "ops/cpu/simd.h"
 #include "ops/ops.h"
+#include "ops/qdot.h"
 #include "testing.h"
 
 namespace rwkv {
@@ -269,15 +270,17 @@ TEST(Quant, LeastSquaresScalesBeatTheAbsmaxRule) {
 // ---- (c) ops::cpu::linear against ops::ref::linear ----
 
 // Error bound per output, against the reference's fp64 sum over the dequantized weights:
-// - up to 4 vectors (the integer kernels, ops/qdot.h) the inputs are rounded to 8 bits per
+// - up to 4 vectors, and for more with 4-bit weights where cpu::qgemm runs (the integer kernels,
+//   ops/qdot.h), the inputs are rounded to 8 bits per
 //   group g of the weights' block size: |x_j − x̂_j| ≤ d_g/2 = absmax_g/254, so the product moves
 //   by at most Σ_g absmax_g/254 · Σ_{j∈g} |w_j| (fp32 roundings of x·(127/absmax) move x̂_j by
 //   one step at most where x·inv lands within an ulp of a half: covered by the 1.01 factor);
 // - rounding: 1e-4·Σ_j |w_j x_j|. The kernels sum exact integers per block, then scale each
 //   block sum once and add it to the row's lane accumulator (≤ cols/32 additions), then reduce
-//   the lanes: every term passes fewer than ~100 fp32 roundings, ≤ ~1e-5 of the magnitudes
-//   added (d·Σq·x̂ and the bias/minimum terms, ≤ ~3× Σ|w x| with weights around zero). The
-//   sgemm path (M > 4) converts the weights exactly and OpenBLAS accumulates in blocked fp32.
+//   the lanes (qgemm: adds each block's scaled sum to its row's accumulator): every term passes
+//   fewer than ~100 fp32 roundings, ≤ ~1e-5 of the magnitudes added (d·Σq·x̂ and the
+//   bias/minimum terms, ≤ ~3× Σ|w x| with weights around zero). The sgemm path (M > 4, other
+//   types) converts the weights exactly and OpenBLAS accumulates in blocked fp32.
 // 1e-4 leaves margin over both while any wrong block, nibble, bit, scale or offset is an O(1)
 // error.
 // Σ|w_i x_i| in independent partial sums (a bound only: its own rounding does not matter).
@@ -321,7 +324,8 @@ void check_linear(DType t, int rows, int cols, std::initializer_list<int> Ms, st
       for (int m = 0; m < M; ++m) {
         const float* xm = x.data() + size_t(m) * size_t(cols);
         const double mag = abs_dot(wo, xm, cols);
-        const double inputs = M <= 4 ? input_rounding_bound(wo, xm, cols, int(dtype_block_elems(t))) : 0;
+        const bool integer = M <= 4 || ops::cpu::qgemm_supported(t);
+        const double inputs = integer ? input_rounding_bound(wo, xm, cols, int(dtype_block_elems(t))) : 0;
         const size_t k = size_t(m) * size_t(rows) + size_t(o);
         const double err = std::fabs(double(got[k]) - double(want[k]));
         ASSERT_LE(err, 1e-4 * mag + inputs + 1e-30)

@@ -72,6 +72,14 @@ void quantize_groups(QdotIsa isa, const float* x, size_t g0, size_t g1, Quantize
 // ref::qdot_rows with the SIMD kernel of `isa` (Scalar: the reference itself). Per vector, the
 // result does not depend on how many vectors share the call or on [r0, r1).
 void qdot_rows(QdotIsa isa, const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1);
+
+// Whether qgemm has its panel kernel for `dtype` on this CPU (Q4_0, Q4_G64, Q4_G128 with AVX2):
+// ops/cpu/qgemm_x86.cpp.
+bool qgemm_supported(DType dtype);
+// y (x.count, W.rows) = every row of W against every input, for many inputs (prefill), on all
+// threads: ref::qdot_rows's sums in another order (same integer block sums, fp32 accumulation
+// over blocks). Types without the panel kernel go through qdot_rows.
+void qgemm(const Matrix& W, const QuantizedVectors& x, float* y);
 }  // namespace cpu
 
 }  // namespace rwkv::ops

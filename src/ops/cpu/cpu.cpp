@@ -3,6 +3,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "ops/cpu/simd.h"
@@ -82,6 +84,17 @@ const float* weights_f32(const Matrix& W) {
   return dst;
 }
 
+// Whether a product of many vectors with `dtype` weights runs as an integer GEMM (inputs
+// quantized to 8 bits as for decode) rather than sgemm on weights converted to fp32.
+// RWKV_CPU_QGEMM=0 keeps sgemm (for comparisons).
+bool use_qgemm(DType dtype) {
+  static const bool enabled = [] {
+    const char* env = std::getenv("RWKV_CPU_QGEMM");
+    return !(env && std::string(env) == "0");
+  }();
+  return enabled && qgemm_supported(dtype);
+}
+
 }  // namespace
 
 // Float weights: the fp32-input kernels; quantized ones: the 8-bit-input integer kernels
@@ -102,6 +115,11 @@ void linear(const Matrix& W, const float* x, int M, float* y) {
   if (W.cols == 0) {
     std::fill(y, y + size_t(M) * size_t(W.rows), 0.f);
     return;
+  }
+  if (use_qgemm(W.dtype)) {
+    thread_local QuantizedVectors xq;
+    quantize_vectors(qdot_isa(), x, M, size_t(W.cols), qdot_group(W.dtype), xq);
+    return qgemm(W, xq, y);
   }
   const float* w = weights_f32(W);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, W.rows, W.cols, 1.0f, x, W.cols, w,

@@ -84,9 +84,10 @@ void QuantizeGroup(const float* xg, size_t G, int8_t* q, float& scale, int32_t& 
   group_sum = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xb1)));
 }
 
-void Quantize(const float* x, size_t g0, size_t g1, QuantizedVectors& out) {
+// Groups [g0, g1) of vectors [m0, m1).
+void Quantize(const float* x, size_t m0, size_t m1, size_t g0, size_t g1, QuantizedVectors& out) {
   const size_t G = size_t(out.group), ng = out.groups();
-  for (size_t m = 0; m < size_t(out.count); ++m) {
+  for (size_t m = m0; m < m1; ++m) {
     for (size_t i = m * ng + g0; i < m * ng + g1; ++i) {
       QuantizeGroup(x + i * G, G, out.q.data() + i * G, out.scale[i], out.sum[i]);
     }
@@ -159,13 +160,24 @@ const char* qdot_isa_name(QdotIsa isa) {
 void quantize_vectors(QdotIsa isa, const float* x, int M, size_t cols, int group,
                       QuantizedVectors& out) {
   out.resize(M, cols, group);
-  quantize_groups(isa, x, 0, out.groups(), out);
+#if RWKV_QDOT_X86
+  if (isa != QdotIsa::Scalar) {
+    // Many vectors (a prefill's) split over the threads; a few stay on the calling thread.
+    constexpr int kPerThread = 16;
+#pragma omp parallel for schedule(static) if (M >= 2 * kPerThread)
+    for (int m0 = 0; m0 < M; m0 += kPerThread) {
+      qdot_avx2::Quantize(x, size_t(m0), size_t(std::min(M, m0 + kPerThread)), 0, out.groups(), out);
+    }
+    return;
+  }
+#endif
+  ops::quantize_groups(x, 0, out.groups(), out);
 }
 
 void quantize_groups(QdotIsa isa, const float* x, size_t g0, size_t g1, QuantizedVectors& out) {
 #if RWKV_QDOT_X86
   // Both builds use AVX2 instructions only here.
-  if (isa != QdotIsa::Scalar) return qdot_avx2::Quantize(x, g0, g1, out);
+  if (isa != QdotIsa::Scalar) return qdot_avx2::Quantize(x, 0, size_t(out.count), g0, g1, out);
 #endif
   ops::quantize_groups(x, g0, g1, out);
 }
