@@ -172,7 +172,7 @@ const Kernels& ref_kernels() {
 
 const Kernels& cpu_kernels() {
   static const Kernels k{"cpu",       &cpu::linear, &cpu::linear_many, &cpu::wkv7_recurrent,
-                         &cpu::wkv7_chunked, &cpu::wkv4, &cpu::wkv6_recurrent,
+                         &cpu::wkv7_recurrent, &cpu::wkv4, &cpu::wkv6_recurrent,
                          &cpu::wkv6_chunked};
   return k;
 }
