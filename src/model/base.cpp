@@ -203,7 +203,8 @@ void BlockModel::run_channel_mix(const ChannelMix& f, int B, int T, float* const
   for (int m = 0; m < M; ++m) relu_squared(hidden_ + size_t(m) * F, F);
   kernels_->linear(f.value, hidden_, M, tmp2_);
   if (!f.mix_r) {
-    for (size_t i = 0; i < MC; ++i) x_[i] += tmp2_[i];
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
+    for (int64_t i = 0; i < int64_t(MC); ++i) x_[i] += tmp2_[i];
     return;
   }
   mix_rows(xn_, delta_, f.mix_r, nullptr, tmp_, M, C);

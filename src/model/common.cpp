@@ -47,6 +47,7 @@ void token_shift(const float* x, float* delta, int B, int T, int C, float* const
                  size_t prev_offset) {
   for (int b = 0; b < B; ++b) {
     float* prev = prev_state[b] + prev_offset;
+#pragma omp parallel for schedule(static) if (T >= kParallelRows)
     for (int t = 0; t < T; ++t) {
       const size_t row = (size_t(b) * size_t(T) + size_t(t)) * size_t(C);
       const float* p = t == 0 ? prev : x + row - size_t(C);

@@ -170,9 +170,11 @@ class Rwkv7 final : public MatrixStateModel {
         for (int i = 0; i < N; ++i) s.y[o + size_t(i)] += bonus * s.v[o + size_t(i)];
       }
     }
-    for (size_t i = 0; i < MC; ++i) s.y[i] *= s.g[i];
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
+    for (int64_t i = 0; i < int64_t(MC); ++i) s.y[i] *= s.g[i];
     kernels_->linear(y.output, s.y, M, s.xr);
-    for (size_t i = 0; i < MC; ++i) x_[i] += s.xr[i];
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
+    for (int64_t i = 0; i < int64_t(MC); ++i) x_[i] += s.xr[i];
   }
 
   void wkv(int l, int B, int T, float* const* states, bool parallel) {
