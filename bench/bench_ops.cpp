@@ -152,7 +152,7 @@ void Wkv7(benchmark::State& state, bool chunked) {
   }
   state.SetItemsProcessed(int64_t(state.iterations()) * T);
 }
-BENCHMARK_CAPTURE(Wkv7, recurrent, false)->Arg(512)->Arg(2048);
+BENCHMARK_CAPTURE(Wkv7, recurrent, false)->Arg(1)->Arg(512)->Arg(2048);
 BENCHMARK_CAPTURE(Wkv7, chunked, true)->Arg(512)->Arg(2048);
 
 void Wkv6(benchmark::State& state, bool chunked) {
