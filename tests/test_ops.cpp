@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "ops/ops.h"
@@ -123,6 +124,39 @@ TEST(Wkv7, LongSequenceStaysClose) {
   WkvData d(1024, 64, rng);
   expect_wkv_equal(d, ref::wkv7_recurrent, cpu::wkv7_chunked, 2e-4, "cpu chunked long");
   expect_wkv_equal(d, ref::wkv7_recurrent, cpu::wkv7_recurrent, 2e-4, "cpu recurrent long");
+}
+
+}  // namespace
+}  // namespace rwkv::ops
+
+namespace rwkv::ops {
+namespace {
+
+// The SIMD activations against the scalar ones at every length up to 40 (every tail), over
+// values from −100 to 100 (saturation included), in place and out of place; NaN stays NaN.
+TEST(Activations, SimdMatchesScalar) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (size_t n = 0; n <= 40; ++n) {
+    std::vector<float> x(n);
+    for (size_t i = 0; i < n; ++i) x[i] = u(rng) * (i % 3 == 0 ? 100.f : 6.f);
+    if (n > 5) x[5] = std::numeric_limits<float>::quiet_NaN();
+    for (auto [name, simd, scalar] : {std::tuple{"sigmoid", &cpu::sigmoid, &ref::sigmoid},
+                                      std::tuple{"tanh", &cpu::tanh, &ref::tanh}}) {
+      std::vector<float> want(n), got(n), in_place = x;
+      scalar(x.data(), want.data(), n);
+      simd(x.data(), got.data(), n);
+      simd(in_place.data(), in_place.data(), n);
+      for (size_t i = 0; i < n; ++i) {
+        if (std::isnan(want[i])) {
+          EXPECT_TRUE(std::isnan(got[i])) << name << " n=" << n << " i=" << i;
+          continue;
+        }
+        EXPECT_NEAR(got[i], want[i], 4e-7f) << name << "(" << x[i] << ") n=" << n;
+        EXPECT_EQ(got[i], in_place[i]) << name << " n=" << n;
+      }
+    }
+  }
 }
 
 }  // namespace

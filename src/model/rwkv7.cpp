@@ -118,11 +118,12 @@ class Rwkv7 final : public MatrixStateModel {
                                  {y.w1, s.xw, hidden[0]},   {y.a1, s.xa, hidden[1]},
                                  {y.g1, s.xg, hidden[2]},   {y.v1, s.xv, hidden[3]}};
     kernels_->linear_many(down, 3 + lorae, M);
-    const int64_t nw = int64_t(M) * y.w1.rows, ng = int64_t(M) * y.g1.rows;
+    const size_t nw = size_t(y.w1.rows), ng = size_t(y.g1.rows);
 #pragma omp parallel for schedule(static) if (M >= kParallelRows)
-    for (int64_t i = 0; i < nw; ++i) hidden[0][i] = std::tanh(hidden[0][i]);
-#pragma omp parallel for schedule(static) if (M >= kParallelRows)
-    for (int64_t i = 0; i < ng; ++i) hidden[2][i] = sigmoid(hidden[2][i]);
+    for (int m = 0; m < M; ++m) {
+      kernels_->tanh(hidden[0] + size_t(m) * nw, hidden[0] + size_t(m) * nw, nw);
+      kernels_->sigmoid(hidden[2] + size_t(m) * ng, hidden[2] + size_t(m) * ng, ng);
+    }
     const ops::Product up[] = {{y.w2, hidden[0], s.w}, {y.a2, hidden[1], s.a},
                                {y.g2, hidden[2], s.g}, {y.v2, hidden[3], s.kk}};
     kernels_->linear_many(up, lorae, M);
@@ -131,14 +132,24 @@ class Rwkv7 final : public MatrixStateModel {
     } else {
 #pragma omp parallel for schedule(static) if (M >= kParallelRows)
       for (int m = 0; m < M; ++m) {  // kk holds the value LoRA's output until it is needed
-        for (int c = 0; c < C; ++c) {
-          const size_t i = size_t(m) * size_t(C) + size_t(c);
-          s.v[i] += (s.v_first[i] - s.v[i]) * sigmoid(y.v0[c] + s.kk[i]);
-        }
+        const size_t o = size_t(m) * size_t(C);
+        float* gate = s.kk + o;
+        for (int c = 0; c < C; ++c) gate[c] += y.v0[c];
+        kernels_->sigmoid(gate, gate, size_t(C));
+        for (int c = 0; c < C; ++c) s.v[o + size_t(c)] += (s.v_first[o + size_t(c)] - s.v[o + size_t(c)]) * gate[c];
       }
     }
 #pragma omp parallel for schedule(static) if (M >= kParallelRows)
     for (int m = 0; m < M; ++m) {
+      // The in-context learning rate α = σ(a0 + a) and the decay's σ(w0 + w), a row at a time.
+      float* a = s.a + size_t(m) * size_t(C);
+      float* w = s.w + size_t(m) * size_t(C);
+      for (int c = 0; c < C; ++c) {
+        a[c] += y.a0[c];
+        w[c] += y.w0[c];
+      }
+      kernels_->sigmoid(a, a, size_t(C));
+      kernels_->sigmoid(w, w, size_t(C));
       for (int h = 0; h < H; ++h) {
         const size_t o = size_t(m) * size_t(C) + size_t(h) * size_t(N);
         double norm = 0;
@@ -151,8 +162,8 @@ class Rwkv7 final : public MatrixStateModel {
         for (int i = 0; i < N; ++i) {
           const size_t j = o + size_t(i), c = size_t(h * N + i);
           const float kk = s.kk[j] * inv;
-          const float alpha = sigmoid(y.a0[c] + s.a[j]);
-          s.w[j] = -kRwkv7DecayScale * sigmoid(y.w0[c] + s.w[j]);  // log-decay
+          const float alpha = s.a[j];
+          s.w[j] = -kRwkv7DecayScale * s.w[j];  // log-decay
           s.k[j] *= 1.f + (alpha - 1.f) * y.k_a[c];
           s.a[j] = -kk;         // WKV's a
           s.b[j] = kk * alpha;  // WKV's b

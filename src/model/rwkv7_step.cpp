@@ -260,8 +260,13 @@ void Rwkv7Step::layer(int l, const Share& s, float* const* states) {
     rows(*first[i], first_x[i], first_q[i], hidden[i], r);
     if (i == 1 || i == 3) continue;
     for (int b = 0; b < B_; ++b) {
-      float* h = hidden[i] + size_t(b) * size_t(n);
-      for (int j = r.begin; j < r.end; ++j) h[j] = i == 0 ? std::tanh(h[j]) : sigmoid(h[j]);
+      float* h = hidden[i] + size_t(b) * size_t(n) + r.begin;
+      const size_t len = size_t(r.end - r.begin);
+      if (i == 0) {
+        ops::cpu::tanh(h, h, len);
+      } else {
+        ops::cpu::sigmoid(h, h, len);
+      }
     }
   }
   barrier();
@@ -280,15 +285,25 @@ void Rwkv7Step::layer(int l, const Share& s, float* const* states) {
   second(y.a2, la_, mine.a, a_);
   second(y.g2, lg_, mine.g, g_);
   second(y.v2, lv_, mine.v, vl_);
+  // The gates' arguments for the owned channels, their sigmoids in vector passes, the value
+  // residual (layer 0 keeps v as v_first).
+  const size_t n = size_t(c.end - c.begin);
   for (int b = 0; b < B_; ++b) {
-    const size_t o = size_t(b) * size_t(C);
-    for (int i = c.begin; i < c.end; ++i) {
-      if (l == 0) {
-        v_first_[o + i] = v_[o + i];
-      } else {
-        v_[o + i] += (v_first_[o + i] - v_[o + i]) * sigmoid(y.v0[i] + vl_[o + i]);
-      }
+    const size_t o = size_t(b) * size_t(C) + size_t(c.begin);
+    float *a = a_ + o, *w = w_ + o, *vl = vl_ + o, *v = v_ + o, *v_first = v_first_ + o;
+    for (size_t i = 0; i < n; ++i) {
+      a[i] += y.a0[size_t(c.begin) + i];
+      w[i] += y.w0[size_t(c.begin) + i];
     }
+    ops::cpu::sigmoid(a, a, n);
+    ops::cpu::sigmoid(w, w, n);
+    if (l == 0) {
+      std::copy(v, v + n, v_first);
+      continue;
+    }
+    for (size_t i = 0; i < n; ++i) vl[i] += y.v0[size_t(c.begin) + i];
+    ops::cpu::sigmoid(vl, vl, n);
+    for (size_t i = 0; i < n; ++i) v[i] += (v_first[i] - v[i]) * vl[i];
   }
   for (int b = 0; b < B_; ++b) {
     for (int h = c.begin / N; h < c.end / N; ++h) {
@@ -303,8 +318,8 @@ void Rwkv7Step::layer(int l, const Share& s, float* const* states) {
       for (int i = 0; i < N; ++i) {
         const size_t j = o + size_t(i), ch = size_t(h * N + i);
         const float kn = kk[i] * inv;
-        const float alpha = sigmoid(y.a0[ch] + a_[j]);
-        w_[j] = -kRwkv7DecayScale * sigmoid(y.w0[ch] + w_[j]);  // log-decay
+        const float alpha = a_[j];          // σ(a0 + a), above
+        w_[j] = -kRwkv7DecayScale * w_[j];  // log-decay from σ(w0 + w)
         k_[j] *= 1.f + (alpha - 1.f) * y.k_a[ch];
         a_[j] = -kn;
         b_[j] = kn * alpha;

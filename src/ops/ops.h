@@ -103,6 +103,9 @@ struct Kernels {
   void (*wkv7_parallel)(const Wkv7Head& head);
   // RWKV-4 WKV scan (both forms).
   void (*wkv4)(const Wkv4Seq& seq);
+  // y = σ(x), y = tanh(x) for n values (in place when y == x).
+  void (*sigmoid)(const float* x, float* y, size_t n);
+  void (*tanh)(const float* x, float* y, size_t n);
   // RWKV-5/6 WKV, one token after another / chunked (§4.3); equal up to fp32 rounding.
   void (*wkv6_recurrent)(const Wkv6Head& head);
   void (*wkv6_parallel)(const Wkv6Head& head);
@@ -133,6 +136,8 @@ void wkv4(const Wkv4Seq& seq);
 void wkv6_recurrent(const Wkv6Head& head);
 // The chunked form of spec §4.3 in plain loops, chunk length `chunk`.
 void wkv6_chunked(const Wkv6Head& head, int chunk);
+void sigmoid(const float* x, float* y, size_t n);
+void tanh(const float* x, float* y, size_t n);
 }  // namespace ref
 
 struct QuantizedVectors;  // ops/qdot.h
@@ -147,6 +152,10 @@ void matvec_rows(const Matrix& W, const float* x, const QuantizedVectors* xq, in
                  int r0, int r1);
 void wkv7_recurrent(const Wkv7Head& head);
 void wkv7_chunked(const Wkv7Head& head);
+// y[i] = 1/(1 + e^{−x[i]}) and tanh(x[i]) for n values, in place when y == x: the element-wise
+// passes' scalar expf/tanhf calls cost more than their multiplies (within a few ulps of them).
+void sigmoid(const float* x, float* y, size_t n);
+void tanh(const float* x, float* y, size_t n);
 void wkv4(const Wkv4Seq& seq);
 void wkv6_recurrent(const Wkv6Head& head);
 void wkv6_chunked(const Wkv6Head& head);

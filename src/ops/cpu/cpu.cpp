@@ -146,6 +146,9 @@ void wkv7_chunked(const Wkv7Head& h) {
   ref::wkv7_chunked(h, kWkvChunk);
 }
 
+void sigmoid(const float* x, float* y, size_t n) { simd_sigmoid(x, y, n); }
+void tanh(const float* x, float* y, size_t n) { simd_tanh(x, y, n); }
+
 void set_num_threads(int n) {
   g_threads = n > 0 ? n : omp_get_num_procs();
   omp_set_num_threads(g_threads);
@@ -164,15 +167,29 @@ static void ref_wkv7_parallel(const Wkv7Head& h) { ref::wkv7_chunked(h, cpu::kWk
 static void ref_wkv6_parallel(const Wkv6Head& h) { ref::wkv6_chunked(h, cpu::kWkvChunk); }
 
 const Kernels& ref_kernels() {
-  static const Kernels k{"ref",          &ref::linear, &ref::linear_many, &ref::wkv7_recurrent,
-                         &ref_wkv7_parallel, &ref::wkv4,   &ref::wkv6_recurrent,
+  static const Kernels k{"ref",
+                         &ref::linear,
+                         &ref::linear_many,
+                         &ref::wkv7_recurrent,
+                         &ref_wkv7_parallel,
+                         &ref::wkv4,
+                         &ref::sigmoid,
+                         &ref::tanh,
+                         &ref::wkv6_recurrent,
                          &ref_wkv6_parallel};
   return k;
 }
 
 const Kernels& cpu_kernels() {
-  static const Kernels k{"cpu",       &cpu::linear, &cpu::linear_many, &cpu::wkv7_recurrent,
-                         &cpu::wkv7_recurrent, &cpu::wkv4, &cpu::wkv6_recurrent,
+  static const Kernels k{"cpu",
+                         &cpu::linear,
+                         &cpu::linear_many,
+                         &cpu::wkv7_recurrent,
+                         &cpu::wkv7_recurrent,  // the sequence form: see Kernels::wkv7_parallel
+                         &cpu::wkv4,
+                         &cpu::sigmoid,
+                         &cpu::tanh,
+                         &cpu::wkv6_recurrent,
                          &cpu::wkv6_chunked};
   return k;
 }

@@ -636,6 +636,39 @@ float SumF32(const float* x, size_t n) {
   return s;
 }
 
+// 1/(1 + e^{−x}); the tail through a padded copy so every element takes the same path.
+void Sigmoid(const float* x, float* y, size_t n) {
+  const DF d;
+  const size_t NL = hn::Lanes(d);
+  const VF one = hn::Set(d, 1.f);
+  // Highway's Exp clamps its argument, NaN included: a NaN is passed through, as std::exp does.
+  auto f = [&](VF v) {
+    return hn::IfThenElse(hn::IsNaN(v), v, hn::Div(one, hn::Add(one, hn::Exp(d, hn::Neg(v)))));
+  };
+  size_t i = 0;
+  for (; i + NL <= n; i += NL) hn::StoreU(f(hn::LoadU(d, x + i)), d, y + i);
+  if (i < n) {
+    HWY_ALIGN float tail[hn::MaxLanes(d)] = {};
+    std::copy(x + i, x + n, tail);
+    hn::Store(f(hn::Load(d, tail)), d, tail);
+    std::copy(tail, tail + (n - i), y + i);
+  }
+}
+
+void Tanh(const float* x, float* y, size_t n) {
+  const DF d;
+  const size_t NL = hn::Lanes(d);
+  auto f = [&](VF v) { return hn::IfThenElse(hn::IsNaN(v), v, hn::Tanh(d, v)); };
+  size_t i = 0;
+  for (; i + NL <= n; i += NL) hn::StoreU(f(hn::LoadU(d, x + i)), d, y + i);
+  if (i < n) {
+    HWY_ALIGN float tail[hn::MaxLanes(d)] = {};
+    std::copy(x + i, x + n, tail);
+    hn::Store(f(hn::Load(d, tail)), d, tail);
+    std::copy(tail, tail + (n - i), y + i);
+  }
+}
+
 size_t LanesF32() { return hn::Lanes(DF()); }
 const char* TargetName() { return hwy::TargetName(HWY_TARGET); }
 
@@ -648,6 +681,8 @@ HWY_EXPORT(MatVecRows);
 HWY_EXPORT(ToF32);
 HWY_EXPORT(Wkv7Recurrent);
 HWY_EXPORT(Wkv7Chunked);
+HWY_EXPORT(Sigmoid);
+HWY_EXPORT(Tanh);
 HWY_EXPORT(LanesF32);
 HWY_EXPORT(SumF32);
 HWY_EXPORT(TargetName);
@@ -660,6 +695,8 @@ void simd_to_f32(DType dtype, const void* src, float* dst, size_t n) {
 }
 void simd_wkv7_recurrent(const Wkv7Head& h) { HWY_DYNAMIC_DISPATCH(Wkv7Recurrent)(h); }
 void simd_wkv7_chunked(const Wkv7Head& h) { HWY_DYNAMIC_DISPATCH(Wkv7Chunked)(h); }
+void simd_sigmoid(const float* x, float* y, size_t n) { HWY_DYNAMIC_DISPATCH(Sigmoid)(x, y, n); }
+void simd_tanh(const float* x, float* y, size_t n) { HWY_DYNAMIC_DISPATCH(Tanh)(x, y, n); }
 float simd_sum_f32(const float* x, size_t n) { return HWY_DYNAMIC_DISPATCH(SumF32)(x, n); }
 size_t simd_lanes_f32() { return HWY_DYNAMIC_DISPATCH(LanesF32)(); }
 const char* simd_target_name() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }

@@ -17,6 +17,8 @@ void simd_to_f32(DType dtype, const void* src, float* dst, size_t n);
 // Need h.N % simd_lanes_f32() == 0 and h.N <= kMaxHeadSize.
 void simd_wkv7_recurrent(const Wkv7Head& h);
 void simd_wkv7_chunked(const Wkv7Head& h);
+void simd_sigmoid(const float* x, float* y, size_t n);
+void simd_tanh(const float* x, float* y, size_t n);
 size_t simd_lanes_f32();
 float simd_sum_f32(const float* x, size_t n);
 const char* simd_target_name();
