@@ -115,6 +115,9 @@ RWKV_QUANT_BENCH(q4_g128, DType::Q4_G128);
 RWKV_QUANT_BENCH(q4_g64, DType::Q4_G64);
 RWKV_QUANT_BENCH(q8_g64, DType::Q8_G64);
 BENCHMARK_CAPTURE(MatVecDecode, q4_g64_model, DType::Q4_G64)->Args({768, 768, 1, 1})->Args({65536, 768, 1, 1})->UseRealTime();
+// In L2 (160 KiB): the kernels' compute ceiling on one core.
+BENCHMARK_CAPTURE(MatVecDecode, hot_q4g64, DType::Q4_G64)->Args({384, 768, 1, 0})->UseRealTime();
+BENCHMARK_CAPTURE(MatVecDecode, hot_q8g64, DType::Q8_G64)->Args({192, 768, 1, 0})->UseRealTime();
 BENCHMARK_CAPTURE(MatVecDecode, cols_q4g64, DType::Q4_G64)->Args({2048, 2048, 1, 1})->Args({2048, 4096, 1, 1})->Args({2048, 8192, 1, 1})->Args({4096, 2048, 1, 1})->Args({4096, 4096, 1, 1})->UseRealTime();
 BENCHMARK_CAPTURE(MatVecDecode, cols_q8g64, DType::Q8_G64)->Args({2048, 2048, 1, 1})->Args({2048, 4096, 1, 1})->Args({2048, 8192, 1, 1})->Args({4096, 4096, 1, 1})->UseRealTime();
 BENCHMARK_CAPTURE(MatVecDecode, cols_q8_0, DType::Q8_0)->Args({2048, 2048, 1, 1})->Args({2048, 4096, 1, 1})->Args({4096, 4096, 1, 1})->UseRealTime();

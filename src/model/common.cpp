@@ -9,26 +9,29 @@
 
 namespace rwkv::model {
 
+void layer_norm_row(const float* x, float* y, int C, const float* weight, const float* bias,
+                    float eps) {
+  // fp64 sums in four interleaved partial sums: one chain of dependent additions would take
+  // C adds' latency.
+  double sum[4] = {}, sq[4] = {};
+  int c = 0;
+  for (; c + 4 <= C; c += 4)
+    for (int k = 0; k < 4; ++k) sum[k] += x[c + k];
+  for (; c < C; ++c) sum[0] += x[c];
+  const double mean = (sum[0] + sum[1] + sum[2] + sum[3]) / C;
+  for (c = 0; c + 4 <= C; c += 4)
+    for (int k = 0; k < 4; ++k) sq[k] += (x[c + k] - mean) * (x[c + k] - mean);
+  for (; c < C; ++c) sq[0] += (x[c] - mean) * (x[c] - mean);
+  const double var = (sq[0] + sq[1] + sq[2] + sq[3]) / C;
+  const float inv = float(1.0 / std::sqrt(var + eps)), mu = float(mean);
+  for (c = 0; c < C; ++c) y[c] = (x[c] - mu) * inv * weight[c] + bias[c];
+}
+
 void layer_norm(const float* in, float* out, int M, int C, const float* weight, const float* bias,
                 float eps) {
 #pragma omp parallel for schedule(static) if (M >= kParallelRows)
   for (int m = 0; m < M; ++m) {
-    const float* x = in + size_t(m) * size_t(C);
-    float* y = out + size_t(m) * size_t(C);
-    // fp64 sums in four interleaved partial sums: one chain of dependent additions would take
-    // C adds' latency.
-    double sum[4] = {}, sq[4] = {};
-    int c = 0;
-    for (; c + 4 <= C; c += 4)
-      for (int k = 0; k < 4; ++k) sum[k] += x[c + k];
-    for (; c < C; ++c) sum[0] += x[c];
-    const double mean = (sum[0] + sum[1] + sum[2] + sum[3]) / C;
-    for (c = 0; c + 4 <= C; c += 4)
-      for (int k = 0; k < 4; ++k) sq[k] += (x[c + k] - mean) * (x[c + k] - mean);
-    for (; c < C; ++c) sq[0] += (x[c] - mean) * (x[c] - mean);
-    const double var = (sq[0] + sq[1] + sq[2] + sq[3]) / C;
-    const float inv = float(1.0 / std::sqrt(var + eps)), mu = float(mean);
-    for (c = 0; c < C; ++c) y[c] = (x[c] - mu) * inv * weight[c] + bias[c];
+    layer_norm_row(in + size_t(m) * size_t(C), out + size_t(m) * size_t(C), C, weight, bias, eps);
   }
 }
 
@@ -36,9 +39,8 @@ void group_norm(float* x, int M, int H, int N, const float* weight, const float*
 #pragma omp parallel for schedule(static) if (M >= kParallelRows)
   for (int m = 0; m < M; ++m) {
     for (int h = 0; h < H; ++h) {
-      const size_t o = (size_t(m) * size_t(H) + size_t(h)) * size_t(N);
-      layer_norm(x + o, x + o, 1, N, weight + size_t(h) * size_t(N), bias + size_t(h) * size_t(N),
-                 eps);
+      float* g = x + (size_t(m) * size_t(H) + size_t(h)) * size_t(N);
+      layer_norm_row(g, g, N, weight + size_t(h) * size_t(N), bias + size_t(h) * size_t(N), eps);
     }
   }
 }

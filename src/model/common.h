@@ -54,6 +54,9 @@ inline void mix_rows(const float* x, const float* d, const float* mix, const flo
   }
 }
 
+// LayerNorm of one row of C (biased variance), x → y (may alias), on the calling thread.
+void layer_norm_row(const float* x, float* y, int C, const float* weight, const float* bias,
+                    float eps);
 // LayerNorm of M rows of C (biased variance, eps 1e-5), in → out (may alias).
 void layer_norm(const float* in, float* out, int M, int C, const float* weight, const float* bias,
                 float eps = 1e-5f);

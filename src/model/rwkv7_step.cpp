@@ -326,8 +326,8 @@ void Rwkv7Step::layer(int l, const Share& s, float* const* states) {
       }
       ops::cpu::wkv7_recurrent(ops::Wkv7Head{1, N, C, r_ + o, w_ + o, k_ + o, v_ + o, a_ + o, b_ + o,
                                              y_ + o, states[b] + kv + size_t(h) * size_t(N * N)});
-      layer_norm(y_ + o, y_ + o, 1, N, y.ln_x_w + size_t(h * N), y.ln_x_b + size_t(h * N),
-                 kRwkv7GroupNormEps);
+      layer_norm_row(y_ + o, y_ + o, N, y.ln_x_w + size_t(h * N), y.ln_x_b + size_t(h * N),
+                     kRwkv7GroupNormEps);
       float bonus = 0;
       for (int i = 0; i < N; ++i) bonus += r_[o + size_t(i)] * k_[o + size_t(i)] * y.r_k[size_t(h * N + i)];
       for (int i = 0; i < N; ++i) {
