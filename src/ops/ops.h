@@ -97,7 +97,7 @@ struct Kernels {
   void (*wkv7_recurrent)(const Wkv7Head& head);
   // WKV over a whole sequence (forward, prefill): the parallel (chunked) form, equal to
   // wkv7_recurrent up to fp32 rounding. Not on the CPU: there the one-pass recurrent scan is
-  // 2.5x faster at head size 64 (bench_ops Wkv7: the chunked form does twice the FLOPs, in
+  // ~2.7x faster at head size 64 (bench_ops Wkv7: the chunked form does twice the FLOPs, in
   // products too small to run at GEMM speed), and takes this place; cpu::wkv7_chunked stays
   // tested against the reference.
   void (*wkv7_parallel)(const Wkv7Head& head);
