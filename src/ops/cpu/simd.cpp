@@ -636,15 +636,12 @@ float SumF32(const float* x, size_t n) {
   return s;
 }
 
-// 1/(1 + e^{−x}); the tail through a padded copy so every element takes the same path.
-void Sigmoid(const float* x, float* y, size_t n) {
+// y[i] = f(x[i]) a vector at a time; the tail through a padded copy, so every element takes the
+// same path.
+template <class F>
+HWY_INLINE void MapF32(const float* x, float* y, size_t n, F f) {
   const DF d;
   const size_t NL = hn::Lanes(d);
-  const VF one = hn::Set(d, 1.f);
-  // Highway's Exp clamps its argument, NaN included: a NaN is passed through, as std::exp does.
-  auto f = [&](VF v) {
-    return hn::IfThenElse(hn::IsNaN(v), v, hn::Div(one, hn::Add(one, hn::Exp(d, hn::Neg(v)))));
-  };
   size_t i = 0;
   for (; i + NL <= n; i += NL) hn::StoreU(f(hn::LoadU(d, x + i)), d, y + i);
   if (i < n) {
@@ -655,18 +652,19 @@ void Sigmoid(const float* x, float* y, size_t n) {
   }
 }
 
+// Highway's Exp and Tanh clamp their argument, NaN included: a NaN is passed through, as the
+// scalar functions do.
+void Sigmoid(const float* x, float* y, size_t n) {
+  const DF d;
+  const VF one = hn::Set(d, 1.f);
+  MapF32(x, y, n, [&](VF v) {
+    return hn::IfThenElse(hn::IsNaN(v), v, hn::Div(one, hn::Add(one, hn::Exp(d, hn::Neg(v)))));
+  });
+}
+
 void Tanh(const float* x, float* y, size_t n) {
   const DF d;
-  const size_t NL = hn::Lanes(d);
-  auto f = [&](VF v) { return hn::IfThenElse(hn::IsNaN(v), v, hn::Tanh(d, v)); };
-  size_t i = 0;
-  for (; i + NL <= n; i += NL) hn::StoreU(f(hn::LoadU(d, x + i)), d, y + i);
-  if (i < n) {
-    HWY_ALIGN float tail[hn::MaxLanes(d)] = {};
-    std::copy(x + i, x + n, tail);
-    hn::Store(f(hn::Load(d, tail)), d, tail);
-    std::copy(tail, tail + (n - i), y + i);
-  }
+  MapF32(x, y, n, [&](VF v) { return hn::IfThenElse(hn::IsNaN(v), v, hn::Tanh(d, v)); });
 }
 
 size_t LanesF32() { return hn::Lanes(DF()); }
