@@ -35,16 +35,17 @@ BENCHMARK_CAPTURE(MatVec, bf16, DType::BF16)->Args({3072, 768, 1})->Args({65536,
 void LoraUp(benchmark::State& state) {
   const int rows = int(state.range(0)), cols = int(state.range(1));
   constexpr int kCopies = 64;
-  std::vector<uint8_t> w(kCopies * dtype_nbytes(DType::BF16, size_t(rows) * size_t(cols)), 0x3c);
+  const size_t bytes = dtype_nbytes(DType::BF16, size_t(rows) * size_t(cols));
+  std::vector<uint8_t> w(kCopies * bytes, 0x3c);
   std::vector<float> x(size_t(cols), 0.5f), y(static_cast<size_t>(rows));
   int i = 0;
   for (auto _ : state) {
-    const Matrix W{DType::BF16, rows, cols, w.data() + size_t(i) * dtype_nbytes(DType::BF16, size_t(rows) * size_t(cols))};
+    const Matrix W{DType::BF16, rows, cols, w.data() + size_t(i) * bytes};
     cpu::matvec_rows(W, x.data(), nullptr, 1, y.data(), 0, rows / 2);
     benchmark::DoNotOptimize(y.data());
     i = (i + 1) % kCopies;
   }
-  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(dtype_nbytes(DType::BF16, size_t(rows / 2) * size_t(cols))));
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(bytes / 2));
 }
 BENCHMARK(LoraUp)->Args({768, 64})->Args({768, 128})->Args({768, 32})->Args({768, 768});
 BENCHMARK_CAPTURE(MatVec, fp16, DType::F16)->Args({3072, 768, 1});

@@ -136,7 +136,9 @@ class Rwkv7 final : public MatrixStateModel {
         float* gate = s.kk + o;
         for (int c = 0; c < C; ++c) gate[c] += y.v0[c];
         kernels_->sigmoid(gate, gate, size_t(C));
-        for (int c = 0; c < C; ++c) s.v[o + size_t(c)] += (s.v_first[o + size_t(c)] - s.v[o + size_t(c)]) * gate[c];
+        float* v = s.v + o;
+        const float* v_first = s.v_first + o;
+        for (int c = 0; c < C; ++c) v[c] += (v_first[c] - v[c]) * gate[c];
       }
     }
 #pragma omp parallel for schedule(static) if (M >= kParallelRows)

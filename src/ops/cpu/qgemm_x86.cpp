@@ -15,8 +15,6 @@
 //
 // 8-bit weights stay on sgemm: split into two 4-bit planes (the only saturation-free way with
 // vpmaddubsw) they measured level with it, and sgemm keeps the inputs in fp32.
-#include <omp.h>
-
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -50,7 +48,7 @@ bool qgemm_supported(DType dtype) {
 #if RWKV_QGEMM_X86
 namespace {
 
-constexpr int kPanelRows = 8;     // rows per panel: the 8 lanes of a 32-bit vector
+constexpr int kPanelRows = 8;     // rows per panel: the 8 32-bit lanes of a 256-bit vector
 constexpr int kBlockPanels = 4;   // panels unpacked together and swept over all inputs
 constexpr int kChunksPerSum = 8;  // 4-column chunks whose 16-bit sums add before widening
 
@@ -110,7 +108,8 @@ void unpack(const Matrix& W, int p0, int p1, Panels& out) {
   for (int p = 0; p < out.panels; ++p) {
     for (int r = 0; r < kPanelRows; ++r) {
       const int o = (p0 + p) * kPanelRows + r;
-      const uint8_t* row = o < W.rows ? static_cast<const uint8_t*>(W.data) + size_t(o) * W.row_bytes() : nullptr;
+      const auto* base = static_cast<const uint8_t*>(W.data);
+      const uint8_t* row = o < W.rows ? base + size_t(o) * W.row_bytes() : nullptr;
       for (size_t g = 0; g < out.groups; ++g) {
         uint8_t* dst = out.q.data() + (size_t(p) * out.groups + g) * out.group_bytes() + 4 * r;
         float* d = out.scale.data() + (size_t(p) * out.groups + g) * kPanelRows + r;
