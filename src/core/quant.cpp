@@ -90,6 +90,20 @@ void pack_levels4(const BlockFormat& f, const int* level, uint8_t* q) {
   }
 }
 
+}  // namespace
+
+void unpack_levels4(const BlockFormat& f, const uint8_t* q, uint8_t* level) {
+  const int chunk = nibble_chunk(f), half = chunk / 2;
+  for (int c = 0; c < f.group / chunk; ++c) {
+    for (int j = 0; j < half; ++j) {
+      level[chunk * c + j] = q[half * c + j] & 0x0f;
+      level[chunk * c + j + half] = q[half * c + j] >> 4;
+    }
+  }
+}
+
+namespace {
+
 void dequantize_symmetric(const BlockFormat& f, const uint8_t* blk, float* y) {
   uint16_t bits;
   std::memcpy(&bits, blk, 2);
@@ -99,13 +113,9 @@ void dequantize_symmetric(const BlockFormat& f, const uint8_t* blk, float* y) {
     for (int j = 0; j < f.group; ++j) y[j] = d * float(int8_t(q[j]));
     return;
   }
-  const int chunk = nibble_chunk(f), half = chunk / 2;
-  for (int c = 0; c < f.group / chunk; ++c) {
-    for (int j = 0; j < half; ++j) {
-      y[chunk * c + j] = d * float((q[half * c + j] & 0x0f) - 8);
-      y[chunk * c + j + half] = d * float((q[half * c + j] >> 4) - 8);
-    }
-  }
+  uint8_t level[128];
+  unpack_levels4(f, q, level);
+  for (int j = 0; j < f.group; ++j) y[j] = d * float(int(level[j]) - 8);
 }
 
 // ggml's rules for Q8_0 and Q4_0 (quantize_row_q8_0_ref, quantize_row_q4_0_ref), at any group:

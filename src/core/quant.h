@@ -74,6 +74,9 @@ struct Format {
   static constexpr int kSubBytes = kBits == 8 ? 32 : 16;
 };
 
+// The levels 0..15 (value = d·(level − 8)) of one Q4_0/Q4_G block's quant bytes q.
+void unpack_levels4(const BlockFormat& f, const uint8_t* q, uint8_t* level);
+
 // n elements (a multiple of the block's) of `type` at src to floats.
 void dequantize(DType type, const void* src, float* dst, size_t n);
 // n floats to blocks: ggml's quantize_row_*_ref for its types; the group types follow Q8_0's

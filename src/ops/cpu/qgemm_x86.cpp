@@ -75,25 +75,6 @@ uint16_t u16_at(const uint8_t* p) {
   return v;
 }
 
-// The levels (value = d·(level − 8)) of one block of format F.
-template <class F>
-void block_levels(const uint8_t* blk, uint8_t* out) {
-  const uint8_t* q = blk + F::kQs;
-  if constexpr (F::kGroup > 32) {  // Q4_G: 32 bytes per 64 elements, low nibbles first
-    for (int c = 0; c < F::kGroup; c += 64) {
-      for (int i = 0; i < 32; ++i) {
-        out[c + i] = q[c / 2 + i] & 0x0f;
-        out[c + 32 + i] = q[c / 2 + i] >> 4;
-      }
-    }
-  } else {  // ggml's Q4_0: element j < 16 in the low nibble of byte j, j + 16 in its high one
-    for (int i = 0; i < 16; ++i) {
-      out[i] = q[i] & 0x0f;
-      out[i + 16] = q[i] >> 4;
-    }
-  }
-}
-
 // Panels [p0, p1) of W (rows 8·p0 ...) into `out` (rows past the end: levels 0, scale 0).
 template <class F>
 void unpack(const Matrix& W, int p0, int p1, Panels& out) {
@@ -120,7 +101,7 @@ void unpack(const Matrix& W, int p0, int p1, Panels& out) {
         }
         const uint8_t* blk = row + g * F::kBytes;
         *d = f16_to_f32(u16_at(blk));
-        block_levels<F>(blk, levels);
+        quant::unpack_levels4(F::f, blk + F::kQs, levels);
         for (int c = 0; c < G / 4; ++c) std::memcpy(dst + 32 * c, levels + 4 * c, 4);
       }
     }
