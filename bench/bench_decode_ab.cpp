@@ -1,9 +1,12 @@
 // Decode step A/B on a shared machine: RWKV-7's one-team decode step (model/rwkv7_step.h) against
-// the layer-by-layer path, on the same model file, in one process. The two run in alternating
-// blocks of steps, so a neighbour's load falls on both alike; the medians over blocks and their
-// ratio are the result (a single `rwkv bench` run moves by 10–25% between runs here).
+// the layer-by-layer path, on the same model file, in one process; or, with --env NAME=VALUE,
+// the model loaded as usual against one loaded with that variable set (e.g. RWKV_CPU_PANELS=0:
+// 4-bit weights row-major). The two run in alternating blocks of steps, so a neighbour's load
+// falls on both alike; the medians over blocks and their ratio are the result (a single
+// `rwkv bench` run moves by 10–25% between runs here).
 //
 //   bench_decode_ab MODEL [--dtype D] [-t THREADS] [--batch B] [--blocks N] [--steps S]
+//                   [--env NAME=VALUE]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -31,14 +34,12 @@ struct Runner {
   std::vector<float> logits;
   int token = 0;
 
-  Runner(const std::string& path, const rwkv::LoadOptions& opt, bool fused, int B) {
-    if (fused) {
-      unsetenv("RWKV_CPU_FUSED_STEP");
-    } else {
-      setenv("RWKV_CPU_FUSED_STEP", "0", 1);
-    }
+  // Loads the model with `name` set to `value` (name empty: nothing set).
+  Runner(const std::string& path, const rwkv::LoadOptions& opt, const std::string& name,
+         const std::string& value, int B) {
+    if (!name.empty()) setenv(name.c_str(), value.c_str(), 1);
     model = rwkv::load_model(path, opt);
-    unsetenv("RWKV_CPU_FUSED_STEP");
+    if (!name.empty()) unsetenv(name.c_str());
     states.assign(size_t(B), std::vector<float>(model->state_spec().floats));
     for (auto& s : states) {
       model->init_state(s.data());
@@ -70,6 +71,8 @@ int main(int argc, char** argv) {
   const std::string path = argv[1];
   rwkv::LoadOptions opt;
   int threads = 0, B = 1, blocks = 20, steps = 50;
+  std::string env = "RWKV_CPU_FUSED_STEP=0";
+  bool layered_b = true;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--dtype") {
@@ -82,6 +85,9 @@ int main(int argc, char** argv) {
       blocks = std::atoi(value.c_str());
     } else if (flag == "--steps") {
       steps = std::atoi(value.c_str());
+    } else if (flag == "--env" && value.find('=') != std::string::npos) {
+      env = value;
+      layered_b = false;
     } else {
       std::fprintf(stderr, "unknown option %s\n", flag.c_str());
       return 2;
@@ -89,7 +95,8 @@ int main(int argc, char** argv) {
   }
   try {
     rwkv::ops::cpu::set_num_threads(threads);
-    Runner fused(path, opt, true, B), layered(path, opt, false, B);
+    const std::string name = env.substr(0, env.find('=')), value = env.substr(env.find('=') + 1);
+    Runner fused(path, opt, "", "", B), layered(path, opt, name, value, B);
     fused.block(steps);  // warm up both
     layered.block(steps);
     std::vector<double> a, b;
@@ -101,9 +108,10 @@ int main(int argc, char** argv) {
     const double bytes = double(fused.model->decode_bytes_per_token());
     std::printf("model %s, batch %d, %d threads, %d blocks of %d steps, alternating\n", path.c_str(), B,
                 rwkv::ops::cpu::num_threads(), blocks, steps);
-    std::printf("one team      %8.3f ms/step  %7.2f tok/s  %6.2f GB/s of weights\n", ma * 1e3, B / ma, bytes / ma / 1e9);
-    std::printf("layer by layer %7.3f ms/step  %7.2f tok/s  %6.2f GB/s of weights\n", mb * 1e3, B / mb, bytes / mb / 1e9);
-    std::printf("ratio (layer by layer / one team): %.3f\n", mb / ma);
+    const std::string name_a = layered_b ? "one team" : "as loaded", name_b = layered_b ? "layer by layer" : env;
+    std::printf("%-24s %8.3f ms/step  %7.2f tok/s  %6.2f GB/s of weights\n", name_a.c_str(), ma * 1e3, B / ma, bytes / ma / 1e9);
+    std::printf("%-24s %8.3f ms/step  %7.2f tok/s  %6.2f GB/s of weights\n", name_b.c_str(), mb * 1e3, B / mb, bytes / mb / 1e9);
+    std::printf("ratio (%s / %s): %.3f\n", name_b.c_str(), name_a.c_str(), mb / ma);
   } catch (const rwkv::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -84,24 +84,41 @@ const std::vector<uint8_t>& weight_bytes(DType dtype, size_t bytes) {
 // decode does; the GB/s figure is then comparable with the machine's read bandwidth. Without
 // the rotation the smaller matrices stay in cache and the figure measures the kernel's decode
 // throughput instead. Bytes are stored bytes (18 per 32 weights for q4_0, 2 per weight for bf16).
-void MatVecDecode(benchmark::State& state, DType dtype) {
+void MatVecDecodeOf(benchmark::State& state, DType dtype, bool panels) {
   const int rows = int(state.range(0)), cols = int(state.range(1)), M = int(state.range(2));
   const bool cold = state.range(3) != 0;
   const size_t bytes = dtype_nbytes(dtype, size_t(rows) * size_t(cols));
   const size_t copies = cold ? std::max<size_t>(1, (size_t(96) << 20) / bytes + 1) : 1;
   const auto& w = weight_bytes(dtype, bytes * copies);
+  // Panels: the weights in 8-row panels, as the CPU model loads 4-bit ones.
+  if (panels && (!cpu::panels_supported(dtype) || rows % 8 != 0)) {
+    state.SkipWithError("no panel kernel for this type on this CPU");
+    return;
+  }
+  std::vector<uint8_t> panel_bytes(panels ? w.size() : 0);
+  for (size_t c = 0; panels && c < copies; ++c) {
+    cpu::to_panels(Matrix{dtype, rows, cols, w.data() + c * bytes}, panel_bytes.data() + c * bytes);
+  }
   std::vector<float> x(size_t(M) * size_t(cols), 0.5f), y(size_t(M) * size_t(rows));
   size_t k = 0;
   for (auto _ : state) {
-    const Matrix W{dtype, rows, cols, w.data() + (k++ % copies) * bytes};
+    const size_t at = (k++ % copies) * bytes;
+    const Matrix W{dtype, rows, cols, panels ? panel_bytes.data() + at : w.data() + at, panels};
     cpu::linear(W, x.data(), M, y.data());
     benchmark::DoNotOptimize(y.data());
   }
   state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(bytes));
 }
+void MatVecDecode(benchmark::State& state, DType dtype) { MatVecDecodeOf(state, dtype, false); }
+void MatVecDecodePanels(benchmark::State& state, DType dtype) { MatVecDecodeOf(state, dtype, true); }
 // Args: rows, cols, M, cold.
 #define RWKV_QUANT_BENCH(name, dtype)                                                     \
   BENCHMARK_CAPTURE(MatVecDecode, name, dtype)                                              \
+      ->Args({768, 3072, 1, 1})->Args({3072, 768, 1, 1})->Args({4096, 4096, 1, 1})        \
+      ->Args({4096, 4096, 4, 1})->Args({3072, 768, 1, 0})->Args({3072, 768, 4, 0})        \
+      ->UseRealTime()
+#define RWKV_PANEL_BENCH(name, dtype)                                                     \
+  BENCHMARK_CAPTURE(MatVecDecodePanels, name, dtype)                                        \
       ->Args({768, 3072, 1, 1})->Args({3072, 768, 1, 1})->Args({4096, 4096, 1, 1})        \
       ->Args({4096, 4096, 4, 1})->Args({3072, 768, 1, 0})->Args({3072, 768, 4, 0})        \
       ->UseRealTime()
@@ -115,11 +132,16 @@ RWKV_QUANT_BENCH(q8_g128, DType::Q8_G128);
 RWKV_QUANT_BENCH(q4_g128, DType::Q4_G128);
 RWKV_QUANT_BENCH(q4_g64, DType::Q4_G64);
 RWKV_QUANT_BENCH(q8_g64, DType::Q8_G64);
+RWKV_PANEL_BENCH(q4_0, DType::Q4_0);
+RWKV_PANEL_BENCH(q4_g64, DType::Q4_G64);
+RWKV_PANEL_BENCH(q4_g128, DType::Q4_G128);
 BENCHMARK_CAPTURE(MatVecDecode, q4_g64_model, DType::Q4_G64)->Args({768, 768, 1, 1})->Args({65536, 768, 1, 1})->UseRealTime();
 // In L2 (160 KiB): the kernels' compute ceiling on one core.
 BENCHMARK_CAPTURE(MatVecDecode, hot_q4g64, DType::Q4_G64)->Args({384, 768, 1, 0})->UseRealTime();
+BENCHMARK_CAPTURE(MatVecDecodePanels, hot_q4g64, DType::Q4_G64)->Args({384, 768, 1, 0})->UseRealTime();
 BENCHMARK_CAPTURE(MatVecDecode, hot_q8g64, DType::Q8_G64)->Args({192, 768, 1, 0})->UseRealTime();
 BENCHMARK_CAPTURE(MatVecDecode, cols_q4g64, DType::Q4_G64)->Args({2048, 2048, 1, 1})->Args({2048, 4096, 1, 1})->Args({2048, 8192, 1, 1})->Args({4096, 2048, 1, 1})->Args({4096, 4096, 1, 1})->UseRealTime();
+BENCHMARK_CAPTURE(MatVecDecodePanels, cols_q4g64, DType::Q4_G64)->Args({2048, 2048, 1, 1})->Args({2048, 4096, 1, 1})->Args({2048, 8192, 1, 1})->Args({4096, 2048, 1, 1})->Args({4096, 4096, 1, 1})->UseRealTime();
 BENCHMARK_CAPTURE(MatVecDecode, cols_q8g64, DType::Q8_G64)->Args({2048, 2048, 1, 1})->Args({2048, 4096, 1, 1})->Args({2048, 8192, 1, 1})->Args({4096, 4096, 1, 1})->UseRealTime();
 BENCHMARK_CAPTURE(MatVecDecode, cols_q8_0, DType::Q8_0)->Args({2048, 2048, 1, 1})->Args({2048, 4096, 1, 1})->Args({4096, 4096, 1, 1})->UseRealTime();
 

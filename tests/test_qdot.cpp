@@ -252,6 +252,129 @@ TEST(Qdot, OutputsDoNotDependOnBatchOrRowRange) {
   }
 }
 
+constexpr DType kPanelTypes[] = {DType::Q4_0, DType::Q4_G64, DType::Q4_G128};
+
+// A matrix repacked into 8-row panels, with the buffer that holds it.
+struct PanelCopy {
+  std::vector<uint8_t> bytes;
+  ops::Matrix P;
+  explicit PanelCopy(const ops::Matrix& W) : bytes(size_t((W.rows + 7) / 8 * 8) * W.row_bytes() + 1) {
+    P = ops::cpu::to_panels(W, bytes.data() + 1);  // odd address, as for the row-major blocks
+  }
+};
+
+// Panels hold the same values: each row read back equals the row-major row dequantized.
+TEST(Qdot, PanelsHoldTheRowsValues) {
+  std::mt19937 rng(5);
+  for (DType t : kPanelTypes) {
+    const int G = int(dtype_block_elems(t));
+    for (int rows : {1, 7, 8, 9, 20}) {
+      const int cols = 3 * G;
+      const auto buf = random_blocks(t, size_t(rows) * 3, 0, rng);
+      const ops::Matrix W{t, rows, cols, buf.data()};
+      const PanelCopy pc(W);
+      EXPECT_TRUE(pc.P.panels);
+      EXPECT_EQ(pc.P.nbytes(), size_t((rows + 7) / 8 * 8) * W.row_bytes());
+      std::vector<float> want(size_t(rows) * size_t(cols)), got(want.size(), std::nanf(""));
+      convert_to_f32(t, buf.data(), want.data(), want.size());
+      const int mid = std::min(rows, 3);  // two calls: a range may start inside a panel
+      ops::cpu::panel_rows_to_f32(pc.P, 0, mid, got.data());
+      ops::cpu::panel_rows_to_f32(pc.P, mid, rows, got.data() + size_t(mid) * size_t(cols));
+      ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * 4)) << dtype_name(t) << " rows=" << rows;
+    }
+  }
+}
+
+// The panel kernels against the reference on the row-major matrix: odd row counts (a padded
+// last panel), ranges that start and end inside panels, 1–4 inputs, the many-input product.
+TEST(Qdot, PanelKernelsMatchReference) {
+  std::mt19937 rng(6);
+  for (QdotIsa isa : supported_isas()) {
+    if (isa == QdotIsa::Scalar) continue;
+    double worst = 0;
+    for (DType t : kPanelTypes) {
+      const int G = int(dtype_block_elems(t));
+      for (int rows : {1, 3, 7, 8, 9, 13, 64, 257}) {
+        for (int cols : {G, 2 * G, 3 * G, 2048}) {
+          const auto buf = random_blocks(t, size_t(rows) * size_t(cols) / size_t(G), 0, rng);
+          const ops::Matrix W{t, rows, cols, buf.data()};
+          const PanelCopy pc(W);
+          for (int M : {1, 2, 3, 4, 9}) {
+            auto xf = random_inputs(M, cols, G, rng);
+            if (M == 9) xf[size_t(4) * size_t(cols) + 2] = std::nanf("");
+            QuantizedVectors x;
+            ops::quantize_vectors(xf.data(), M, size_t(cols), G, x);
+            std::vector<float> want(size_t(M) * size_t(rows)), got(want.size(), std::nanf(""));
+            ops::ref::qdot_rows(W, x, want.data(), 0, rows);
+            if (M <= 4) {
+              const int mid = rows / 3;
+              ops::cpu::qdot_rows(isa, pc.P, x, got.data(), 0, mid);
+              ops::cpu::qdot_rows(isa, pc.P, x, got.data(), mid, rows);
+            } else if (isa == ops::cpu::qdot_isa()) {
+              ops::cpu::qgemm(pc.P, x, got.data());
+            } else {
+              continue;
+            }
+            const auto mag = magnitudes(W, x);
+            for (size_t i = 0; i < want.size(); ++i) {
+              const std::string where = std::string(ops::cpu::qdot_isa_name(isa)) + " " + dtype_name(t) +
+                                        " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
+                                        " M=" + std::to_string(M) + " output " + std::to_string(i);
+              ASSERT_EQ(std::isnan(want[i]), std::isnan(got[i])) << where;
+              if (std::isnan(want[i])) continue;
+              const double err = std::fabs(double(got[i]) - double(want[i]));
+              ASSERT_LE(err, 2e-5 * mag[i] + 1e-30) << where << " got " << got[i] << " want " << want[i];
+              if (mag[i] > 0) worst = std::max(worst, err / mag[i]);
+            }
+          }
+        }
+      }
+    }
+    std::printf("%s panels: worst |kernel − reference| / magnitude = %.2e\n", ops::cpu::qdot_isa_name(isa), worst);
+  }
+}
+
+// As for row-major blocks: a vector's outputs are the same bits alone or beside others, and
+// whichever rows a call covers.
+TEST(Qdot, PanelOutputsDoNotDependOnBatchOrRowRange) {
+  std::mt19937 rng(7);
+  for (QdotIsa isa : supported_isas()) {
+    if (isa == QdotIsa::Scalar) continue;
+    for (DType t : kPanelTypes) {
+      const int G = int(dtype_block_elems(t)), rows = 37, cols = 6 * G;
+      const auto buf = random_blocks(t, size_t(rows) * size_t(cols) / size_t(G), 0, rng);
+      const PanelCopy pc(ops::Matrix{t, rows, cols, buf.data()});
+      const auto xf = random_inputs(4, cols, G, rng);
+      QuantizedVectors all;
+      ops::quantize_vectors(xf.data(), 4, size_t(cols), G, all);
+      std::vector<float> together(size_t(4) * size_t(rows));
+      ops::cpu::qdot_rows(isa, pc.P, all, together.data(), 0, rows);
+      for (int m = 0; m < 4; ++m) {
+        QuantizedVectors one;
+        ops::quantize_vectors(xf.data() + size_t(m) * size_t(cols), 1, size_t(cols), G, one);
+        std::vector<float> alone(static_cast<size_t>(rows));
+        for (int r = 0; r < rows; r += 5) ops::cpu::qdot_rows(isa, pc.P, one, alone.data(), r, std::min(rows, r + 5));
+        EXPECT_EQ(0, std::memcmp(alone.data(), together.data() + size_t(m) * size_t(rows), alone.size() * 4))
+            << ops::cpu::qdot_isa_name(isa) << " " << dtype_name(t) << " vector " << m;
+      }
+    }
+  }
+}
+
+// Only 4-bit symmetric types have panels, and only the SIMD kernels read them.
+TEST(Qdot, PanelsAreRefusedWhereUnsupported) {
+  std::vector<uint8_t> buf(dtype_nbytes(DType::Q8_0, 8 * 64), 0), out(buf.size());
+  EXPECT_THROW(ops::cpu::to_panels(ops::Matrix{DType::Q8_0, 8, 64, buf.data()}, out.data()), Error);
+  const ops::Matrix P = ops::cpu::to_panels(ops::Matrix{DType::Q4_G64, 8, 64, buf.data()}, out.data());
+  EXPECT_THROW(ops::cpu::to_panels(P, buf.data()), Error);
+  std::vector<float> x(64, 1.f), y(8);
+  QuantizedVectors q;
+  ops::quantize_vectors(x.data(), 1, 64, 64, q);
+  EXPECT_THROW(ops::ref::qdot_rows(P, q, y.data(), 0, 8), Error);
+  EXPECT_THROW(ops::cpu::qdot_rows(QdotIsa::Scalar, P, q, y.data(), 0, 8), Error);
+  EXPECT_THROW(ops::ref_kernels().linear(P, x.data(), 1, y.data()), Error);
+}
+
 TEST(Qdot, InputsQuantizedForAnotherGroupAreRefused) {
   std::vector<uint8_t> buf(dtype_nbytes(DType::Q8_G128, 256));
   const ops::Matrix W{DType::Q8_G128, 1, 256, buf.data()};

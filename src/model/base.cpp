@@ -95,7 +95,7 @@ StateSpec BlockModel::state_spec() const {
 CommonWeights load_common_weights(WeightLoader& load, const ModelInfo& info) {
   const int C = info.n_embd, V = info.vocab_size;
   CommonWeights w;
-  w.emb = load.mat("emb.weight", V, C);
+  w.emb = load.table("emb.weight", V, C);
   w.ln0_w = load.vec("blocks.0.ln0.weight", C);
   w.ln0_b = load.vec("blocks.0.ln0.bias", C);
   w.ln_out_w = load.vec("ln_out.weight", C);

@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "core/hash.h"
+#include "ops/qdot.h"
 #include "rwkv/error.h"
 
 namespace rwkv::model {
@@ -98,7 +99,25 @@ DType WeightLoader::matrix_dtype() const {
 
 ops::Matrix WeightLoader::mat(const std::string& name, int rows, int cols) {
   const TensorView& t = get(name, {rows, cols}, true);
+  return for_products(matrix(t.dtype, t.data, rows, cols));
+}
+
+ops::Matrix WeightLoader::table(const std::string& name, int rows, int cols) {
+  const TensorView& t = get(name, {rows, cols}, true);
   return matrix(t.dtype, t.data, rows, cols);
+}
+
+// 4-bit matrices for the CPU's kernels are repacked into 8-row panels (ops/qdot.h); a
+// conversion's row-major copy is dropped, a checkpoint's stays in its file.
+ops::Matrix WeightLoader::for_products(const ops::Matrix& m) {
+  if (options_.backend != Backend::Cpu || !ops::cpu::panels_supported(m.dtype)) return m;
+  ops::Matrix padded = m;
+  padded.panels = true;
+  auto buf = std::make_unique<uint8_t[]>(padded.nbytes());
+  const ops::Matrix P = ops::cpu::to_panels(m, buf.get());
+  if (!owned_.empty() && owned_.back().get() == m.data) owned_.pop_back();
+  owned_.push_back(std::move(buf));
+  return P;
 }
 
 // The dtype a matrix is kept in: the requested one, except that rows which are not whole

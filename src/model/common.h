@@ -87,6 +87,8 @@ class WeightLoader {
   const float* keep(const std::vector<float>& values);
   // An nn.Linear weight (rows=out, cols=in) kept in its stored dtype unless converted.
   ops::Matrix mat(const std::string& name, int rows, int cols);
+  // The same for a table read by rows (the embedding): never repacked for products.
+  ops::Matrix table(const std::string& name, int rows, int cols);
   // A LoRA matrix, as (out, in) for ops::linear. Official files store (in, out) (it is
   // transposed here); rwkv.cpp files store it transposed already (spec §1.4).
   ops::Matrix lora(const std::string& name, int in, int out);
@@ -117,6 +119,7 @@ class WeightLoader {
   std::vector<std::string> used_;
   std::vector<std::unique_ptr<uint8_t[]>> owned_;
   void count(const ops::Matrix& m);
+  ops::Matrix for_products(const ops::Matrix& m);
   DType target_dtype(DType stored, int cols) const;
   DType lora_dtype(DType stored, int cols) const;
   size_t matrix_bytes_ = 0;

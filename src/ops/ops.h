@@ -16,8 +16,12 @@ struct Matrix {
   int rows = 0;
   int cols = 0;
   const void* data = nullptr;
+  // Rows in 8-row panels (ops/qdot.h: 4-bit types, repacked at load for the CPU's kernels)
+  // instead of one after another. Only the cpu:: kernels read them; the reference refuses them.
+  bool panels = false;
   size_t row_bytes() const { return dtype_nbytes(dtype, size_t(cols)); }
-  size_t nbytes() const { return size_t(rows) * row_bytes(); }
+  // Panels pad the rows to a multiple of 8.
+  size_t nbytes() const { return size_t(panels ? (rows + 7) / 8 * 8 : rows) * row_bytes(); }
 };
 
 // One head of one sequence for the RWKV-7 WKV (spec §2.4, §4.5). Inputs are T rows with a row

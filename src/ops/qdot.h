@@ -69,9 +69,29 @@ const char* qdot_isa_name(QdotIsa isa);
 void quantize_vectors(QdotIsa isa, const float* x, int M, size_t cols, int group,
                       QuantizedVectors& out);
 void quantize_groups(QdotIsa isa, const float* x, size_t g0, size_t g1, QuantizedVectors& out);
-// ref::qdot_rows with the SIMD kernel of `isa` (Scalar: the reference itself). Per vector, the
-// result does not depend on how many vectors share the call or on [r0, r1).
+// ref::qdot_rows with the SIMD kernel of `isa` (Scalar: the reference itself; panels need a
+// SIMD isa). Per vector, the result does not depend on how many vectors share the call or on
+// [r0, r1).
 void qdot_rows(QdotIsa isa, const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1);
+
+// 4-bit panels (Matrix::panels). The decode kernel over row-major blocks spends per row and
+// block a conversion, a multiply-add and, per row, a horizontal sum, and runs out of instructions
+// before memory runs out of bytes (about 12 GB/s on one Zen 3 core, from L2). In panels the 8
+// lanes of a vector are 8 rows, so one conversion and one multiply-add serve 8 rows' blocks and
+// no horizontal sums remain (16–18 GB/s; `bench_ops MatVecDecode`). Layout: the rows in panels of
+// 8 (the last padded with zero rows); panel p's block g at byte (p·groups + g)·8·block_bytes
+// holds the 8 rows' fp16 scales d (16 bytes), then group/8 chunks of 32 bytes: chunk k has, at
+// bytes 4r..4r+3, row r's levels (q + 8, 0..15) of columns 8k..8k+3 in the low nibbles and of
+// columns 8k+4..8k+7 in the high nibbles. A panel matrix takes the same bytes per row.
+//
+// Whether qdot_rows and qgemm take `dtype` in panels on this CPU (Q4_0, Q4_G64 and Q4_G128 with
+// AVX2 or better); RWKV_CPU_PANELS=0 says no (to compare with the row-major kernels).
+bool panels_supported(DType dtype);
+// W (row-major) repacked into panels at dst (room for W.nbytes() with panels: padded rows), as
+// the matrix over dst.
+Matrix to_panels(const Matrix& W, void* dst);
+// Rows [r0, r1) of a panel matrix in fp32, (r1 − r0, cols) at dst.
+void panel_rows_to_f32(const Matrix& P, int r0, int r1, float* dst);
 
 // Whether qgemm has its panel kernel for `dtype` on this CPU (Q4_0, Q4_G64, Q4_G128 with AVX2):
 // ops/cpu/qgemm_x86.cpp.

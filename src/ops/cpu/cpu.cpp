@@ -76,6 +76,13 @@ const float* weights_f32(const Matrix& W) {
   const size_t block = 1 << 16;  // a multiple of every quantized block
   const auto* src = static_cast<const uint8_t*>(W.data);
   float* dst = converted.data();
+  if (W.panels) {
+#pragma omp parallel for schedule(static)
+    for (int r0 = 0; r0 < W.rows; r0 += 64) {
+      panel_rows_to_f32(W, r0, std::min(W.rows, r0 + 64), dst + size_t(r0) * size_t(W.cols));
+    }
+    return dst;
+  }
 #pragma omp parallel for schedule(static)
   for (size_t b = 0; b < (n + block - 1) / block; ++b) {
     const size_t i0 = b * block, len = std::min(block, n - i0);

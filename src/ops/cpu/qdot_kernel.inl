@@ -188,4 +188,141 @@ void Rows(const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1) 
   }
 }
 
+// 4-bit panels (layout in ops/qdot.h): the dot products of S panels' 8 rows with inputs
+// m0..m0+M−1, lane r of acc[s·M + m] for row r of panel s. Per 32-byte chunk (8 rows × 8 columns)
+// the two nibble halves meet the input's 4-byte runs broadcast to every lane. AVX2 adds 8 such
+// 16-bit pair sums (32 columns) before widening: each is at most 2·15·127, so 8 stay below 2^15.
+// The operations on one (row, input) pair do not depend on S or M.
+template <class F, int S, int M>
+RWKV_INLINE void PanelDots(const uint8_t* const* panel, size_t n_groups, const QuantizedVectors& x,
+                           int m0, __m256* acc) {
+  static_assert(F::kBits == 4 && F::kBias == 8 && F::kMin == 0);
+  constexpr int kChunks = F::kGroup / 8, kBlockBytes = 8 * F::kBytes;
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  for (int i = 0; i < S * M; ++i) acc[i] = _mm256_setzero_ps();
+  for (size_t g = 0; g < n_groups; ++g) {
+    const uint8_t* pg[S];
+    for (int s = 0; s < S; ++s) {
+      pg[s] = panel[s] + g * kBlockBytes;
+      for (int p = 0; p < kBlockBytes; p += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(pg[s]) + kPrefetchBytes + p, _MM_HINT_T0);
+      }
+    }
+    const int8_t* xg[M];
+    __m256i isum[S * M];
+    for (int m = 0; m < M; ++m) {
+      xg[m] = x.vector(m0 + m) + g * F::kGroup;
+      const __m256i start = _mm256_set1_epi32(-8 * x.sum[size_t(m0 + m) * n_groups + g]);
+      for (int s = 0; s < S; ++s) isum[s * M + m] = start;
+    }
+    for (int k0 = 0; k0 < kChunks; k0 += 4) {
+#if !RWKV_QDOT_VNNI
+      __m256i pairs[S * M];
+      for (int i = 0; i < S * M; ++i) pairs[i] = _mm256_setzero_si256();
+#endif
+      for (int k = k0; k < k0 + 4; ++k) {
+        __m256i xa[M], xb[M];
+        for (int m = 0; m < M; ++m) {
+          int32_t a, b;
+          std::memcpy(&a, xg[m] + 8 * k, 4);
+          std::memcpy(&b, xg[m] + 8 * k + 4, 4);
+          xa[m] = _mm256_set1_epi32(a);
+          xb[m] = _mm256_set1_epi32(b);
+        }
+        for (int s = 0; s < S; ++s) {
+          const __m256i v = Load32(pg[s] + 16 + 32 * k);
+          const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+          for (int m = 0; m < M; ++m) {
+#if RWKV_QDOT_VNNI
+            __m256i& sum = isum[s * M + m];
+            sum = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(sum, lo, xa[m]), hi, xb[m]);
+#else
+            __m256i& sum = pairs[s * M + m];
+            sum = _mm256_add_epi16(sum, _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa[m]),
+                                                         _mm256_maddubs_epi16(hi, xb[m])));
+#endif
+          }
+        }
+      }
+#if !RWKV_QDOT_VNNI
+      for (int i = 0; i < S * M; ++i) {
+        isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(pairs[i], _mm256_set1_epi16(1)));
+      }
+#endif
+    }
+    for (int s = 0; s < S; ++s) {
+      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pg[s])));
+      for (int m = 0; m < M; ++m) {
+        const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.scale[size_t(m0 + m) * n_groups + g]));
+        acc[s * M + m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[s * M + m]), scale, acc[s * M + m]);
+      }
+    }
+  }
+}
+
+// Stores rows [r0, r1) ∩ panel p of y[m0 + m][·] from acc[m].
+template <int M>
+RWKV_INLINE void StorePanel(const __m256* acc, int p, int m0, float* y, int rows, int r0, int r1) {
+  const int lo = std::max(r0, 8 * p), hi = std::min(r1, 8 * p + 8);
+  for (int m = 0; m < M; ++m) {
+    float* ym = y + size_t(m0 + m) * size_t(rows);
+    if (hi - lo == 8) {
+      _mm256_storeu_ps(ym + 8 * p, acc[m]);
+    } else {
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, acc[m]);
+      std::copy(lanes + (lo - 8 * p), lanes + (hi - 8 * p), ym + lo);
+    }
+  }
+}
+
+// Panels read at once by one thread with one input (more DRAM streams in flight).
+constexpr int kPanelStreams = 2;
+
+// Rows [r0, r1) of y[m][o] from a panel matrix, for inputs m0..m0+M−1: whole panels are computed
+// and only the rows inside the range stored, so any range gives the same values. One input reads
+// kPanelStreams slices of the panels at once, each stream starting one panel further into its
+// slice (and wrapping), for the reason RowsM gives.
+template <class F, int M>
+void PanelRowsM(const Matrix& W, const QuantizedVectors& x, int m0, float* y, int r0, int r1) {
+  const size_t n_groups = size_t(W.cols) / F::kGroup, panel_bytes = n_groups * 8 * F::kBytes;
+  const auto* base = static_cast<const uint8_t*>(W.data);
+  const int p0 = r0 / 8, p1 = (r1 + 7) / 8;
+  int first = p0;
+  if constexpr (M == 1) {
+    constexpr int S = kPanelStreams;
+    const int slice = (p1 - p0) / S;
+    for (int i = 0; i < slice; ++i) {
+      const uint8_t* panel[S];
+      int at[S];
+      for (int s = 0; s < S; ++s) {
+        at[s] = p0 + s * slice + (i + s) % slice;
+        panel[s] = base + size_t(at[s]) * panel_bytes;
+      }
+      __m256 acc[S];
+      PanelDots<F, S, 1>(panel, n_groups, x, m0, acc);
+      for (int s = 0; s < S; ++s) StorePanel<1>(acc + s, at[s], m0, y, W.rows, r0, r1);
+    }
+    first = p0 + S * slice;
+  }
+  for (int p = first; p < p1; ++p) {
+    const uint8_t* panel = base + size_t(p) * panel_bytes;
+    __m256 acc[M];
+    PanelDots<F, 1, M>(&panel, n_groups, x, m0, acc);
+    StorePanel<M>(acc, p, m0, y, W.rows, r0, r1);
+  }
+}
+
+// Two inputs at a time: their integer and float sums and one chunk's nibbles fill the registers.
+template <class F>
+void PanelRows(const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1) {
+  for (int m = 0; m < x.count; m += 2) {
+    if (x.count - m == 1) {
+      PanelRowsM<F, 1>(W, x, m, y, r0, r1);
+    } else {
+      PanelRowsM<F, 2>(W, x, m, y, r0, r1);
+    }
+  }
+}
+
 #undef RWKV_INLINE

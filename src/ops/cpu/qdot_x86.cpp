@@ -10,6 +10,7 @@
 #include "core/quant.h"
 #include "hwy/targets.h"
 #include "ops/qdot.h"
+#include "rwkv/error.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -23,6 +24,14 @@ namespace rwkv::ops::cpu {
 #if RWKV_QDOT_X86
 #define RWKV_QDOT_ENTRY                                                                           \
   void RowsOf(const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1) {             \
+    if (W.panels) {                                                                               \
+      switch (W.dtype) {                                                                          \
+        case DType::Q4_0: return PanelRows<quant::Format<DType::Q4_0>>(W, x, y, r0, r1);          \
+        case DType::Q4_G64: return PanelRows<quant::Format<DType::Q4_G64>>(W, x, y, r0, r1);      \
+        case DType::Q4_G128: return PanelRows<quant::Format<DType::Q4_G128>>(W, x, y, r0, r1);    \
+        default: return;                                                                          \
+      }                                                                                           \
+    }                                                                                             \
     switch (W.dtype) {                                                                            \
       case DType::Q4_0: return Rows<quant::Format<DType::Q4_0>>(W, x, y, r0, r1);                 \
       case DType::Q4_1: return Rows<quant::Format<DType::Q4_1>>(W, x, y, r0, r1);                 \
@@ -190,6 +199,7 @@ void qdot_rows(QdotIsa isa, const Matrix& W, const QuantizedVectors& x, float* y
   if (isa == QdotIsa::Avx512Vnni) return qdot_avx512vnni::RowsOf(W, x, y, r0, r1);
   if (isa == QdotIsa::Avx2) return qdot_avx2::RowsOf(W, x, y, r0, r1);
 #endif
+  if (W.panels) fail("quantized product: ", dtype_name(W.dtype), " panels need AVX2, not ", qdot_isa_name(isa));
   ref::qdot_rows(W, x, y, r0, r1);
 }
 

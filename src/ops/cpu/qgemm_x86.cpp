@@ -108,7 +108,36 @@ void unpack(const Matrix& W, int p0, int p1, Panels& out) {
   }
 }
 
+// The same from a matrix in 4-bit panels (ops/qdot.h): chunk 2k takes the low nibbles of the
+// matrix's chunk k, chunk 2k + 1 the high ones.
+void unpack_panels(const Matrix& W, int p0, int p1, Panels& out) {
+  const int G = int(dtype_block_elems(W.dtype));
+  const size_t block_bytes = kPanelRows * dtype_block_bytes(W.dtype);
+  out.panels = p1 - p0;
+  out.groups = size_t(W.cols) / size_t(G);
+  out.group = G;
+  out.q.resize(size_t(out.panels) * out.groups * out.group_bytes());
+  out.scale.resize(size_t(out.panels) * out.groups * kPanelRows);
+  const auto* base = static_cast<const uint8_t*>(W.data);
+  for (int p = 0; p < out.panels; ++p) {
+    for (size_t g = 0; g < out.groups; ++g) {
+      const uint8_t* src = base + (size_t(p0 + p) * out.groups + g) * block_bytes;
+      uint8_t* dst = out.q.data() + (size_t(p) * out.groups + g) * out.group_bytes();
+      float* d = out.scale.data() + (size_t(p) * out.groups + g) * kPanelRows;
+      for (int r = 0; r < kPanelRows; ++r) d[r] = f16_to_f32(u16_at(src + 2 * r));
+      for (int k = 0; k < G / 8; ++k) {
+        const uint8_t* chunk = src + 16 + 32 * k;
+        for (int b = 0; b < 32; ++b) {
+          dst[64 * k + b] = chunk[b] & 0x0f;
+          dst[64 * k + 32 + b] = chunk[b] >> 4;
+        }
+      }
+    }
+  }
+}
+
 void unpack(const Matrix& W, int p0, int p1, Panels& out) {
+  if (W.panels) return unpack_panels(W, p0, p1, out);
   switch (W.dtype) {
     case DType::Q4_0: return unpack<quant::Format<DType::Q4_0>>(W, p0, p1, out);
     case DType::Q4_G64: return unpack<quant::Format<DType::Q4_G64>>(W, p0, p1, out);

@@ -2,10 +2,12 @@
 #include <vector>
 
 #include "ops/ops.h"
+#include "rwkv/error.h"
 
 namespace rwkv::ops::ref {
 
 void linear(const Matrix& W, const float* x, int M, float* y) {
+  if (W.panels) fail("reference linear: reads row-major matrices, not panels");
   std::vector<float> row(size_t(W.cols));
   for (int o = 0; o < W.rows; ++o) {
     convert_to_f32(W.dtype, static_cast<const uint8_t*>(W.data) + size_t(o) * W.row_bytes(),

@@ -80,6 +80,7 @@ int quant_at(const quant::BlockFormat& f, const uint8_t* blk, int j) {
 // the rest in fp64.
 void qdot_rows(const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1) {
   check_qdot_args(W, x);
+  if (W.panels) fail("reference quantized product: reads row-major matrices, not panels");
   const quant::BlockFormat f = quant::block_format(W.dtype);
   const size_t ng = x.groups();
   for (int m = 0; m < x.count; ++m) {
