@@ -136,6 +136,7 @@ RWKV_PANEL_BENCH(q4_0, DType::Q4_0);
 RWKV_PANEL_BENCH(q4_g64, DType::Q4_G64);
 RWKV_PANEL_BENCH(q4_g128, DType::Q4_G128);
 BENCHMARK_CAPTURE(MatVecDecode, q4_g64_model, DType::Q4_G64)->Args({768, 768, 1, 1})->Args({65536, 768, 1, 1})->UseRealTime();
+BENCHMARK_CAPTURE(MatVecDecodePanels, q4_g64_model, DType::Q4_G64)->Args({768, 768, 1, 1})->Args({65536, 768, 1, 1})->UseRealTime();
 // In L2 (160 KiB): the kernels' compute ceiling on one core.
 BENCHMARK_CAPTURE(MatVecDecode, hot_q4g64, DType::Q4_G64)->Args({384, 768, 1, 0})->UseRealTime();
 BENCHMARK_CAPTURE(MatVecDecodePanels, hot_q4g64, DType::Q4_G64)->Args({384, 768, 1, 0})->UseRealTime();

@@ -113,8 +113,10 @@ ops::Matrix WeightLoader::for_products(const ops::Matrix& m) {
   if (options_.backend != Backend::Cpu || !ops::cpu::panels_supported(m.dtype)) return m;
   ops::Matrix padded = m;
   padded.panels = true;
-  auto buf = std::make_unique<uint8_t[]>(padded.nbytes());
-  const ops::Matrix P = ops::cpu::to_panels(m, buf.get());
+  // 64-byte aligned: the kernels' 32-byte loads of quants then never straddle cache lines.
+  auto buf = std::make_unique<uint8_t[]>(padded.nbytes() + 64);
+  const auto at = reinterpret_cast<uintptr_t>(buf.get());
+  const ops::Matrix P = ops::cpu::to_panels(m, buf.get() + (64 - at % 64) % 64);
   if (!owned_.empty() && owned_.back().get() == m.data) owned_.pop_back();
   owned_.push_back(std::move(buf));
   return P;

@@ -76,14 +76,27 @@ void qdot_rows(QdotIsa isa, const Matrix& W, const QuantizedVectors& x, float* y
 
 // 4-bit panels (Matrix::panels). The decode kernel over row-major blocks spends per row and
 // block a conversion, a multiply-add and, per row, a horizontal sum, and runs out of instructions
-// before memory runs out of bytes (about 12 GB/s on one Zen 3 core, from L2). In panels the 8
-// lanes of a vector are 8 rows, so one conversion and one multiply-add serve 8 rows' blocks and
-// no horizontal sums remain (16–18 GB/s; `bench_ops MatVecDecode`). Layout: the rows in panels of
-// 8 (the last padded with zero rows); panel p's block g at byte (p·groups + g)·8·block_bytes
-// holds the 8 rows' fp16 scales d (16 bytes), then group/8 chunks of 32 bytes: chunk k has, at
-// bytes 4r..4r+3, row r's levels (q + 8, 0..15) of columns 8k..8k+3 in the low nibbles and of
-// columns 8k+4..8k+7 in the high nibbles. A panel matrix takes the same bytes per row.
-//
+// before memory runs out of bytes where a core has bandwidth to spare (about 12 GB/s on one Zen 3
+// core, from L2). In panels the 8 lanes of a vector are 8 rows, so one conversion and one
+// multiply-add serve 8 rows' blocks and no horizontal sums remain (`bench_ops MatVecDecode`).
+// Layout: the rows in panels of 8 (the last padded with zero rows), panel after panel; a panel
+// holds first every block's quants, group/8 chunks of 32 bytes per block, chunk k having at bytes
+// 4r..4r+3 row r's levels (q + 8, 0..15) of the block's columns 8k..8k+3 in the low nibbles and
+// 8k+4..8k+7 in the high nibbles; then every block's 8 fp16 scales d (16 bytes per block). The
+// quants stay 32-byte aligned when the panel is, and a panel takes the bytes of its 8 rows.
+struct PanelLayout {
+  size_t groups = 0;  // blocks per row
+  int group = 0;      // elements per block
+  size_t quant_bytes() const { return size_t(group) * 4; }  // one block of 8 rows
+  size_t quants(size_t g) const { return g * quant_bytes(); }
+  size_t scales(size_t g) const { return groups * quant_bytes() + 16 * g; }
+  size_t panel_bytes() const { return groups * (quant_bytes() + 16); }
+};
+inline PanelLayout panel_layout(const Matrix& W) {
+  const int G = int(dtype_block_elems(W.dtype));
+  return {size_t(W.cols) / size_t(G), G};
+}
+
 // Whether qdot_rows and qgemm take `dtype` in panels on this CPU (Q4_0, Q4_G64 and Q4_G128 with
 // AVX2 or better); RWKV_CPU_PANELS=0 says no (to compare with the row-major kernels).
 bool panels_supported(DType dtype);

@@ -197,64 +197,63 @@ template <class F, int S, int M>
 RWKV_INLINE void PanelDots(const uint8_t* const* panel, size_t n_groups, const QuantizedVectors& x,
                            int m0, __m256* acc) {
   static_assert(F::kBits == 4 && F::kBias == 8 && F::kMin == 0);
-  constexpr int kChunks = F::kGroup / 8, kBlockBytes = 8 * F::kBytes;
+  const PanelLayout L{n_groups, F::kGroup};
+  constexpr int kChunks = F::kGroup / 8, kQuantBytes = 4 * F::kGroup;
   const __m256i low = _mm256_set1_epi8(0x0f);
   for (int i = 0; i < S * M; ++i) acc[i] = _mm256_setzero_ps();
   for (size_t g = 0; g < n_groups; ++g) {
-    const uint8_t* pg[S];
+    const uint8_t *pq[S], *pd[S];
     for (int s = 0; s < S; ++s) {
-      pg[s] = panel[s] + g * kBlockBytes;
-      for (int p = 0; p < kBlockBytes; p += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(pg[s]) + kPrefetchBytes + p, _MM_HINT_T0);
+      pq[s] = panel[s] + L.quants(g);
+      pd[s] = panel[s] + L.scales(g);
+      for (int p = 0; p < kQuantBytes; p += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(pq[s]) + kPrefetchBytes + p, _MM_HINT_T0);
       }
+      if (g % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(pd[s]) + 256, _MM_HINT_T0);
     }
     const int8_t* xg[M];
-    __m256i isum[S * M];
+    __m256 dx[M];
+    __m256i start[M];
     for (int m = 0; m < M; ++m) {
       xg[m] = x.vector(m0 + m) + g * F::kGroup;
-      const __m256i start = _mm256_set1_epi32(-8 * x.sum[size_t(m0 + m) * n_groups + g]);
-      for (int s = 0; s < S; ++s) isum[s * M + m] = start;
+      dx[m] = _mm256_set1_ps(x.scale[size_t(m0 + m) * n_groups + g]);
+      start[m] = _mm256_set1_epi32(-8 * x.sum[size_t(m0 + m) * n_groups + g]);
     }
-    for (int k0 = 0; k0 < kChunks; k0 += 4) {
+    // One panel at a time: its sums and one chunk's nibbles are all that is live (the inputs'
+    // broadcasts are loads), so S panels need no more registers than one.
+    for (int s = 0; s < S; ++s) {
+      __m256i isum[M];
+      for (int m = 0; m < M; ++m) isum[m] = start[m];
+      for (int k0 = 0; k0 < kChunks; k0 += 4) {
 #if !RWKV_QDOT_VNNI
-      __m256i pairs[S * M];
-      for (int i = 0; i < S * M; ++i) pairs[i] = _mm256_setzero_si256();
+        __m256i pairs[M];
+        for (int m = 0; m < M; ++m) pairs[m] = _mm256_setzero_si256();
 #endif
-      for (int k = k0; k < k0 + 4; ++k) {
-        __m256i xa[M], xb[M];
-        for (int m = 0; m < M; ++m) {
-          int32_t a, b;
-          std::memcpy(&a, xg[m] + 8 * k, 4);
-          std::memcpy(&b, xg[m] + 8 * k + 4, 4);
-          xa[m] = _mm256_set1_epi32(a);
-          xb[m] = _mm256_set1_epi32(b);
-        }
-        for (int s = 0; s < S; ++s) {
-          const __m256i v = Load32(pg[s] + 16 + 32 * k);
+        for (int k = k0; k < k0 + 4; ++k) {
+          const __m256i v = Load32(pq[s] + 32 * k);
           const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
           for (int m = 0; m < M; ++m) {
+            int32_t a, b;
+            std::memcpy(&a, xg[m] + 8 * k, 4);
+            std::memcpy(&b, xg[m] + 8 * k + 4, 4);
+            const __m256i xa = _mm256_set1_epi32(a), xb = _mm256_set1_epi32(b);
 #if RWKV_QDOT_VNNI
-            __m256i& sum = isum[s * M + m];
-            sum = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(sum, lo, xa[m]), hi, xb[m]);
+            isum[m] = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(isum[m], lo, xa), hi, xb);
 #else
-            __m256i& sum = pairs[s * M + m];
-            sum = _mm256_add_epi16(sum, _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa[m]),
-                                                         _mm256_maddubs_epi16(hi, xb[m])));
+            pairs[m] = _mm256_add_epi16(pairs[m], _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa),
+                                                                   _mm256_maddubs_epi16(hi, xb)));
 #endif
           }
         }
-      }
 #if !RWKV_QDOT_VNNI
-      for (int i = 0; i < S * M; ++i) {
-        isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(pairs[i], _mm256_set1_epi16(1)));
-      }
+        for (int m = 0; m < M; ++m) {
+          isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(pairs[m], _mm256_set1_epi16(1)));
+        }
 #endif
-    }
-    for (int s = 0; s < S; ++s) {
-      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pg[s])));
+      }
+      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pd[s])));
       for (int m = 0; m < M; ++m) {
-        const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.scale[size_t(m0 + m) * n_groups + g]));
-        acc[s * M + m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[s * M + m]), scale, acc[s * M + m]);
+        acc[s * M + m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[m]), _mm256_mul_ps(dw, dx[m]), acc[s * M + m]);
       }
     }
   }
@@ -285,7 +284,7 @@ constexpr int kPanelStreams = 2;
 // slice (and wrapping), for the reason RowsM gives.
 template <class F, int M>
 void PanelRowsM(const Matrix& W, const QuantizedVectors& x, int m0, float* y, int r0, int r1) {
-  const size_t n_groups = size_t(W.cols) / F::kGroup, panel_bytes = n_groups * 8 * F::kBytes;
+  const size_t n_groups = size_t(W.cols) / F::kGroup, panel_bytes = panel_layout(W).panel_bytes();
   const auto* base = static_cast<const uint8_t*>(W.data);
   const int p0 = r0 / 8, p1 = (r1 + 7) / 8;
   int first = p0;

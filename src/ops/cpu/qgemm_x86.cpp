@@ -111,22 +111,20 @@ void unpack(const Matrix& W, int p0, int p1, Panels& out) {
 // The same from a matrix in 4-bit panels (ops/qdot.h): chunk 2k takes the low nibbles of the
 // matrix's chunk k, chunk 2k + 1 the high ones.
 void unpack_panels(const Matrix& W, int p0, int p1, Panels& out) {
-  const int G = int(dtype_block_elems(W.dtype));
-  const size_t block_bytes = kPanelRows * dtype_block_bytes(W.dtype);
+  const PanelLayout L = panel_layout(W);
   out.panels = p1 - p0;
-  out.groups = size_t(W.cols) / size_t(G);
-  out.group = G;
+  out.groups = L.groups;
+  out.group = L.group;
   out.q.resize(size_t(out.panels) * out.groups * out.group_bytes());
   out.scale.resize(size_t(out.panels) * out.groups * kPanelRows);
-  const auto* base = static_cast<const uint8_t*>(W.data);
   for (int p = 0; p < out.panels; ++p) {
+    const uint8_t* panel = static_cast<const uint8_t*>(W.data) + size_t(p0 + p) * L.panel_bytes();
     for (size_t g = 0; g < out.groups; ++g) {
-      const uint8_t* src = base + (size_t(p0 + p) * out.groups + g) * block_bytes;
       uint8_t* dst = out.q.data() + (size_t(p) * out.groups + g) * out.group_bytes();
       float* d = out.scale.data() + (size_t(p) * out.groups + g) * kPanelRows;
-      for (int r = 0; r < kPanelRows; ++r) d[r] = f16_to_f32(u16_at(src + 2 * r));
-      for (int k = 0; k < G / 8; ++k) {
-        const uint8_t* chunk = src + 16 + 32 * k;
+      for (int r = 0; r < kPanelRows; ++r) d[r] = f16_to_f32(u16_at(panel + L.scales(g) + 2 * r));
+      for (int k = 0; k < L.group / 8; ++k) {
+        const uint8_t* chunk = panel + L.quants(g) + 32 * size_t(k);
         for (int b = 0; b < 32; ++b) {
           dst[64 * k + b] = chunk[b] & 0x0f;
           dst[64 * k + 32 + b] = chunk[b] >> 4;
