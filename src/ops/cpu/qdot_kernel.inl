@@ -206,10 +206,9 @@ RWKV_INLINE void PanelDots(const uint8_t* const* panel, size_t n_groups, const Q
     for (int s = 0; s < S; ++s) {
       pq[s] = panel[s] + L.quants(g);
       pd[s] = panel[s] + L.scales(g);
-      for (int p = 0; p < kQuantBytes; p += 64) {
+      for (int p = 0; p <= kQuantBytes; p += 64) {  // one line more: a set's line of scales
         _mm_prefetch(reinterpret_cast<const char*>(pq[s]) + kPrefetchBytes + p, _MM_HINT_T0);
       }
-      if (g % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(pd[s]) + 256, _MM_HINT_T0);
     }
     const int8_t* xg[M];
     __m256 dx[M];
