@@ -149,14 +149,17 @@ BENCHMARK_CAPTURE(MatVecDecode, cols_q8_0, DType::Q8_0)->Args({2048, 2048, 1, 1}
 // Prefill-shaped products, y[M, rows] = x[M, cols]·Wᵀ, in FLOP/s (2·M·rows·cols per call):
 // cpu::linear (sgemm over fp32 weights, converted per call for quantized ones) against the
 // integer kernels of ops/qdot.h over all rows (inputs quantized once per call, as decode does).
-void Gemm(benchmark::State& state, DType dtype, bool integer) {
+// panels: 4-bit weights in 8-row panels, as the CPU model loads them.
+void Gemm(benchmark::State& state, DType dtype, bool integer, bool panels = false) {
   const int rows = int(state.range(0)), cols = int(state.range(1)), M = int(state.range(2));
   const auto& w = weight_bytes(dtype, dtype_nbytes(dtype, size_t(rows) * size_t(cols)));
   std::mt19937 rng(3);
   std::normal_distribution<float> normal(0.f, 1.f);
   std::vector<float> x(size_t(M) * size_t(cols)), y(size_t(M) * size_t(rows));
   for (float& v : x) v = normal(rng);
-  const Matrix W{dtype, rows, cols, w.data()};
+  Matrix W{dtype, rows, cols, w.data()};
+  std::vector<uint8_t> panel_bytes(panels ? w.size() + 64 : 0);
+  if (panels) W = cpu::to_panels(W, panel_bytes.data() + (64 - reinterpret_cast<uintptr_t>(panel_bytes.data()) % 64) % 64);
   QuantizedVectors xq;
   for (auto _ : state) {
     if (integer) {  // the decode kernel, 4 inputs at a time, on one thread
@@ -174,6 +177,7 @@ BENCHMARK_CAPTURE(Gemm, fp32_sgemm, DType::F32, false)->Args({3072, 768, 512})->
 BENCHMARK_CAPTURE(Gemm, q8_g64, DType::Q8_G64, false)->Args({3072, 768, 512})->Args({768, 3072, 512})->UseRealTime();
 BENCHMARK_CAPTURE(Gemm, q8_g64_decode_kernel, DType::Q8_G64, true)->Args({3072, 768, 512})->UseRealTime();
 BENCHMARK_CAPTURE(Gemm, q4_g64, DType::Q4_G64, false)->Args({3072, 768, 512})->Args({768, 3072, 512})->UseRealTime();
+BENCHMARK_CAPTURE(Gemm, q4_g64_panels, DType::Q4_G64, false, true)->Args({3072, 768, 512})->Args({768, 3072, 512})->UseRealTime();
 BENCHMARK_CAPTURE(Gemm, q4_g64_decode_kernel, DType::Q4_G64, true)->Args({3072, 768, 512})->UseRealTime();
 BENCHMARK_CAPTURE(Gemm, q8_0, DType::Q8_0, false)->Args({3072, 768, 512})->UseRealTime();
 BENCHMARK_CAPTURE(Gemm, q4_0, DType::Q4_0, false)->Args({3072, 768, 512})->UseRealTime();
