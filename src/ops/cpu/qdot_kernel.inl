@@ -311,7 +311,8 @@ void PanelRowsM(const Matrix& W, const QuantizedVectors& x, int m0, float* y, in
   }
 }
 
-// Two inputs at a time: their integer and float sums and one chunk's nibbles fill the registers.
+// Two inputs at a time: with their 16-bit, integer and float sums, the broadcasts and one chunk's
+// nibbles, more would spill.
 template <class F>
 void PanelRows(const Matrix& W, const QuantizedVectors& x, float* y, int r0, int r1) {
   for (int m = 0; m < x.count; m += 2) {

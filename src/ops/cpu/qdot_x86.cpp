@@ -29,7 +29,7 @@ namespace rwkv::ops::cpu {
         case DType::Q4_0: return PanelRows<quant::Format<DType::Q4_0>>(W, x, y, r0, r1);          \
         case DType::Q4_G64: return PanelRows<quant::Format<DType::Q4_G64>>(W, x, y, r0, r1);      \
         case DType::Q4_G128: return PanelRows<quant::Format<DType::Q4_G128>>(W, x, y, r0, r1);    \
-        default: return;                                                                          \
+        default: fail("quantized product: ", dtype_name(W.dtype), " has no panel layout");        \
       }                                                                                           \
     }                                                                                             \
     switch (W.dtype) {                                                                            \
