@@ -39,21 +39,32 @@ Matrix to_panels(const Matrix& W, void* dst) {
   const int panels = (W.rows + kPanelRows - 1) / kPanelRows;
   auto* out = static_cast<uint8_t*>(dst);
   const auto* src = static_cast<const uint8_t*>(W.data);
-  std::memset(out, 0, size_t(panels) * L.panel_bytes());  // padded rows: scale 0, levels 0
-  uint8_t level[128];
-#pragma omp parallel for schedule(static) private(level) if (panels >= 64)
+  // A block's quant bytes hold, per run of `chunk` columns, columns j < chunk/2 in the low nibbles
+  // and j + chunk/2 in the high ones (quant::unpack_levels4). Eight bytes of either nibble are 8
+  // consecutive columns, i.e. one panel chunk's 4 bytes for this row: byte j gets column j in its
+  // low nibble and column j + 4 in its high one.
+  const int chunk = std::min(f.group, 64), half = chunk / 2;
+  constexpr uint64_t kLow = 0x0f0f0f0f0f0f0f0full;
+  // Every byte of a whole panel is written below; the threads touch their panels first.
+#pragma omp parallel for schedule(static) if (panels >= 64)
   for (int p = 0; p < panels; ++p) {
     uint8_t* panel = out + size_t(p) * L.panel_bytes();
+    if ((p + 1) * kPanelRows > W.rows) std::memset(panel, 0, L.panel_bytes());  // padded rows: 0
     for (int r = 0; r < kPanelRows && p * kPanelRows + r < W.rows; ++r) {
       const uint8_t* row = src + size_t(p * kPanelRows + r) * W.row_bytes();
       for (size_t g = 0; g < L.groups; ++g) {
         const uint8_t* blk = row + g * size_t(f.bytes);
         std::memcpy(panel + L.scales(g) + 2 * r, blk, 2);
-        quant::unpack_levels4(f, blk + f.quants, level);
-        uint8_t* q = panel + L.quants(g);
-        for (int k = 0; k < f.group / 8; ++k) {
-          for (int j = 0; j < 4; ++j) {
-            q[32 * k + 4 * r + j] = uint8_t(level[8 * k + j] | level[8 * k + 4 + j] << 4);
+        uint8_t* q = panel + L.quants(g) + 4 * r;
+        for (int c = 0; c < f.group / chunk; ++c) {
+          for (int w = 0; w < half / 8; ++w) {
+            uint64_t v;
+            std::memcpy(&v, blk + f.quants + half * c + 8 * w, 8);
+            const uint64_t lo = v & kLow, hi = v >> 4 & kLow;
+            const uint32_t out_lo = uint32_t(lo) | uint32_t(lo >> 32) << 4;
+            const uint32_t out_hi = uint32_t(hi) | uint32_t(hi >> 32) << 4;
+            std::memcpy(q + 32 * (chunk * c / 8 + w), &out_lo, 4);
+            std::memcpy(q + 32 * ((chunk * c + half) / 8 + w), &out_hi, 4);
           }
         }
       }
