@@ -75,10 +75,6 @@ bool is_symmetric(DType t) {
          t == DType::Q4_G64 || t == DType::Q4_G128;
 }
 
-// 4-bit levels sit in chunks of min(group, 64) elements: the first half of a chunk in the low
-// nibbles of its bytes, the second half in the high nibbles (Q4_0: j and j + 16 share byte j;
-// Q4_G: j and j + 32).
-int nibble_chunk(const BlockFormat& f) { return std::min(f.group, 64); }
 
 // Levels 0..15 of one 4-bit symmetric block into its quant bytes.
 void pack_levels4(const BlockFormat& f, const int* level, uint8_t* q) {
@@ -91,6 +87,8 @@ void pack_levels4(const BlockFormat& f, const int* level, uint8_t* q) {
 }
 
 }  // namespace
+
+int nibble_chunk(const BlockFormat& f) { return std::min(f.group, 64); }
 
 void unpack_levels4(const BlockFormat& f, const uint8_t* q, uint8_t* level) {
   const int chunk = nibble_chunk(f), half = chunk / 2;

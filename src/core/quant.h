@@ -74,6 +74,10 @@ struct Format {
   static constexpr int kSubBytes = kBits == 8 ? 32 : 16;
 };
 
+// 4-bit levels sit in chunks of min(group, 64) elements: the first half of a chunk in the low
+// nibbles of its bytes, the second half in the high nibbles (Q4_0: j and j + 16 share byte j;
+// Q4_G: j and j + 32). The chunk's length.
+int nibble_chunk(const BlockFormat& f);
 // The levels 0..15 (value = d·(level − 8)) of one Q4_0/Q4_G block's quant bytes q.
 void unpack_levels4(const BlockFormat& f, const uint8_t* q, uint8_t* level);
 

@@ -1,5 +1,5 @@
 // 4-bit weights in 8-row panels (layout in ops/qdot.h): the repacking at load and its inverse.
-// Plain loops: both run once per matrix (load) or per prefill call on the sgemm path.
+// Scalar code: the repacking runs once per matrix at load, the inverse only on the sgemm path.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -40,10 +40,10 @@ Matrix to_panels(const Matrix& W, void* dst) {
   auto* out = static_cast<uint8_t*>(dst);
   const auto* src = static_cast<const uint8_t*>(W.data);
   // A block's quant bytes hold, per run of `chunk` columns, columns j < chunk/2 in the low nibbles
-  // and j + chunk/2 in the high ones (quant::unpack_levels4). Eight bytes of either nibble are 8
+  // and j + chunk/2 in the high ones (quant::nibble_chunk). Eight bytes of either nibble are 8
   // consecutive columns, i.e. one panel chunk's 4 bytes for this row: byte j gets column j in its
   // low nibble and column j + 4 in its high one.
-  const int chunk = std::min(f.group, 64), half = chunk / 2;
+  const int chunk = quant::nibble_chunk(f), half = chunk / 2;
   constexpr uint64_t kLow = 0x0f0f0f0f0f0f0f0full;
   // Every byte of a whole panel is written below; the threads touch their panels first.
 #pragma omp parallel for schedule(static) if (panels >= 64)
