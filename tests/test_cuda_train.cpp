@@ -320,13 +320,16 @@ TEST(CudaTrain, FiftyStepsFollowTheCpuLossTrajectory) {
   ASSERT_EQ(again.size(), 50u);
   for (size_t s = 0; s < gpu.size(); ++s) EXPECT_EQ(again[s].loss, gpu[s].loss) << "step " << s;
   // Each step's bf16 gradient noise (≈ 1e-2, above) moves the weights a little off the CPU's
-  // path, and the paths drift apart slowly: measured worst 3.5e-3 absolute at loss 0.44 (H200).
+  // path, and the paths drift apart slowly. The drift does not shrink with the loss: on an H200 the
+  // WKV's sequential forward and its chunked forward (equally close to fp64) track each other to
+  // step 20 and then differ by chance, each with a worst gap of ~7e-3 absolute (6.96e-3 at step 16,
+  // loss 0.72; 6.86e-3 at step 36, loss 0.13), hence the floor of 1e-2.
   double worst = 0;
   for (size_t s = 0; s < cpu.size(); ++s) {
     const double e = std::abs(gpu[s].loss - cpu[s].loss);
     worst = std::max(worst, e);
     std::printf("step %2zu: CPU %.5f GPU %.5f gap %.2e\n", s, cpu[s].loss, gpu[s].loss, e);
-    EXPECT_LE(e, 2e-3 + 3e-2 * cpu[s].loss) << "step " << s << ": GPU " << gpu[s].loss << ", CPU " << cpu[s].loss;
+    EXPECT_LE(e, 1e-2 + 3e-2 * cpu[s].loss) << "step " << s << ": GPU " << gpu[s].loss << ", CPU " << cpu[s].loss;
   }
   std::printf("50 steps: loss %.4f → %.4f (CPU) and %.4f → %.4f (GPU), worst gap %.2e\n",
               cpu.front().loss, cpu.back().loss, gpu.front().loss, gpu.back().loss, worst);

@@ -183,13 +183,14 @@ Outputs<double> reference(const Inputs& in, const std::vector<unsigned char>& re
   return want;
 }
 
-// Each form (chunks of 16 rows: T = 16, 17 and 100 end on a full, a one-row and a partial chunk).
+// Each form (chunks of 16 rows: T = 16, 17 and 100 end on a full, a one-row and a partial chunk;
+// T = 1100 takes the chunked forward through several windows of chunks, wkv7_chunked_forward.cu).
 TEST(CudaWkv7Train, ForwardAndBackwardMatchTheFp64Reference) {
   RWKV_REQUIRE_GPU();
   cuda::Context ctx(0);
   std::mt19937 rng(11);
   for (int N : {32, 64}) {
-    for (int T : {1, 5, 16, 17, 40, 100}) {
+    for (int T : {1, 5, 16, 17, 40, 100, 1100}) {
       const Inputs in = random_inputs(2, T, 3, N, rng);
       const Outputs<double> want = reference(in, {});
       for (const auto& [form, name] : kForms) {

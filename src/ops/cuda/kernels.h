@@ -30,6 +30,7 @@ class Context {
   DeviceBuffer workspace;  // cuBLASLt's
   DeviceBuffer x16;        // activations converted to the weights' 16-bit type
   DeviceBuffer reduce;     // partial sums of reductions (train_ops.h col_sum)
+  DeviceBuffer wkv7_chunks;  // the chunked WKV-7 forward's per-chunk products (wkv7_chunked_forward.cu)
   // Grows whenever a buffer above moves: CUDA graphs captured before hold stale pointers.
   int generation = 0;
   void ensure_x16(size_t bytes) {

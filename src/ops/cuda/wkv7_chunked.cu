@@ -1,361 +1,22 @@
-// WKV-7 for training in its chunked form (spec §4.5; the fp64 plain-loop twin is
-// ops/train/wkv7_chunked.cpp, whose header derives every product used here), on tensor cores.
-// One block of 16 warps per (sequence, head) walks the chunks of 16 rows: the forward from the
-// first, the backward from the last. Within a chunk every step is a handful of small matrix
-// products (mma_tf32.cuh) between shared-memory operands, spread over the warps as 16×8 tiles,
-// with one barrier between dependent steps. Per chunk, with λ the log-decays and G = cumsum λ:
-//   forward   A_rk, A_rb, A_ak, A_ab (16×16) → Γ = (I − A_ab)⁻¹, Z = A_ak V → U = ΓZ, W = Γ·EA →
-//             SA = U + W S₀ᵀ → Y = A_rk V + A_rb SA + ER S₀ᵀ and
-//             S_next = S₀ diag(e^{G_L}) + Vᵀ(K⊙F) + SAᵀ(B⊙F)
-//   backward  the same up to SA from the saved S₀, then the reference's reverse-mode products,
-//             and the state gradient carried to the chunk before:
-//             ∂S₀ = ∂S diag(e^{G_L}) + (B⊙F ∂Sᵀ)ᵀ W + ∂Yᵀ(A_rb W + ER)
-// The forward saves the state after every chunk (the checkpoints, transposed as the sequential
-// kernels save them) and S·a per row; the backward reads the state before each chunk back.
-// Products take TF32 operands (3xTF32 where it matters, below). Document resets are not
-// handled here (wkv7_train.cu keeps the sequential kernels for them).
-#include "ops/cuda/mma_tf32.cuh"
-#include "ops/cuda/rwkv7_math.cuh"
+// The backward of WKV-7 for training in its chunked form (spec §4.5; the fp64 plain-loop twin is
+// ops/train/wkv7_chunked.cpp, whose header derives every product used here), on tensor cores; the
+// forward is wkv7_chunked_forward.cu. One block of 16 warps per (sequence, head) walks the chunks
+// of 16 rows from the last. Within a chunk every step is a handful of small matrix products
+// (mma_tf32.cuh) between shared-memory operands, spread over the warps as 16×8 tiles, with one
+// barrier between dependent steps. Per chunk, with λ the log-decays and G = cumsum λ: the
+// forward's products up to SA = U + W S₀ᵀ from the saved state before the chunk S₀, then the
+// reference's reverse-mode products, and the state gradient carried to the chunk before:
+//   ∂S₀ = ∂S diag(e^{G_L}) + (B⊙F ∂Sᵀ)ᵀ W + ∂Yᵀ(A_rb W + ER)
+// Products take TF32 operands (3xTF32 where it matters: kExact). Document resets are not handled
+// here (wkv7_train.cu keeps the sequential kernels for them).
 #include "ops/cuda/wkv7_chunked.h"
+#include "ops/cuda/wkv7_chunked_common.cuh"
 
 namespace rwkv::cuda {
 namespace {
 
-using bf16 = __nv_bfloat16;
-constexpr int kL = kWkv7TrainChunk;  // rows per chunk
+using namespace wkv7c;
 constexpr int kWarps = 16, kThreads = 32 * kWarps;
-constexpr float kScale = -kRwkv7DecayScale;
-// Products in 3xTF32 (kExact): the forward's that carry the state from chunk to chunk (A_ak, A_ab,
-// Z, U, W, SA, S_next); the backward's whose outputs meet the e^{±G} factors in ∂G (∂ER·ER −
-// ∂EK·EK − …, and ∂F⊙F): ∂λ's sums over the chunk cancel most of those terms, and with TF32 alone
-// the remainder carried 5× the decay gradient's error of the sequential kernels (and moved a
-// 50-step training run measurably further from the CPU's).
-constexpr bool kExact = true;
-
-// Shared-memory shapes: (L, N) chunk matrices and (N, N) states with leading dimension N + 4,
-// (L, L) matrices with L + 4 (tile reads of either orientation stay within two-way conflicts).
-template <int N>
-struct Dims {
-  static constexpr int LD = N + 4, LS = kL + 4;
-  static constexpr int kRow = kL * LD, kSquare = N * LD, kSmall = kL * LS;
-  static constexpr int NT = N / 8;  // 8-wide column tiles of an (L, N) matrix
-};
-
-// Hands out consecutive pieces of the dynamic shared memory.
-struct Carve {
-  float* p;
-  __device__ float* take(int floats) {
-    float* r = p;
-    p += floats;
-    return r;
-  }
-};
-
-// What store_tile keeps: the lower triangle with or without the diagonal, or everything.
-struct Tril {
-  __device__ float operator()(int m, int n, float x) const { return n <= m ? x : 0.f; }
-};
-struct Stril {
-  __device__ float operator()(int m, int n, float x) const { return n < m ? x : 0.f; }
-};
-struct Keep {
-  __device__ float operator()(int, int, float x) const { return x; }
-};
-constexpr Tril kTril;
-constexpr Stril kStril;
-constexpr Keep kKeep;
-
-// Where a chunk's rows are: row t of channel c is at base + (t0 + t)·C + c.
-struct ChunkRows {
-  size_t base, C;
-  int t0, rows;
-  __device__ size_t at(int t, int c) const { return base + size_t(t0 + t) * C + size_t(c); }
-};
-
-// The elements of a chunk's (L, N) matrices a thread takes in loads and element-wise steps: row
-// t, columns c … c + E − 1 (E = 1, 2 or 4).
-template <int N>
-struct Elements {
-  static constexpr int E = kL * N / kThreads;
-  int t, c;
-  __device__ Elements() : t(threadIdx.x * E / N), c(threadIdx.x * E % N) {}
-};
-
-// Loads a chunk's (L, N) bf16 rows as floats (rows past the sequence's end: zero).
-template <int N>
-__device__ __forceinline__ void load_rows(const bf16* src, float* dst, const ChunkRows& cr) {
-  constexpr int E = Elements<N>::E;
-  const Elements<N> el;
-  float v[E];
-  if (el.t < cr.rows) {
-    const bf16* q = src + cr.at(el.t, el.c);
-    if constexpr (E == 4) {
-      const uint2 u = *reinterpret_cast<const uint2*>(q);
-      const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
-      const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
-      v[0] = lo.x, v[1] = lo.y, v[2] = hi.x, v[3] = hi.y;
-    } else if constexpr (E == 2) {
-      const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(q));
-      v[0] = x.x, v[1] = x.y;
-    } else {
-      v[0] = __bfloat162float(*q);
-    }
-  } else {
-#pragma unroll
-    for (int e = 0; e < E; ++e) v[e] = 0.f;
-  }
-#pragma unroll
-  for (int e = 0; e < E; ++e) dst[el.t * Dims<N>::LD + el.c + e] = v[e];
-}
-
-// Writes a 16×8 tile at column n0 of a chunk's rows to global memory through put(address,
-// value pair) (rows past the sequence's end are left alone).
-template <class T, class Put>
-__device__ __forceinline__ void write_rows(const float (&c)[4], T* dst, const ChunkRows& cr, int n0, Put put) {
-  const TileLane l;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = l.g + 8 * half;
-    if (row < cr.rows) put(dst + cr.at(row, n0 + 2 * l.q), c[2 * half], c[2 * half + 1]);
-  }
-}
-
-// The log-decays λ = −e^{−1/2}·σ(z) of a chunk (padding rows: 0, so they decay nothing).
-template <int N>
-__device__ __forceinline__ void load_decays(const bf16* z, float* lam, const ChunkRows& cr) {
-  load_rows<N>(z, lam, cr);
-  const Elements<N> el;
-  if (el.t < cr.rows) {
-#pragma unroll
-    for (int e = 0; e < el.E; ++e) {
-      float& x = lam[el.t * Dims<N>::LD + el.c + e];
-      x = kScale / (1.f + __expf(-x));
-    }
-  }
-}
-
-// A chunk's r, k, b, a, v and log-decays.
-template <int N>
-__device__ __forceinline__ void load_inputs(const Wkv7Train& p, const ChunkRows& cr, float* R, float* K, float* B,
-                                            float* A, float* V, float* lam) {
-  load_rows<N>(p.r, R, cr);
-  load_rows<N>(p.k, K, cr);
-  load_rows<N>(p.b, B, cr);
-  load_rows<N>(p.a, A, cr);
-  load_rows<N>(p.v, V, cr);
-  load_decays<N>(p.z, lam, cr);
-}
-
-// G_t and G_L of channel j: the sums of its log-decays over rows 0 … t and over the chunk.
-template <int N>
-__device__ __forceinline__ float2 decay_sums(const float* lam, int t, int j) {
-  float g = 0.f, gl = 0.f;
-#pragma unroll
-  for (int s = 0; s < kL; ++s) {
-    const float x = lam[s * Dims<N>::LD + j];
-    gl += x;
-    g += s <= t ? x : 0.f;
-  }
-  return {g, gl};
-}
-
-// The chunk's factorised inputs, in place of the raw ones: ER = R⊙e^G, EA = A⊙e^Ĝ (Ĝ = G − λ),
-// EK = K⊙e^−G, EB = B⊙e^−G, and K⊙F, B⊙F with F = e^{G_L − G}; eGL = e^{G_L}.
-template <int N>
-__device__ __forceinline__ void factorise(float* ER, float* EA, float* EK, float* EB, float* KF, float* BF,
-                                          const float* K, const float* B, const float* lam, float* eGL) {
-  const Elements<N> el;
-#pragma unroll
-  for (int e = 0; e < el.E; ++e) {
-    const int j = el.c + e, o = el.t * Dims<N>::LD + j;
-    const float2 g = decay_sums<N>(lam, el.t, j);
-    const float eg = __expf(g.x), em = __expf(-g.x), f = __expf(g.y - g.x);
-    const float k = K[o], b = B[o];
-    ER[o] *= eg;
-    EA[o] *= __expf(g.x - lam[o]);
-    EK[o] = k * em, KF[o] = k * f;
-    EB[o] = b * em, BF[o] = b * f;
-    if (el.t == 0) eGL[j] = __expf(g.y);
-  }
-}
-
-// Γ = (I − A_ab)⁻¹ by forward substitution, lane j < L computing column j in registers (one
-// warp): starting from the unit column e_j, each row k, once final, is added into the rows below
-// it. The chain is L steps of independent FMAs (the sums over k run in place), not L dot products
-// in sequence; rows above j stay zero by themselves.
-__device__ __forceinline__ void unit_lower_inverse(const float* Aab, float* Gam) {
-  constexpr int LS = kL + 4;
-  const int j = threadIdx.x & 31;
-  if (j >= kL) return;
-  float col[kL];
-#pragma unroll
-  for (int i = 0; i < kL; ++i) col[i] = i == j ? 1.f : 0.f;
-#pragma unroll
-  for (int k = 0; k < kL; ++k) {
-#pragma unroll
-    for (int i = k + 1; i < kL; ++i) col[i] += Aab[i * LS + k] * col[k];
-  }
-#pragma unroll
-  for (int i = 0; i < kL; ++i) Gam[i * LS + j] = col[i];
-}
-
-// The four (L, L) products of the factorised inputs: A_rk = tril(ER EKᵀ), A_rb = tril(ER EBᵀ),
-// A_ak = stril(EA EKᵀ), A_ab = stril(EA EBᵀ); jobs 0 … 7 (product, half). kExactA: A_ak and A_ab
-// in 3xTF32.
-template <int N, bool kExactA>
-__device__ __forceinline__ void chunk_products(int job, const float* ER, const float* EA, const float* EK,
-                                               const float* EB, float* Ark, float* Arb, float* Aak, float* Aab) {
-  using D = Dims<N>;
-  const int which = job / 2, n0 = job % 2 * 8;
-  const float* left = which < 2 ? ER : EA;
-  const float* right = which % 2 == 0 ? EK : EB;
-  float* out = which == 0 ? Ark : which == 1 ? Arb : which == 2 ? Aak : Aab;
-  float c[4] = {0.f, 0.f, 0.f, 0.f};
-  if (kExactA && which >= 2) {
-    mma_tile<N, kExact>(c, as_is(left, D::LD), 0, transposed(right, D::LD), n0);
-  } else {
-    mma_tile<N>(c, as_is(left, D::LD), 0, transposed(right, D::LD), n0);
-  }
-  if (which < 2) {
-    store_tile(c, out, D::LS, 0, n0, kTril);
-  } else {
-    store_tile(c, out, D::LS, 0, n0, kStril);
-  }
-}
-
-// The tile at (m0, n0) of S diag(e^{G_L}) for a state (or state gradient) S in shared memory:
-// the part of the next one that the chunk's decay carries over.
-template <int N>
-__device__ __forceinline__ void decayed_state_tile(float (&c)[4], const float* S, const float* eGL, int m0, int n0) {
-  const TileLane l;
-#pragma unroll
-  for (int e = 0; e < 4; ++e) c[e] = S[(m0 + l.row(e)) * Dims<N>::LD + n0 + l.col(e)] * eGL[n0 + l.col(e)];
-}
-
-template <int N>
-__device__ __forceinline__ size_t state_offset(size_t head) {
-  return head * size_t(N) * size_t(N);
-}
-
-// Copies an (N, N) state between global memory (dense) and shared memory (leading dim LD).
-template <int N>
-__device__ __forceinline__ void state_in(const float* g, float* s) {
-  constexpr int LD = Dims<N>::LD;
-  for (int e = threadIdx.x * 4; e < N * N; e += kThreads * 4) {
-    const float4 v = g ? *reinterpret_cast<const float4*>(g + e) : make_float4(0.f, 0.f, 0.f, 0.f);
-    *reinterpret_cast<float4*>(s + (e / N) * LD + e % N) = v;
-  }
-}
-// The checkpoints' layout (wkv7_train.h): column-major, g[j·N + i] = S[i, j].
-template <int N>
-__device__ __forceinline__ void state_in_transposed(const float* g, float* s) {
-  constexpr int LD = Dims<N>::LD;
-  for (int e = threadIdx.x; e < N * N; e += kThreads) s[(e % N) * LD + e / N] = g[e];
-}
-template <int N>
-__device__ __forceinline__ void state_out_transposed(const float* s, float* g) {
-  constexpr int LD = Dims<N>::LD;
-  for (int e = threadIdx.x; e < N * N; e += kThreads) g[e] = s[(e % N) * LD + e / N];
-}
-template <int N>
-__device__ __forceinline__ void state_out(const float* s, float* g) {
-  constexpr int LD = Dims<N>::LD;
-  for (int e = threadIdx.x * 4; e < N * N; e += kThreads * 4) {
-    *reinterpret_cast<float4*>(g + e) = *reinterpret_cast<const float4*>(s + (e / N) * LD + e % N);
-  }
-}
-
-template <int N>
-struct ForwardSmem {
-  using D = Dims<N>;
-  float *ER, *EK, *EB, *EA, *KF, *BF, *V, *lam, *Z, *U, *W, *SA;  // (L, N)
-  float *S, *S2;                                                  // (N, N): before, after
-  float *Ark, *Arb, *Aak, *Aab, *Gam;                             // (L, L)
-  float* eGL;                                                     // (N)
-  static constexpr int kFloats = 12 * D::kRow + 2 * D::kSquare + 5 * D::kSmall + N;
-  __device__ explicit ForwardSmem(float* base) {
-    Carve c{base};
-    float** rows[] = {&ER, &EK, &EB, &EA, &KF, &BF, &V, &lam, &Z, &U, &W, &SA};
-    for (float** m : rows) *m = c.take(D::kRow);
-    S = c.take(D::kSquare), S2 = c.take(D::kSquare);
-    float** small[] = {&Ark, &Arb, &Aak, &Aab, &Gam};
-    for (float** m : small) *m = c.take(D::kSmall);
-    eGL = c.take(N);
-  }
-};
-
-template <int N>
-__global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_forward_kernel(Wkv7Train p, int chunks) {
-  using D = Dims<N>;
-  constexpr int LD = D::LD, LS = D::LS, NT = D::NT;
-  extern __shared__ __align__(16) float smem[];
-  ForwardSmem<N> m(smem);
-  const int h = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x / 32, H = p.H, T = p.T;
-  const size_t head = size_t(seq) * H + h, C = size_t(H) * N;
-  float* ckpt = p.checkpoints + head * size_t(chunks) * N * N;
-  state_in<N>(p.s0 ? p.s0 + state_offset<N>(head) : nullptr, m.S);
-  for (int c = 0; c < chunks; ++c) {
-    const ChunkRows cr{size_t(seq) * T * C + size_t(h) * N, C, c * kL, min(kL, T - c * kL)};
-    __syncthreads();  // the previous chunk is done with every array; S holds its S_next
-    load_inputs<N>(p, cr, m.ER, m.EK, m.EB, m.EA, m.V, m.lam);
-    if (c > 0) state_out_transposed<N>(m.S, ckpt + size_t(c - 1) * N * N);  // the state after chunk c − 1
-    __syncthreads();
-    factorise<N>(m.ER, m.EA, m.EK, m.EB, m.KF, m.BF, m.EK, m.EB, m.lam, m.eGL);
-    __syncthreads();
-    if (warp < 8) chunk_products<N, kExact>(warp, m.ER, m.EA, m.EK, m.EB, m.Ark, m.Arb, m.Aak, m.Aab);
-    __syncthreads();
-    if (warp == 0) {
-      unit_lower_inverse(m.Aab, m.Gam);
-    } else {
-      for (int job = warp - 1; job < NT; job += kWarps - 1) {  // Z = A_ak V
-        float t[4] = {0.f, 0.f, 0.f, 0.f};
-        mma_tile<kL, kExact>(t, as_is(m.Aak, LS), 0, as_is(m.V, LD), 8 * job);
-        store_tile(t, m.Z, LD, 0, 8 * job, kKeep);
-      }
-    }
-    __syncthreads();
-    for (int job = warp; job < 2 * NT; job += kWarps) {  // U = ΓZ, W = Γ·EA
-      const int n0 = job % NT * 8;
-      float t[4] = {0.f, 0.f, 0.f, 0.f};
-      mma_tile<kL, kExact>(t, as_is(m.Gam, LS), 0, as_is(job < NT ? m.Z : m.EA, LD), n0);
-      store_tile(t, job < NT ? m.U : m.W, LD, 0, n0, kKeep);
-    }
-    __syncthreads();
-    for (int job = warp; job < NT; job += kWarps) {  // SA = U + W S₀ᵀ: row t's S_{t−1}·a_t
-      const int n0 = 8 * job;
-      float t[4];
-      load_tile(t, m.U, LD, 0, n0);
-      mma_tile<N, kExact>(t, as_is(m.W, LD), 0, transposed(m.S, LD), n0);
-      store_tile(t, m.SA, LD, 0, n0, kKeep);
-      write_rows(t, p.sa, cr, n0, [](float* q, float x, float y) { *reinterpret_cast<float2*>(q) = {x, y}; });
-    }
-    __syncthreads();
-    // Y = A_rk V + A_rb SA + ER S₀ᵀ (jobs < NT), S_next = S₀ diag(e^{G_L}) + Vᵀ(K⊙F) + SAᵀ(B⊙F).
-    for (int job = warp; job < NT + (N / 16) * NT; job += kWarps) {
-      float t[4] = {0.f, 0.f, 0.f, 0.f};
-      if (job < NT) {
-        const int n0 = 8 * job;
-        mma_tile<kL>(t, as_is(m.Ark, LS), 0, as_is(m.V, LD), n0);
-        mma_tile<kL>(t, as_is(m.Arb, LS), 0, as_is(m.SA, LD), n0);
-        mma_tile<N>(t, as_is(m.ER, LD), 0, transposed(m.S, LD), n0);
-        write_rows(t, p.y, cr, n0, [](bf16* q, float x, float y) {
-          *reinterpret_cast<__nv_bfloat162*>(q) = __floats2bfloat162_rn(x, y);
-        });
-      } else {
-        const int m0 = (job - NT) / NT * 16, n0 = (job - NT) % NT * 8;
-        decayed_state_tile<N>(t, m.S, m.eGL, m0, n0);
-        mma_tile<kL, kExact>(t, transposed(m.V, LD), m0, as_is(m.KF, LD), n0);
-        mma_tile<kL, kExact>(t, transposed(m.SA, LD), m0, as_is(m.BF, LD), n0);
-        store_tile(t, m.S2, LD, m0, n0, kKeep);
-      }
-    }
-    float* s = m.S;
-    m.S = m.S2, m.S2 = s;
-  }
-  __syncthreads();
-  state_out_transposed<N>(m.S, ckpt + size_t(chunks - 1) * N * N);
-  if (p.sT) state_out<N>(m.S, p.sT + state_offset<N>(head));
-}
 
 template <int N>
 struct BackwardSmem {
@@ -393,15 +54,15 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_backward_kernel(Wkv7
   for (int c = chunks - 1; c >= 0; --c) {
     const ChunkRows cr{size_t(seq) * T * C + size_t(h) * N, C, c * kL, min(kL, T - c * kL)};
     __syncthreads();  // the chunk after is done; dS holds ∂L/∂(the state after this chunk)
-    load_inputs<N>(p, cr, m.ER, m.K, m.B, m.EA, m.V, m.lam);
-    load_rows<N>(g.dy, m.dY, cr);
+    load_inputs<N, kThreads>(p, cr, m.ER, m.K, m.B, m.EA, m.V, m.lam);
+    load_rows<N, kThreads>(g.dy, m.dY, cr);
     if (c > 0) {
       state_in_transposed<N>(ckpt + size_t(c - 1) * N * N, m.S0);
     } else {
       state_in<N>(p.s0 ? p.s0 + state_offset<N>(head) : nullptr, m.S0);
     }
     __syncthreads();
-    factorise<N>(m.ER, m.EA, m.EK, m.EB, m.KF, m.BF, m.K, m.B, m.lam, m.eGL);
+    factorise<N, kThreads>(m.ER, m.EA, m.EK, m.EB, m.KF, m.BF, m.K, m.B, m.lam, m.eGL);
     __syncthreads();
     // A_rk, A_rb, A_ak, A_ab; ∂SA_s = (B⊙F) ∂Sᵀ (the state's part of ∂SA); V ∂S; ∂ER = ∂Y S₀ (first
     // part); ∂V = (K⊙F) ∂Sᵀ (first part); ∂A_rk = tril(∂Y Vᵀ).
@@ -566,7 +227,7 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_backward_kernel(Wkv7
     // U, Z, ∂Z) and parts of Σ_i S₀[i, j] ∂S[i, j] (into ∂W) for the per-channel sums below.
     {
       float *dGsum = m.U, *dGh = m.Z, *dFF = m.dZ, *parts = m.dW;
-      const Elements<N> el;
+      const Elements<N, kThreads> el;
 #pragma unroll
       for (int e = 0; e < el.E; ++e) {
         const int t = el.t, j = el.c + e, o = t * LD + j;
@@ -622,11 +283,11 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_backward_kernel(Wkv7
 
 bool wkv7_chunked_applies(const Wkv7Train& p) {
   if (p.reset != nullptr || (p.N != 32 && p.N != 64)) return false;
-  // The rows are read 4 values (8 bytes) at a time.
+  // The rows are read up to 8 values (16 bytes) at a time.
   for (const void* q : {static_cast<const void*>(p.r), static_cast<const void*>(p.z),
                         static_cast<const void*>(p.k), static_cast<const void*>(p.v),
                         static_cast<const void*>(p.a), static_cast<const void*>(p.b)}) {
-    if (reinterpret_cast<uintptr_t>(q) % 8 != 0) return false;
+    if (reinterpret_cast<uintptr_t>(q) % 16 != 0) return false;
   }
   return true;
 }
@@ -644,17 +305,6 @@ void launch(Context& ctx, void (*kernel)(Args...), int floats, const Wkv7Train& 
 int chunks_of(int T) { return (T + kL - 1) / kL; }
 
 }  // namespace
-
-void wkv7_chunked_forward(Context& ctx, const Wkv7Train& p) {
-  if (p.N == 32) {
-    launch(ctx, wkv7_chunked_forward_kernel<32>, ForwardSmem<32>::kFloats, p, p, chunks_of(p.T));
-  } else if (p.N == 64) {
-    launch(ctx, wkv7_chunked_forward_kernel<64>, ForwardSmem<64>::kFloats, p, p, chunks_of(p.T));
-  } else {
-    fail("CUDA wkv7 chunked: head size ", p.N, " is not supported (32 or 64)");
-  }
-  RWKV_CUDA_LAUNCHED("wkv7_chunked_forward");
-}
 
 void wkv7_chunked_backward(Context& ctx, const Wkv7Train& p, const Wkv7TrainGrads& g) {
   if (p.N == 32) {

@@ -6,7 +6,7 @@
 
 namespace rwkv::cuda {
 
-// Whether the chunked kernels take p: no resets, N ∈ {32, 64}, rows 8-byte aligned.
+// Whether the chunked kernels take p: no resets, N ∈ {32, 64}, rows 16-byte aligned.
 bool wkv7_chunked_applies(const Wkv7Train& p);
 void wkv7_chunked_forward(Context& ctx, const Wkv7Train& p);
 void wkv7_chunked_backward(Context& ctx, const Wkv7Train& p, const Wkv7TrainGrads& g);

@@ -1,10 +1,13 @@
 // WKV-7 forward and backward for training (see wkv7_train.h), the sequential kernels and the choice
-// of form (the chunked kernels are wkv7_chunked.cu). Forward: the sliced scan's shape
-// (sliced_scan.cuh) while the heads are fewer than the SMs, else one thread per state row.
+// of form (the chunked kernels are wkv7_chunked_forward.cu and wkv7_chunked.cu). Forward: the
+// sliced scan's shape (sliced_scan.cuh) while the heads are fewer than the SMs, else one thread per
+// state row.
 // Backward: one block per (sequence, head); thread i owns column i (key index)
 // of S and of ∂S, and row i of ∂S too (∂v and ∂(S·a) are row sums, ∂r, ∂k, ∂b, ∂decay column
 // sums), so every sum is over a thread's own registers against shared vectors.
 #include "ops/cuda/wkv7_train.h"
+
+#include <cstdlib>
 
 #include "ops/cuda/rwkv7_math.cuh"
 #include "ops/cuda/sliced_scan.cuh"
@@ -270,7 +273,13 @@ bool wkv7_train_chunked(const Context& ctx, const Wkv7Train& p, bool backward) {
   switch (p.form) {
     case Wkv7Form::Sequential: return false;
     case Wkv7Form::Chunked: return true;
-    case Wkv7Form::Auto: return backward && p.B * p.H <= ctx.sms;
+    case Wkv7Form::Auto: {
+      static const bool forward_too = [] {
+        const char* v = std::getenv("RWKV_CUDA_WKV7_CHUNKED_FORWARD");
+        return !(v && v[0] == '0');
+      }();
+      return (backward || forward_too) && p.B * p.H <= ctx.sms;
+    }
   }
   return false;
 }

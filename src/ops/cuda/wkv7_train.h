@@ -19,18 +19,18 @@ namespace rwkv::cuda {
 constexpr int kWkv7TrainChunk = 16;
 
 // Which form runs the passes: the sequential scans (wkv7_train.cu) or the chunked form on tensor
-// cores (wkv7_chunked.cu; not with document resets, which always run sequentially). The chunked
-// form's products take TF32 operands, in 3xTF32 (about fp32) on the forward's state path and where
-// the decay gradient's sums cancel: its state is as close as fp32's, its state gradient within
-// ~2e-4, its bf16 outputs about as close as the sequential kernels'. Both write the same
-// checkpoints and S·a, and the chunked backward takes the sequential forward's; the sequential
-// backward undoes rows from the checkpoints (dividing by the decays), which would magnify the
-// chunked forward's small differences, so a chunked forward is followed by the chunked backward.
-// Auto: the sequential forward, and the chunked backward while the heads (B·H) fit one wave of
-// blocks (B·H ≤ SMs: faster there), else the sequential one. (The chunked forward is faster there
-// too — the 0.1B training step +3% — but moved a 50-step run of the CPU comparison test further
-// from the CPU's losses; left for a closer look.) The forward and the backward of one window must
-// be given the same form.
+// cores (wkv7_chunked_forward.cu, wkv7_chunked.cu; not with document resets, which always run
+// sequentially). The chunked form's products take TF32 operands, in 3xTF32 (about fp32) on the
+// forward's state path and where the decay gradient's sums cancel: its state is as close as fp32's,
+// its state gradient within ~2e-4, its bf16 outputs about as close as the sequential kernels'. Both
+// write the same checkpoints and S·a; the sequential backward undoes rows from the checkpoints
+// (dividing by the decays), which would magnify the chunked forward's small differences, so a
+// chunked forward is followed by the chunked backward.
+// Auto: both passes chunked while the heads (B·H) fit one wave of the chunked backward's blocks
+// (B·H ≤ SMs), else both sequential: at 512 heads the chunked backward (one 184 KB block per
+// head) is 1.7× slower than the sequential one, more than its forward gains.
+// RWKV_CUDA_WKV7_CHUNKED_FORWARD=0 keeps Auto's forward sequential (its earlier choice).
+// The forward and the backward of one window must be given the same form.
 enum class Wkv7Form { Auto, Sequential, Chunked };
 
 struct Wkv7Train {
