@@ -141,12 +141,12 @@ __device__ __forceinline__ void load_inputs(const Wkv7Train& p, const ChunkRows&
 }
 
 // G_t and G_L of channel j: the sums of its log-decays over rows 0 … t and over the chunk.
-template <int N, int LD = Dims<N>::LD>
+template <int N>
 __device__ __forceinline__ float2 decay_sums(const float* lam, int t, int j) {
   float g = 0.f, gl = 0.f;
 #pragma unroll
   for (int s = 0; s < kL; ++s) {
-    const float x = lam[s * LD + j];
+    const float x = lam[s * Dims<N>::LD + j];
     gl += x;
     g += s <= t ? x : 0.f;
   }
