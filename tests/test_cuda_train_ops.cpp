@@ -5,6 +5,7 @@
 // checked through the whole model's gradients (test_cuda_train). Skips without a GPU.
 #include <cmath>
 #include <random>
+#include <utility>
 
 #include "ops/train.h"
 #include "rwkv/model.h"
@@ -67,16 +68,20 @@ TEST(CudaTrainOps, LayerNormForwardAndBackward) {
 TEST(CudaTrainOps, TokenShiftMixesAndTheirBackward) {
   RWKV_REQUIRE_GPU();
   std::mt19937 rng(2);
-  for (const int variant : {0, 1, 2}) {  // no previous rows, previous rows, and document resets
+  // C = 33: one channel at a time; C = 64: four at a time (train_ops.cu's 16-byte kernels).
+  const std::pair<int, int> cases[] = {{0, 33}, {1, 33}, {2, 33}, {0, 64}, {1, 64}, {2, 64}};
+  for (const auto& cs : cases) {
+    // No previous rows, previous rows, and document resets.
+    const int variant = cs.first, C = cs.second;
     const bool with_prev = variant > 0;
-    const int B = 3, T = 5, C = 33, M = B * T;
+    const int B = 3, T = 5, M = B * T;
     // Resets at a sequence's first row (its previous row unused), mid-sequence, two in a row.
     std::vector<unsigned char> reset_rows(M, 0);
     for (int m : {5, 2, 8, 9, 14}) reset_rows[size_t(m)] = 1;
     const unsigned char* reset = variant == 2 ? reset_rows.data() : nullptr;
     auto greset_rows = upload(reset_rows);
     const unsigned char* greset = reset ? greset_rows.as<unsigned char>() : nullptr;
-    const size_t n = size_t(M) * C, stride = 50;  // prev rows inside a wider state
+    const size_t n = size_t(M) * C, stride = size_t(C) + 17;  // prev rows inside a wider state
     const auto h = normal_floats(n, rng), states = normal_floats(size_t(B) * stride, rng), mu = normal_floats(C, rng, 0.5f);
     std::vector<float> prev(size_t(B) * C);
     for (int b = 0; b < B; ++b) std::copy_n(states.begin() + long(b * stride + 7), C, prev.begin() + long(b * C));
