@@ -25,6 +25,13 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
   return r;
 }
 
+// x as TF32 parts hi + lo for 3xTF32 (lo only when kSplit).
+template <bool kSplit>
+__device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
+  hi = to_tf32(x);
+  if constexpr (kSplit) lo = to_tf32(x - __uint_as_float(hi));
+}
+
 __device__ __forceinline__ void mma_m16n8k8(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -57,18 +64,13 @@ __device__ __forceinline__ void mma_tile(float (&c)[4], SmemMat A, int m0, SmemM
     const float a[4] = {A(m0 + l.g, k0 + l.q), A(m0 + l.g + 8, k0 + l.q), A(m0 + l.g, k0 + l.q + 4),
                         A(m0 + l.g + 8, k0 + l.q + 4)};
     const float b[2] = {B(k0 + l.q, n0 + l.g), B(k0 + l.q + 4, n0 + l.g)};
-    uint32_t ah[4], bh[2];
+    uint32_t ah[4], bh[2], al[4], bl[2];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) ah[e] = to_tf32(a[e]);
+    for (int e = 0; e < 4; ++e) split_tf32<kSplit>(a[e], ah[e], al[e]);
 #pragma unroll
-    for (int e = 0; e < 2; ++e) bh[e] = to_tf32(b[e]);
+    for (int e = 0; e < 2; ++e) split_tf32<kSplit>(b[e], bh[e], bl[e]);
     mma_m16n8k8(acc[(k0 / 8) % kChains], ah, bh);
     if constexpr (kSplit) {
-      uint32_t al[4], bl[2];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) al[e] = to_tf32(a[e] - __uint_as_float(ah[e]));
-#pragma unroll
-      for (int e = 0; e < 2; ++e) bl[e] = to_tf32(b[e] - __uint_as_float(bh[e]));
       mma_m16n8k8(low, al, bh);
       mma_m16n8k8(low, ah, bl);
     }

@@ -2,8 +2,6 @@
 // ops one warp per (row, head) with lanes striding over the head's N channels, element-wise ops
 // a grid-stride loop; column sums are two-pass (partials per block of rows, then in order).
 #include <algorithm>
-#include <cstdint>
-#include <initializer_list>
 
 #include "ops/cuda/device_math.cuh"
 #include "ops/cuda/train_ops.h"
@@ -17,13 +15,6 @@ constexpr int kHeadWarps = 8;            // (row, head) pairs per block of the p
 
 __device__ __forceinline__ bf16 b16(float x) { return __float2bfloat16_rn(x); }
 
-// Whether every pointer allows 16-byte accesses (the four-channel kernels).
-bool aligned16(std::initializer_list<const void*> pointers) {
-  for (const void* p : pointers) {
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  }
-  return true;
-}
 
 // ---- LayerNorm ----
 

@@ -284,12 +284,7 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_backward_kernel(Wkv7
 bool wkv7_chunked_applies(const Wkv7Train& p) {
   if (p.reset != nullptr || (p.N != 32 && p.N != 64)) return false;
   // The rows are read up to 8 values (16 bytes) at a time.
-  for (const void* q : {static_cast<const void*>(p.r), static_cast<const void*>(p.z),
-                        static_cast<const void*>(p.k), static_cast<const void*>(p.v),
-                        static_cast<const void*>(p.a), static_cast<const void*>(p.b)}) {
-    if (reinterpret_cast<uintptr_t>(q) % 16 != 0) return false;
-  }
-  return true;
+  return aligned16({p.r, p.z, p.k, p.v, p.a, p.b});
 }
 
 namespace {

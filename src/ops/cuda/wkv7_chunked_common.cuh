@@ -11,6 +11,8 @@ namespace rwkv::cuda::wkv7c {
 using bf16 = __nv_bfloat16;
 constexpr int kL = kWkv7TrainChunk;  // rows per chunk
 constexpr float kScale = -kRwkv7DecayScale;
+// The log-decay λ = −e^{−1/2}·σ(z) of the decay's pre-activation z.
+__device__ __forceinline__ float log_decay(float z) { return kScale / (1.f + __expf(-z)); }
 // Products in 3xTF32 (kExact): the forward's that carry the state from chunk to chunk (A_ak, A_ab,
 // Z, U, W, SA, S_next); the backward's whose outputs meet the e^{±G} factors in ∂G (∂ER·ER −
 // ∂EK·EK − …, and ∂F⊙F): ∂λ's sums over the chunk cancel most of those terms, and with TF32 alone
@@ -76,13 +78,7 @@ __device__ __forceinline__ void load_rows(const bf16* src, float* dst, const Chu
   if (el.t < cr.rows) {
     const bf16* q = src + cr.at(el.t, el.c);
     if constexpr (E == 8) {
-      const uint4 u = *reinterpret_cast<const uint4*>(q);
-      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
-        v[2 * i] = x.x, v[2 * i + 1] = x.y;
-      }
+      unpack8(*reinterpret_cast<const uint4*>(q), q, v);
     } else if constexpr (E == 4) {
       const uint2 u = *reinterpret_cast<const uint2*>(q);
       const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
@@ -123,7 +119,7 @@ __device__ __forceinline__ void load_decays(const bf16* z, float* lam, const Chu
 #pragma unroll
     for (int e = 0; e < el.E; ++e) {
       float& x = lam[el.t * Dims<N>::LD + el.c + e];
-      x = kScale / (1.f + __expf(-x));
+      x = log_decay(x);
     }
   }
 }

@@ -51,13 +51,6 @@ struct PrepareSmem {
   }
 };
 
-// Writes a 16×8 accumulator tile at column n0 of a dense (L, ld) matrix in global memory.
-__device__ __forceinline__ void put_tile(const float (&c)[4], float* dst, int ld, int n0) {
-  const TileLane l;
-  *reinterpret_cast<float2*>(dst + l.g * ld + n0 + 2 * l.q) = {c[0], c[1]};
-  *reinterpret_cast<float2*>(dst + (l.g + 8) * ld + n0 + 2 * l.q) = {c[2], c[3]};
-}
-
 // Grid (chunks of the window, H, B). Chunk c0 + blockIdx.x of head (blockIdx.z, blockIdx.y).
 template <int N>
 __global__ void __launch_bounds__(kPrepareThreads) wkv7_prepare_kernel(Wkv7Train p, int c0, int span,
@@ -92,7 +85,7 @@ __global__ void __launch_bounds__(kPrepareThreads) wkv7_prepare_kernel(Wkv7Train
     const int n0 = job % NT * 8;
     float t[4] = {0.f, 0.f, 0.f, 0.f};
     mma_tile<kL, kExact>(t, as_is(m.Gam, LS), 0, as_is(job < NT ? m.Z : m.EA, LD), n0);
-    put_tile(t, out + (job < NT ? Scratch<N>::kU : Scratch<N>::kW), N, n0);
+    store_tile(t, out + (job < NT ? Scratch<N>::kU : Scratch<N>::kW), N, 0, n0, kKeep);
   }
   for (int e = threadIdx.x; e < 2 * kL * kL; e += kPrepareThreads) {
     const int which = e / (kL * kL), i = e % (kL * kL) / kL, j = e % kL;
@@ -158,27 +151,19 @@ struct ScanInputs {
     z = in ? *reinterpret_cast<const uint4*>(p.z + at) : zero;
   }
 
-  // Eight bf16 as floats into dst.
-  __device__ static void put8(const uint4& x, float* dst) {
-    const uint32_t words[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[i]));
-      dst[2 * i] = f.x, dst[2 * i + 1] = f.y;
-    }
-  }
-
   // Into shared memory as the scan's arrays take them; the log-decays λ = −e^{−1/2}·σ(z), 0 on
   // padding rows (they decay nothing).
   __device__ void stage(const ScanSmem<N>& m, int rows) const {
     const int t = row(), c = col(), o = t * D::LD + c;
     reinterpret_cast<float4*>(m.U + o)[0] = u[0], reinterpret_cast<float4*>(m.U + o)[1] = u[1];
     reinterpret_cast<float4*>(m.W + o)[0] = w[0], reinterpret_cast<float4*>(m.W + o)[1] = w[1];
-    put8(r, m.ER + o), put8(k, m.KF + o), put8(b, m.BF + o), put8(v, m.V + o);
-    float lam[8];
-    put8(z, lam);
+    const bf16* as_bf16 = nullptr;  // picks unpack8's overload
+    unpack8(r, as_bf16, m.ER + o), unpack8(k, as_bf16, m.KF + o), unpack8(b, as_bf16, m.BF + o);
+    unpack8(v, as_bf16, m.V + o);
+    float z8[8];
+    unpack8(z, as_bf16, z8);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) m.lam[o + i] = t < rows ? kScale / (1.f + __expf(-lam[i])) : 0.f;
+    for (int i = 0; i < 8; ++i) m.lam[o + i] = t < rows ? log_decay(z8[i]) : 0.f;
 #pragma unroll
     for (int i = 0; i < kAB; ++i) {
       const int e = 4 * (threadIdx.x + i * D::kThreads), which = e / (kL * kL), q = e % (kL * kL);
@@ -186,13 +171,6 @@ struct ScanInputs {
     }
   }
 };
-
-// x as hi + lo TF32 parts (3xTF32); lo is left out when !kSplit.
-template <bool kSplit>
-__device__ __forceinline__ void split(float x, uint32_t& hi, uint32_t& lo) {
-  hi = to_tf32(x);
-  if constexpr (kSplit) lo = to_tf32(x - __uint_as_float(hi));
-}
 
 // The state block of a warp: rows i0 … i0 + 15 of S (value-major) as NT accumulator tiles of 8
 // columns: s[n] holds S[i0 + g, 8n + 2q (+1)] and S[i0 + g + 8, 8n + 2q (+1)].
@@ -221,14 +199,14 @@ __device__ __forceinline__ void state_products(const float (&s)[N / 8][4], const
     const float2 r0 = *reinterpret_cast<const float2*>(m.ER + l.g * LD + k);
     const float2 r1 = *reinterpret_cast<const float2*>(m.ER + (l.g + 8) * LD + k);
     const float wa[4] = {w0.x, w1.x, w0.y, w1.y}, ra[4] = {r0.x, r1.x, r0.y, r1.y};
-    uint32_t wh[4], wl[4], rh[4], unused;
+    uint32_t wh[4], wl[4], rh[4];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) split<kExact>(wa[e], wh[e], wl[e]), split<false>(ra[e], rh[e], unused);
+    for (int e = 0; e < 4; ++e) split_tf32<kExact>(wa[e], wh[e], wl[e]), rh[e] = to_tf32(ra[e]);
 #pragma unroll
     for (int vt = 0; vt < 2; ++vt) {
       uint32_t bh[2], bl[2];
-      split<kExact>(s[n][2 * vt], bh[0], bl[0]);
-      split<kExact>(s[n][2 * vt + 1], bh[1], bl[1]);
+      split_tf32<kExact>(s[n][2 * vt], bh[0], bl[0]);
+      split_tf32<kExact>(s[n][2 * vt + 1], bh[1], bl[1]);
       mma_m16n8k8(sa[vt], wh, bh);
       if constexpr (kExact) {
         mma_m16n8k8(low[vt][n % 2], wl, bh);
@@ -251,15 +229,15 @@ __device__ __forceinline__ void update_state(float (&s)[N / 8][4], const ScanSme
   constexpr int LD = ScanDims<N>::LD, NT = N / 8;
   const TileLane l;
   // V holds bf16 values, exact in TF32: its low part is zero and its products take one mma.
-  uint32_t vh[2][4], ah[2][4], al[2][4], unused;
+  uint32_t vh[2][4], ah[2][4], al[2][4];
 #pragma unroll
   for (int ks = 0; ks < 2; ++ks) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       // A fragment element e: row (value) g + 8·(e & 1), column (row t of the chunk) q + 4·(e >> 1).
       const int o = (8 * ks + l.q + 4 * (e >> 1)) * LD + i0 + l.g + 8 * (e & 1);
-      split<false>(m.V[o], vh[ks][e], unused);
-      split<kExact>(m.SA[o], ah[ks][e], al[ks][e]);
+      vh[ks][e] = to_tf32(m.V[o]);
+      split_tf32<kExact>(m.SA[o], ah[ks][e], al[ks][e]);
     }
   }
 #pragma unroll
@@ -273,8 +251,8 @@ __device__ __forceinline__ void update_state(float (&s)[N / 8][4], const ScanSme
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int o = (8 * ks + l.q + 4 * e) * LD + 8 * n + l.g;
-        split<kExact>(m.KF[o], kh[e], kl[e]);
-        split<kExact>(m.BF[o], bh[e], bl[e]);
+        split_tf32<kExact>(m.KF[o], kh[e], kl[e]);
+        split_tf32<kExact>(m.BF[o], bh[e], bl[e]);
       }
       mma_m16n8k8(acc, vh[ks], kh);
       mma_m16n8k8(acc, ah[ks], bh);
