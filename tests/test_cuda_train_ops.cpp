@@ -1,6 +1,6 @@
 // The GPU training ops (ops/cuda/train_ops.h) against their plain-loop twins (ops/train.h, the
 // optimizer's AdamW) on random inputs at odd shapes, outputs poisoned first: LayerNorm forward
-// and backward, token shift and its backward, the mixes and their backward, column sums, the
+// and backward, token shift and its backward, the mixes and their one-pass backward, column sums, the
 // cross-entropy rows, the embedding's backward, Σg² and AdamW. The per-head RWKV-7 ops are
 // checked through the whole model's gradients (test_cuda_train). Skips without a GPU.
 #include <cmath>
@@ -102,21 +102,36 @@ TEST(CudaTrainOps, TokenShiftMixesAndTheirBackward) {
       ASSERT_NEAR(m1[i], want, std::abs(want) * 0x1p-8 + 1e-30) << i;
       ASSERT_EQ(m2[i], m1[i]);
     }
-    // Backward of one mix, then of the shift.
-    const auto dout = normal_floats(n, rng), dh0 = normal_floats(n, rng), dd0 = normal_floats(n, rng),
-               dmu0 = normal_floats(C, rng);
-    std::vector<float> dh = dh0, dd = dd0, dmu = dmu0, dprev(size_t(B) * C, 0.f);
-    for (size_t i = 0; i < n; ++i) {
-      dh[i] += dout[i];
-      dd[i] += dout[i] * mu[i % C];
+    // Backward of three mixes in one pass (dh, ddelta overwritten), then of the shift.
+    constexpr int kMixes = 3;
+    std::vector<std::vector<float>> dout(kMixes), mus(kMixes), dmu0(kMixes), dmu(kMixes);
+    std::vector<float> dh(n, 0.f), dd(n, 0.f), dprev(size_t(B) * C, 0.f);
+    for (int j = 0; j < kMixes; ++j) {
+      dout[j] = normal_floats(n, rng), mus[j] = normal_floats(C, rng, 0.5f), dmu0[j] = normal_floats(C, rng);
+      dmu[j] = dmu0[j];
+      for (size_t i = 0; i < n; ++i) {
+        dh[i] += dout[j][i];
+        dd[i] += dout[j][i] * mus[j][i % C];
+        dmu[j][i % C] += dout[j][i] * delta[i];
+      }
     }
-    for (size_t i = 0; i < n; ++i) dmu[i % C] += dout[i] * delta[i];
     std::vector<float> dx = dh;
     ot::token_shift_backward<float>(dd.data(), B, T, C, dx.data(), dprev.data(), reset);
-    auto gdout = upload(dout), gdh = upload(dh0), gdd = upload(dd0), gdmu = upload(dmu0), gdstates = upload(states);
-    ct::mix_backward(context(), gdout.as<float>(), gdelta.as<float>(), gmu.as<float>(), M, C, gdh.as<float>(),
-                     gdd.as<float>(), gdmu.as<float>());
-    EXPECT_LE(test::rel_norm_error(download_f32(gdmu, C).data(), dmu.data(), size_t(C)), kF32);
+    std::vector<DeviceBuffer> gdout, gmus, gdmu;
+    ct::MixGrads mg;
+    mg.n = kMixes;
+    for (int j = 0; j < kMixes; ++j) {
+      gdout.push_back(upload(dout[j])), gmus.push_back(upload(mus[j])), gdmu.push_back(upload(dmu0[j]));
+    }
+    for (int j = 0; j < kMixes; ++j) {
+      mg.dout[j] = gdout[j].as<float>(), mg.mu[j] = gmus[j].as<float>(), mg.dmu[j] = gdmu[j].as<float>();
+    }
+    auto gdh = poisoned(n), gdd = poisoned(n), gdstates = upload(states);
+    ct::mix_backward(context(), mg, gdelta.as<float>(), M, C, gdh.as<float>(), gdd.as<float>());
+    for (int j = 0; j < kMixes; ++j) {
+      EXPECT_LE(test::rel_norm_error(download_f32(gdmu[j], C).data(), dmu[j].data(), size_t(C)), kF32) << j;
+    }
+    EXPECT_LE(test::rel_norm_error(download_f32(gdd, n).data(), dd.data(), n), 1e-6);
     ct::token_shift_backward(context(), gdd.as<float>(), B, T, C, gdh.as<float>(), {gdstates.as<float>() + 7, stride},
                              greset);
     EXPECT_LE(test::rel_norm_error(download_f32(gdh, n).data(), dx.data(), n), 1e-6);
@@ -128,6 +143,47 @@ TEST(CudaTrainOps, TokenShiftMixesAndTheirBackward) {
           ASSERT_NEAR(got_states[b * stride + i], dprev[b * C + i - 7], 1e-6 * (1 + std::abs(dprev[b * C + i - 7])));
         } else {
           ASSERT_EQ(got_states[b * stride + i], states[b * stride + i]) << b << " " << i;  // untouched
+        }
+      }
+    }
+  }
+}
+
+// The mixes' one-pass backward over several blocks of rows (the last one partial), one and six
+// mixes, both channel widths.
+TEST(CudaTrainOps, MixBackwardOverRowBlocks) {
+  RWKV_REQUIRE_GPU();
+  std::mt19937 rng(5);
+  for (const int M : {129, 300}) {
+    for (const int C : {33, 768}) {
+      for (const int mixes : {1, 6}) {
+        const size_t n = size_t(M) * C;
+        const auto delta = normal_floats(n, rng);
+        std::vector<double> dh(n, 0.0), dd(n, 0.0);
+        std::vector<std::vector<float>> dout(mixes), mus(mixes), dmu0(mixes);
+        std::vector<std::vector<double>> dmu(mixes);
+        std::vector<DeviceBuffer> gdout, gmus, gdmu;
+        ct::MixGrads mg;
+        mg.n = mixes;
+        for (int j = 0; j < mixes; ++j) {
+          dout[j] = normal_floats(n, rng), mus[j] = normal_floats(C, rng, 0.5f), dmu0[j] = normal_floats(C, rng);
+          dmu[j].assign(dmu0[j].begin(), dmu0[j].end());
+          for (size_t i = 0; i < n; ++i) {
+            dh[i] += dout[j][i], dd[i] += double(dout[j][i]) * mus[j][i % C];
+            dmu[j][i % C] += double(dout[j][i]) * delta[i];
+          }
+          gdout.push_back(upload(dout[j])), gmus.push_back(upload(mus[j])), gdmu.push_back(upload(dmu0[j]));
+        }
+        for (int j = 0; j < mixes; ++j) {
+          mg.dout[j] = gdout[j].as<float>(), mg.mu[j] = gmus[j].as<float>(), mg.dmu[j] = gdmu[j].as<float>();
+        }
+        auto gdelta = upload(delta), gdh = poisoned(n), gdd = poisoned(n);
+        ct::mix_backward(context(), mg, gdelta.as<float>(), M, C, gdh.as<float>(), gdd.as<float>());
+        const std::string at = std::to_string(M) + "×" + std::to_string(C) + " mixes " + std::to_string(mixes);
+        EXPECT_LE(test::rel_norm_error(download_f32(gdh, n).data(), dh.data(), n), kF32) << at;
+        EXPECT_LE(test::rel_norm_error(download_f32(gdd, n).data(), dd.data(), n), kF32) << at;
+        for (int j = 0; j < mixes; ++j) {
+          EXPECT_LE(test::rel_norm_error(download_f32(gdmu[j], C).data(), dmu[j].data(), size_t(C)), kF32) << at;
         }
       }
     }

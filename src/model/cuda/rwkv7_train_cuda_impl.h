@@ -84,8 +84,9 @@ struct Tape {
 struct Scratch {
   size_t key = 0;
   DeviceBuffer buffer;
-  float *dx, *dh, *ddelta, *dmix, *delta, *dr, *dk2, *dv, *dz, *dalpha, *dg, *dvf, *dv_first, *dxo;
-  float *ta, *tb, *tc;           // per-element terms of column sums (M, C)
+  float *dx, *dh, *ddelta, *delta, *dr, *dk2, *dv, *dz, *dalpha, *dg, *dvf, *dv_first, *dxo;
+  float* dmix[6];                // ∂ of the time mix's mixes w, a, g, v, r, k (M, C); [0]: the FFN's
+  float* ta;                     // LayerNorm backward's per-element terms (M, C)
   float *dlora, *dffn;           // (M, max LoRA), (M, F)
   float *kv_s0, *kv_sT, *kv_ds0;  // (B, H, N, N) gathered WKV states
   float *ln_out;                 // (M, C)
@@ -259,10 +260,11 @@ struct Rwkv7TrainCuda::Impl {
     const size_t key = (M << 24) ^ (size_t(B) << 1);
     const auto carve = [&](char* base) {
       Carver c(base);
-      for (float** f : {&s.dx, &s.dh, &s.ddelta, &s.dmix, &s.delta, &s.dr, &s.dk2, &s.dv, &s.dz, &s.dalpha,
-                        &s.dg, &s.dvf, &s.dv_first, &s.dxo, &s.ta, &s.tb, &s.tc, &s.ln_out}) {
+      for (float** f : {&s.dx, &s.dh, &s.ddelta, &s.delta, &s.dr, &s.dk2, &s.dv, &s.dz, &s.dalpha, &s.dg,
+                        &s.dvf, &s.dv_first, &s.dxo, &s.ta, &s.ln_out}) {
         *f = c.take<float>(MC);
       }
+      for (float*& f : s.dmix) f = c.take<float>(MC);
       s.dlora = c.take<float>(M * lora);
       s.dffn = c.take<float>(M * F);
       for (float** f : {&s.kv_s0, &s.kv_sT, &s.kv_ds0}) *f = c.take<float>(kv);
@@ -337,10 +339,10 @@ struct Rwkv7TrainCuda::Impl {
   // One LoRA-fed mix, from dpre (M, C) at the LoRA's output back to the mix: its up (D, C) and
   // down (C, D) weights' gradients, and dmix (overwritten) for the mix's backward.
   void lora_backward(const float* dpre, const float* hidden, Act act, const bf16* up, float* dup, int D,
-                     const bf16* down, float* ddown, const bf16* mix16, int M);
+                     const bf16* down, float* ddown, const bf16* mix16, int M, float* dmix);
   // The six mixes of the time mix into s.mix16: r, w, k, v, a, g.
   ct::Mixes time_mixes(const Rwkv7LayerParams<float>& y);
-  void wkv_inputs(const Cache& c, size_t MC);
+  void wkv_inputs(const Cache& c, size_t MC);  // the backward's (the forward's come with the preparation)
   void convert(const float* x, size_t n, bf16* out) { cuda::to_bf16(ctx, x, n, out); }
 };
 

@@ -37,9 +37,11 @@ void Rwkv7TrainCuda::Impl::layer_forward(Tape& t, int l, Cache& c, float* x_out)
     ct::activate_bf16(ctx, c.v_h, size_t(M) * d.d_value, Act::None, s.lora16);
     mm(s.lora16, y16.v2, M, d.d_value, C, c.gate);
   }
-  ct::rwkv7_prepare_forward(ctx, M, H, N, {c.z, c.alpha, c.gate, c.v, c.kn, c.k2, t.v_first, c.k_raw,
-                                           c.v_raw, y.w0, y.a0, y.v0, y.k_k, y.k_a, l == 0});
-  wkv_inputs(c, MC);
+  ct::PrepareForward prep{c.z, c.alpha, c.gate, c.v, c.kn, c.k2, t.v_first, c.k_raw,
+                          c.v_raw, y.w0, y.a0, y.v0, y.k_k, y.k_a, l == 0};
+  prep.r = c.r;
+  std::copy_n(s.wkv16, 6, prep.wkv16);
+  ct::rwkv7_prepare_forward(ctx, M, H, N, prep);
   prof->mark("fwd: time mix in");
   if (t.has_state_in) copy_rows(s.kv_s0, kv_bytes(), t.state_in + so.kv, state_bytes(), kv_bytes(), B);
   cuda::Wkv7Train wkv;
@@ -89,7 +91,7 @@ void Rwkv7TrainCuda::Impl::wkv_inputs(const Cache& c, size_t MC) {
 
 void Rwkv7TrainCuda::Impl::lora_backward(const float* dpre, const float* hidden, Act act, const bf16* up,
                                          float* dup, int D, const bf16* down, float* ddown, const bf16* mix16,
-                                         int M) {
+                                         int M, float* dmix) {
   const int C = d.C;
   convert(dpre, size_t(M) * C, s.dp16);
   convert(hidden, size_t(M) * D, s.lora16);
@@ -97,7 +99,7 @@ void Rwkv7TrainCuda::Impl::lora_backward(const float* dpre, const float* hidden,
   mm_dx(s.dp16, up, M, D, C, s.dlora);
   ct::activation_backward_bf16(ctx, s.dlora, hidden, size_t(M) * D, act, s.dlora16);
   mm_dA(mix16, s.dlora16, M, C, D, ddown);
-  mm_dx(s.dlora16, down, M, C, D, s.dmix);
+  mm_dx(s.dlora16, down, M, C, D, dmix);
 }
 
 void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
@@ -116,9 +118,6 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
     ct::add_rows(ctx, {t.dstate + offset, SF}, B, C, {s.dh + size_t(T - 1) * C, size_t(T) * C});
     ct::token_shift_backward(ctx, s.ddelta, B, T, C, s.dh, {t.dstate + offset, SF}, t.reset);
   };
-  const auto zero = [&](float* a, size_t n) {
-    RWKV_CUDA_CHECK(cudaMemsetAsync(a, 0, n * 4, ctx.stream));
-  };
 
   // ---- channel mix ----
   convert(dx, MC, s.d16);
@@ -129,10 +128,10 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
   ct::token_shift(ctx, c.h2, prev_ffn, B, T, C, s.delta, t.reset);
   ct::mix_bf16(ctx, c.h2, s.delta, M, C, {1, {y.ffn_x_k}, {mx[0]}});
   lin_dw(s.act16, mx[0], M, C, F, gy.ffn_key);
-  lin_dx(s.act16, y16.ffn_key, M, C, F, s.dmix);
-  zero(s.dh, MC);
-  zero(s.ddelta, MC);
-  ct::mix_backward(ctx, s.dmix, s.delta, y.ffn_x_k, M, C, s.dh, s.ddelta, gy.ffn_x_k);
+  lin_dx(s.act16, y16.ffn_key, M, C, F, s.dmix[0]);
+  ct::MixGrads ffn_mix;
+  ffn_mix.n = 1, ffn_mix.dout[0] = s.dmix[0], ffn_mix.mu[0] = y.ffn_x_k, ffn_mix.dmu[0] = gy.ffn_x_k;
+  ct::mix_backward(ctx, ffn_mix, s.delta, M, C, s.dh, s.ddelta);
   shift_backward(so.ffn_x);
   ct::layer_norm_backward(ctx, s.dh, c.x_mid, M, C, y.ln2_w, c.ln2_mean, c.ln2_rstd, dx, gy.ln2_w,
                           gy.ln2_b, s.ta);
@@ -144,10 +143,8 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
   lin_dw(s.d16, s.x16, M, C, C, gy.output);
   lin_dx(s.d16, y16.output, M, C, C, s.dxo);
   ct::rwkv7_output_backward(ctx, M, H, N, {s.dxo, c.y, c.zo, c.gn_mean, c.gn_rstd, c.r, c.k2, c.v, c.g,
-                                           y.r_k, y.ln_x_w, s.dg, s.dr, s.dk2, s.dv, s.ta, s.tb, s.tc, s.dy16});
-  ct::col_sum(ctx, s.ta, nullptr, M, C, gy.ln_x_w);
-  ct::col_sum(ctx, s.tb, nullptr, M, C, gy.ln_x_b);
-  ct::col_sum(ctx, s.tc, nullptr, M, C, gy.r_k);
+                                           y.r_k, y.ln_x_w, s.dg, s.dr, s.dk2, s.dv, s.dy16, gy.ln_x_w,
+                                           gy.ln_x_b, gy.r_k});
 
   prof->mark("bwd: time mix out");
   // ---- WKV ----
@@ -180,37 +177,31 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
   ct::rwkv7_prepare_backward(ctx, M, H, N, {s.gwkv16[0], s.gwkv16[1], s.gwkv16[2], s.gwkv16[3], s.gwkv16[4],
                                             s.gwkv16[5], c.k_raw, c.v_raw, c.kn, c.alpha, c.gate, t.v_first,
                                             y.k_k, y.k_a, s.dr, s.dk2, s.dv, s.dz, s.dalpha, s.dvf,
-                                            s.dv_first, s.ta, s.tb, l == 0});
-  ct::col_sum(ctx, s.ta, nullptr, M, C, gy.k_a);
-  ct::col_sum(ctx, s.tb, nullptr, M, C, gy.k_k);
-  ct::col_sum(ctx, s.dz, nullptr, M, C, gy.w0);
-  ct::col_sum(ctx, s.dalpha, nullptr, M, C, gy.a0);
-  if (l > 0) ct::col_sum(ctx, s.dvf, nullptr, M, C, gy.v0);
+                                            s.dv_first, l == 0, gy.k_a, gy.k_k, gy.w0, gy.a0, gy.v0});
 
   // ---- the projections and LoRAs back to the mixes, each mix back to h and δ ----
   ct::token_shift(ctx, c.h, prev_att, B, T, C, s.delta, t.reset);
   ct::mix_bf16(ctx, c.h, s.delta, M, C, time_mixes(y));
-  zero(s.dh, MC);
-  zero(s.ddelta, MC);
-  lora_backward(s.dz, c.w_h, Act::Tanh, y16.w2, gy.w2, d.d_decay, y16.w1, gy.w1, mx[1], M);
-  ct::mix_backward(ctx, s.dmix, s.delta, y.x_w, M, C, s.dh, s.ddelta, gy.x_w);
-  lora_backward(s.dalpha, c.a_h, Act::None, y16.a2, gy.a2, d.d_iclr, y16.a1, gy.a1, mx[4], M);
-  ct::mix_backward(ctx, s.dmix, s.delta, y.x_a, M, C, s.dh, s.ddelta, gy.x_a);
-  lora_backward(s.dg, c.g_h, Act::Sigmoid, y16.g2, gy.g2, d.d_gate, y16.g1, gy.g1, mx[5], M);
-  ct::mix_backward(ctx, s.dmix, s.delta, y.x_g, M, C, s.dh, s.ddelta, gy.x_g);
-  if (l > 0) lora_backward(s.dvf, c.v_h, Act::None, y16.v2, gy.v2, d.d_value, y16.v1, gy.v1, mx[3], M);
+  float** dm = s.dmix;  // w, a, g, v, r, k
+  lora_backward(s.dz, c.w_h, Act::Tanh, y16.w2, gy.w2, d.d_decay, y16.w1, gy.w1, mx[1], M, dm[0]);
+  lora_backward(s.dalpha, c.a_h, Act::None, y16.a2, gy.a2, d.d_iclr, y16.a1, gy.a1, mx[4], M, dm[1]);
+  lora_backward(s.dg, c.g_h, Act::Sigmoid, y16.g2, gy.g2, d.d_gate, y16.g1, gy.g1, mx[5], M, dm[2]);
+  if (l > 0) lora_backward(s.dvf, c.v_h, Act::None, y16.v2, gy.v2, d.d_value, y16.v1, gy.v1, mx[3], M, dm[3]);
   convert(s.dv, MC, s.d16);
   lin_dw(s.d16, mx[3], M, C, C, gy.value);
-  lin_dx(s.d16, y16.value, M, C, C, s.dmix, l > 0);
-  ct::mix_backward(ctx, s.dmix, s.delta, y.x_v, M, C, s.dh, s.ddelta, gy.x_v);
+  lin_dx(s.d16, y16.value, M, C, C, dm[3], l > 0);
   convert(s.dr, MC, s.d16);
   lin_dw(s.d16, mx[0], M, C, C, gy.receptance);
-  lin_dx(s.d16, y16.receptance, M, C, C, s.dmix);
-  ct::mix_backward(ctx, s.dmix, s.delta, y.x_r, M, C, s.dh, s.ddelta, gy.x_r);
+  lin_dx(s.d16, y16.receptance, M, C, C, dm[4]);
   convert(s.dk2, MC, s.d16);  // ∂/∂k_raw after the preparation's backward
   lin_dw(s.d16, mx[2], M, C, C, gy.key);
-  lin_dx(s.d16, y16.key, M, C, C, s.dmix);
-  ct::mix_backward(ctx, s.dmix, s.delta, y.x_k, M, C, s.dh, s.ddelta, gy.x_k);
+  lin_dx(s.d16, y16.key, M, C, C, dm[5]);
+  // The six mixes' backward in one pass: dh and ddelta written once.
+  const ct::MixGrads mixes{6,
+                           {dm[0], dm[1], dm[2], dm[3], dm[4], dm[5]},
+                           {y.x_w, y.x_a, y.x_g, y.x_v, y.x_r, y.x_k},
+                           {gy.x_w, gy.x_a, gy.x_g, gy.x_v, gy.x_r, gy.x_k}};
+  ct::mix_backward(ctx, mixes, s.delta, M, C, s.dh, s.ddelta);
   shift_backward(so.att_x);
   ct::layer_norm_backward(ctx, s.dh, c.x_in, M, C, y.ln1_w, c.ln1_mean, c.ln1_rstd, dx, gy.ln1_w,
                           gy.ln1_b, s.ta);

@@ -1,17 +1,14 @@
-// RWKV-7 training ops on the GPU (see train_ops.h). Per-row ops run one block per row, per-head
-// ops one warp per (row, head) with lanes striding over the head's N channels, element-wise ops
-// a grid-stride loop; column sums are two-pass (partials per block of rows, then in order).
+// RWKV-7 training ops on the GPU (see train_ops.h). Per-row ops run one block per row,
+// element-wise ops a grid-stride loop; column sums are two-pass (partials per block of rows, then
+// in order). The per-head ops are in train_heads.cu.
 #include <algorithm>
+#include <type_traits>
 
 #include "ops/cuda/device_math.cuh"
 #include "ops/cuda/train_ops.h"
 
 namespace rwkv::cuda::train {
 namespace {
-
-constexpr float kNormEps = 1e-12f;       // F.normalize's default
-constexpr int kColRows = 128;            // rows per partial column sum
-constexpr int kHeadWarps = 8;            // (row, head) pairs per block of the per-head kernels
 
 __device__ __forceinline__ bf16 b16(float x) { return __float2bfloat16_rn(x); }
 
@@ -45,7 +42,7 @@ __global__ void ln_backward_kernel(const float* dout, const float* x, int C, con
 __global__ void col_partial_kernel(const float* a, const float* b, int M, int C, float* partial) {
   __shared__ float sums[8][33];
   const int c = blockIdx.x * 32 + threadIdx.x, chunk = blockIdx.y;
-  const int m0 = chunk * kColRows, m1 = min(M, m0 + kColRows);
+  const int m0 = chunk * kColSumRows, m1 = min(M, m0 + kColSumRows);
   float s = 0.f;
   if (c < C) {
     for (int m = m0 + threadIdx.y; m < m1; m += 8) {
@@ -108,15 +105,6 @@ __global__ void mix_kernel(const float* h, const float* delta, int C, size_t n, 
   }
 }
 
-__global__ void mix_backward_kernel(const float* dout, const float* mu, int C, size_t n, float* dh,
-                                    float* ddelta) {
-  GRID_STRIDE(i, n) {
-    const float g = dout[i];
-    dh[i] += g;
-    ddelta[i] += g * mu[i % size_t(C)];
-  }
-}
-
 // The same three ops four channels at a time, where C and every pointer allow 16-byte accesses:
 // one index division per four values instead of per value (the scalar kernels above ran at about
 // a third of the copy bandwidth on an H200, their 64-bit divisions the bulk of their work).
@@ -157,14 +145,50 @@ __global__ void mix4_kernel(const float4* h, const float4* delta, int C4, size_t
   }
 }
 
-__global__ void mix_backward4_kernel(const float4* dout, const float* mu, int C4, size_t n4, float4* dh,
-                                     float4* ddelta) {
-  GRID_STRIDE(q, n4) {
-    const float4 g = dout[q], m = *reinterpret_cast<const float4*>(mu + 4 * int(q % size_t(C4)));
-    float4 a = dh[q], b = ddelta[q];
-    a.x += g.x, a.y += g.y, a.z += g.z, a.w += g.w;
-    b.x += g.x * m.x, b.y += g.y * m.y, b.z += g.z * m.z, b.w += g.w * m.w;
-    dh[q] = a, ddelta[q] = b;
+// The backward of n mixes over a block of kColSumRows rows and 32·W channels (W = 4: 16-byte
+// accesses, where C and the pointers allow; else 1): threads (32, 8), thread y taking every 8th
+// row; its Σ dout_j⊙δ per channel added over y in order into one partial row per block.
+template <int W>
+__global__ void mix_backward_kernel(MixGrads g, const float* delta, int M, int C, float* dh, float* ddelta,
+                                    float* partial) {
+  using Vec = std::conditional_t<W == 4, float4, float>;
+  __shared__ float red[8][6][32 * W];
+  const int c = (blockIdx.x * 32 + threadIdx.x) * W, chunk = blockIdx.y;
+  const int m1 = min(M, (chunk + 1) * kColSumRows);
+  float dmu[6][W] = {};
+  if (c < C) {
+    for (int m = chunk * kColSumRows + threadIdx.y; m < m1; m += 8) {
+      const size_t o = size_t(m) * size_t(C) + c;
+      float d[W], a[W] = {}, b[W] = {};
+      *reinterpret_cast<Vec*>(d) = *reinterpret_cast<const Vec*>(delta + o);
+#pragma unroll
+      for (int j = 0; j < 6; ++j) {  // unrolled: dmu stays in registers
+        if (j >= g.n) break;
+        float x[W], mu[W];
+        *reinterpret_cast<Vec*>(x) = *reinterpret_cast<const Vec*>(g.dout[j] + o);
+        *reinterpret_cast<Vec*>(mu) = *reinterpret_cast<const Vec*>(g.mu[j] + c);
+#pragma unroll
+        for (int i = 0; i < W; ++i) a[i] += x[i], b[i] += x[i] * mu[i], dmu[j][i] += x[i] * d[i];
+      }
+      *reinterpret_cast<Vec*>(dh + o) = *reinterpret_cast<Vec*>(a);
+      *reinterpret_cast<Vec*>(ddelta + o) = *reinterpret_cast<Vec*>(b);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 6; ++j) {
+    if (j >= g.n) break;
+#pragma unroll
+    for (int i = 0; i < W; ++i) red[threadIdx.y][j][threadIdx.x * W + i] = dmu[j][i];
+  }
+  __syncthreads();
+  const int t = threadIdx.y * 32 + threadIdx.x, c0 = blockIdx.x * 32 * W;
+  for (int e = t; e < g.n * 32 * W; e += 256) {
+    const int j = e / (32 * W), q = e % (32 * W);
+    if (c0 + q >= C) continue;
+    float sum = 0.f;
+#pragma unroll
+    for (int y = 0; y < 8; ++y) sum += red[y][j][q];
+    partial[(size_t(j) * gridDim.y + chunk) * size_t(C) + c0 + q] = sum;
   }
 }
 
@@ -205,50 +229,6 @@ __global__ void sqrelu_backward_kernel(const float* dy, const float* pre, size_t
   GRID_STRIDE(i, n) { out[i] = b16(dy[i] * 2.f * fmaxf(pre[i], 0.f)); }
 }
 
-// ---- RWKV-7 per-head ops: warp w of the block takes pair (row, head) = blockIdx.x·8 + w ----
-
-__device__ __forceinline__ bool head_pair(int M, int H, int* m, int* h) {
-  const int pair = blockIdx.x * kHeadWarps + (threadIdx.x >> 5);
-  if (pair >= M * H) return false;
-  *m = pair / H;
-  *h = pair % H;
-  return true;
-}
-
-int head_blocks(int M, int H) { return (M * H + kHeadWarps - 1) / kHeadWarps; }
-
-__global__ void prepare_forward_kernel(int M, int H, int N, PrepareForward p) {
-  int m, h;
-  if (!head_pair(M, H, &m, &h)) return;
-  const int lane = threadIdx.x & 31, C = H * N;
-  const size_t row = size_t(m) * size_t(C);
-  float ss = 0.f;
-  for (int j = lane; j < N; j += 32) {
-    const int c = h * N + j;
-    const float kk = p.k_raw[row + c] * p.k_k[c];
-    ss += kk * kk;
-  }
-  const float inv = 1.f / fmaxf(sqrtf(warp_sum(ss)), kNormEps);
-  for (int j = lane; j < N; j += 32) {
-    const int c = h * N + j;
-    const size_t i = row + c;
-    const float k = p.k_raw[i];
-    const float alpha = sigmoidf(p.a0[c] + p.alpha[i]);
-    p.alpha[i] = alpha;
-    p.z[i] += p.w0[c];
-    if (p.first_layer) {
-      p.v[i] = p.v_raw[i];
-      p.v_first[i] = p.v_raw[i];
-    } else {
-      const float gate = sigmoidf(p.v0[c] + p.gate[i]);
-      p.gate[i] = gate;
-      p.v[i] = p.v_raw[i] + (p.v_first[i] - p.v_raw[i]) * gate;
-    }
-    p.kn[i] = k * p.k_k[c] * inv;
-    p.k2[i] = k * (1.f + (alpha - 1.f) * p.k_a[c]);
-  }
-}
-
 __global__ void wkv_inputs_kernel(size_t n, WkvInputs p) {
   GRID_STRIDE(i, n) {
     p.r16[i] = b16(p.r[i]);
@@ -260,171 +240,86 @@ __global__ void wkv_inputs_kernel(size_t n, WkvInputs p) {
   }
 }
 
-__global__ void output_forward_kernel(int M, int H, int N, float eps, OutputForward p) {
-  int m, h;
-  if (!head_pair(M, H, &m, &h)) return;
-  const int lane = threadIdx.x & 31, C = H * N;
-  const size_t row = size_t(m) * size_t(C);
-  float s = 0.f, sb = 0.f;
-  for (int j = lane; j < N; j += 32) {
-    const int c = h * N + j;
-    s += __bfloat162float(p.y[row + c]);
-    sb += p.r[row + c] * p.k2[row + c] * p.r_k[c];
-  }
-  const float mean = warp_sum(s) / float(N);
-  sb = warp_sum(sb);
-  float q = 0.f;
-  for (int j = lane; j < N; j += 32) {
-    const float d = __bfloat162float(p.y[row + h * N + j]) - mean;
-    q += d * d;
-  }
-  const float rstd = rsqrtf(warp_sum(q) / float(N) + eps);
-  for (int j = lane; j < N; j += 32) {
-    const int c = h * N + j;
-    const size_t i = row + c;
-    const float yh = (__bfloat162float(p.y[i]) - mean) * rstd;
-    const float zo = yh * p.ln_w[c] + p.ln_b[c] + sb * p.v[i];
-    p.zo[i] = zo;
-    p.x16[i] = b16(zo * p.g[i]);
-  }
-  if (lane == 0) {
-    p.mean[size_t(m) * H + h] = mean;
-    p.rstd[size_t(m) * H + h] = rstd;
-  }
-}
-
 __global__ void gate_kernel(const float* zo, const float* g, size_t n, bf16* x16) {
   GRID_STRIDE(i, n) { x16[i] = b16(zo[i] * g[i]); }
 }
 
-__global__ void output_backward_kernel(int M, int H, int N, OutputBackward p) {
-  int m, h;
-  if (!head_pair(M, H, &m, &h)) return;
-  const int lane = threadIdx.x & 31, C = H * N;
-  const size_t row = size_t(m) * size_t(C);
-  const float mean = p.mean[size_t(m) * H + h], rstd = p.rstd[size_t(m) * H + h];
-  float sg = 0.f, sgy = 0.f, sb = 0.f, dsb = 0.f;
-  for (int j = lane; j < N; j += 32) {
-    const int c = h * N + j;
-    const size_t i = row + c;
-    const float dz = p.dx[i] * p.g[i];
-    const float yh = (__bfloat162float(p.y[i]) - mean) * rstd, gy = dz * p.ln_w[c];
-    sg += gy;
-    sgy += gy * yh;
-    sb += p.r[i] * p.k2[i] * p.r_k[c];
-    dsb += dz * p.v[i];
-  }
-  const float mg = warp_sum(sg) / float(N), mgy = warp_sum(sgy) / float(N);
-  sb = warp_sum(sb);
-  dsb = warp_sum(dsb);
-  for (int j = lane; j < N; j += 32) {
-    const int c = h * N + j;
-    const size_t i = row + c;
-    const float dz = p.dx[i] * p.g[i];
-    const float yh = (__bfloat162float(p.y[i]) - mean) * rstd, gy = dz * p.ln_w[c];
-    p.dg[i] = p.dx[i] * p.zo[i];
-    p.dy16[i] = b16(rstd * (gy - mg - yh * mgy));
-    p.t_w[i] = dz * yh;
-    p.t_b[i] = dz;
-    p.dv[i] = dz * sb;
-    p.dr[i] = dsb * p.k2[i] * p.r_k[c];
-    p.dk2[i] = dsb * p.r[i] * p.r_k[c];
-    p.t_rk[i] = dsb * p.r[i] * p.k2[i];
-  }
-}
-
-__global__ void prepare_backward_kernel(int M, int H, int N, PrepareBackward p) {
-  int m, h;
-  if (!head_pair(M, H, &m, &h)) return;
-  const int lane = threadIdx.x & 31, C = H * N;
-  const size_t row = size_t(m) * size_t(C);
-  const auto f = [](bf16 x) { return __bfloat162float(x); };
-  // Pass 1: the head's ‖k⊙k_k‖ and Σ dkn⊙kn for the normalisation's backward.
-  float ss = 0.f, dot = 0.f;
-  for (int j = lane; j < N; j += 32) {
-    const int c = h * N + j;
-    const size_t i = row + c;
-    const float kk = p.k_raw[i] * p.k_k[c];
-    const float dkn = f(p.db16[i]) * p.alpha[i] - f(p.da16[i]);
-    ss += kk * kk;
-    dot += dkn * p.kn[i];
-  }
-  const float norm = sqrtf(warp_sum(ss));
-  dot = warp_sum(dot);
-  const bool clamped = !(norm > kNormEps);
-  const float inv = clamped ? 1.f / kNormEps : 1.f / norm;
-  for (int j = lane; j < N; j += 32) {
-    const int c = h * N + j;
-    const size_t i = row + c;
-    const float k = p.k_raw[i], alpha = p.alpha[i], kn = p.kn[i];
-    const float da = f(p.da16[i]), db = f(p.db16[i]);
-    const float dk2 = p.dk2[i] + f(p.dk16[i]);
-    const float dkn = db * alpha - da;
-    const float dkk = clamped ? dkn * inv : (dkn - kn * dot) * inv;
-    p.dr[i] += f(p.dr16[i]);
-    p.dk2[i] = dk2 * (1.f + (alpha - 1.f) * p.k_a[c]) + dkk * p.k_k[c];  // now ∂/∂k_raw
-    p.t_ka[i] = dk2 * k * (alpha - 1.f);
-    p.t_kk[i] = dkk * k;
-    const float dalpha = db * kn + dk2 * k * p.k_a[c];
-    p.dalpha[i] = dalpha * alpha * (1.f - alpha);
-    p.dz[i] = f(p.dz16[i]);
-    const float dv = p.dv[i] + f(p.dv16[i]);
-    if (p.first_layer) {
-      p.dv[i] = dv + p.dv_first[i];
-    } else {
-      const float gate = p.gate[i];
-      p.dv_first[i] += dv * gate;
-      p.dvf[i] = dv * (p.v_first[i] - p.v_raw[i]) * gate * (1.f - gate);
-      p.dv[i] = dv * (1.f - gate);
-    }
-  }
-}
-
 // ---- loss ----
 
+// The running maximum (its first index: torch.max's argmax) and Σ e^{x − max} of a share of a row.
+struct SoftmaxPart {
+  float best = -INFINITY, sum = 0.f;
+  int arg = 0x7fffffff;
+  __device__ void add(float x, int i) {
+    if (x > best) {
+      sum = sum * __expf(best - x) + 1.f, best = x, arg = i;
+    } else {
+      sum += __expf(x - best);
+    }
+  }
+  __device__ void merge(float ob, float os, int oa) {
+    const float b = ob > best || (ob == best && oa < arg) ? ob : best;
+    const int a = ob > best || (ob == best && oa < arg) ? oa : arg;
+    sum = (sum > 0.f ? sum * __expf(best - b) : 0.f) + (os > 0.f ? os * __expf(ob - b) : 0.f);
+    best = b, arg = a;
+  }
+};
+
+// One block per row, two passes over it: the maximum and the sum together (online softmax),
+// then the gradient. W = 4: 16-byte reads and 8-byte writes where V and the pointers allow.
+template <int W>
 __global__ void cross_entropy_kernel(const float* logits, const int* targets, int V, float scale,
                                      float l2wrap, float* loss, bf16* dlogits) {
-  __shared__ float smax[32];
+  __shared__ float sbest[32], ssum[32];
   __shared__ int sarg[32];
-  __shared__ float scratch[32];
   const size_t m = blockIdx.x;
   const float* x = logits + m * size_t(V);
   bf16* d = dlogits + m * size_t(V);
-  const int target = targets[m];
+  const int target = targets[m], n = V / W;
   if (target < 0) {
     for (int i = threadIdx.x; i < V; i += blockDim.x) d[i] = b16(0.f);
     if (threadIdx.x == 0) loss[m] = 0.f;
     return;
   }
-  // The first maximum (torch.max's argmax): the smallest index among equal maxima.
-  float best = -INFINITY;
-  int arg = V;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    if (x[i] > best) best = x[i], arg = i;
+  SoftmaxPart part;
+  for (int q = threadIdx.x; q < n; q += blockDim.x) {
+    if constexpr (W == 4) {
+      const float4 v = reinterpret_cast<const float4*>(x)[q];
+      part.add(v.x, 4 * q), part.add(v.y, 4 * q + 1), part.add(v.z, 4 * q + 2), part.add(v.w, 4 * q + 3);
+    } else {
+      part.add(x[q], q);
+    }
   }
   for (int o = 16; o > 0; o >>= 1) {
-    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-    const int oa = __shfl_xor_sync(0xffffffffu, arg, o);
-    if (ob > best || (ob == best && oa < arg)) best = ob, arg = oa;
+    part.merge(__shfl_xor_sync(0xffffffffu, part.best, o), __shfl_xor_sync(0xffffffffu, part.sum, o),
+               __shfl_xor_sync(0xffffffffu, part.arg, o));
   }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  if (lane == 0) smax[warp] = best, sarg[warp] = arg;
+  if (lane == 0) sbest[warp] = part.best, ssum[warp] = part.sum, sarg[warp] = part.arg;
   __syncthreads();
-  best = smax[0], arg = sarg[0];
-  for (int w = 1; w < warps; ++w) {
-    if (smax[w] > best || (smax[w] == best && sarg[w] < arg)) best = smax[w], arg = sarg[w];
-  }
-  float s = 0.f;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) s += __expf(x[i] - best);
-  const float sum = block_sum(s, scratch);
-  const float p_scale = scale / sum;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    float g = __expf(x[i] - best) * p_scale;
+  SoftmaxPart all;
+  for (int w = 0; w < warps; ++w) all.merge(sbest[w], ssum[w], sarg[w]);
+  const float best = all.best, p_scale = scale / all.sum;
+  const int arg = all.arg;
+  const auto grad = [&](float v, int i) {
+    float g = __expf(v - best) * p_scale;
     if (i == target) g -= scale;
     if (i == arg && l2wrap > 0.f) g += l2wrap * best;
-    d[i] = b16(g);
+    return g;
+  };
+  for (int q = threadIdx.x; q < n; q += blockDim.x) {
+    if constexpr (W == 4) {
+      const float4 v = reinterpret_cast<const float4*>(x)[q];
+      const __nv_bfloat162 lo = __floats2bfloat162_rn(grad(v.x, 4 * q), grad(v.y, 4 * q + 1));
+      const __nv_bfloat162 hi = __floats2bfloat162_rn(grad(v.z, 4 * q + 2), grad(v.w, 4 * q + 3));
+      uint2 out;
+      out.x = *reinterpret_cast<const uint32_t*>(&lo), out.y = *reinterpret_cast<const uint32_t*>(&hi);
+      reinterpret_cast<uint2*>(d)[q] = out;
+    } else {
+      d[q] = b16(grad(x[q], q));
+    }
   }
-  if (threadIdx.x == 0) loss[m] = logf(sum) + best - x[target];
+  if (threadIdx.x == 0) loss[m] = logf(all.sum) + best - x[target];
 }
 
 // One block per token in the batch; its rows summed in order, column by column.
@@ -500,11 +395,16 @@ void layer_norm_backward(Context& ctx, const float* dout, const float* x, int M,
 
 void col_sum(Context& ctx, const float* a, const float* b, int M, int C, float* out) {
   if (M <= 0 || C <= 0) return;
-  const int chunks = (M + kColRows - 1) / kColRows;
+  const int chunks = (M + kColSumRows - 1) / kColSumRows;
   ctx.reduce.ensure(size_t(chunks) * size_t(C) * sizeof(float));
   float* partial = ctx.reduce.as<float>();
   col_partial_kernel<<<dim3((C + 31) / 32, chunks), dim3(32, 8), 0, ctx.stream>>>(a, b, M, C, partial);
   RWKV_CUDA_LAUNCHED("col_sum partial");
+  col_finish(ctx, partial, chunks, C, out);
+}
+
+void col_finish(Context& ctx, const float* partial, int chunks, int C, float* out) {
+  if (chunks <= 0 || C <= 0) return;
   col_finish_kernel<<<(C + 255) / 256, 256, 0, ctx.stream>>>(partial, chunks, C, out);
   RWKV_CUDA_LAUNCHED("col_sum finish");
 }
@@ -544,19 +444,23 @@ void mix_bf16(Context& ctx, const float* h, const float* delta, int M, int C, co
   RWKV_CUDA_LAUNCHED("mix_bf16");
 }
 
-void mix_backward(Context& ctx, const float* dout, const float* delta, const float* mu, int M, int C,
-                  float* dh, float* ddelta, float* dmu) {
-  const size_t n = size_t(M) * size_t(C);
-  if (n == 0) return;
-  if (C % 4 == 0 && aligned16({dout, mu, dh, ddelta})) {
-    mix_backward4_kernel<<<grid_for(n / 4), 256, 0, ctx.stream>>>(
-        reinterpret_cast<const float4*>(dout), mu, C / 4, n / 4, reinterpret_cast<float4*>(dh),
-        reinterpret_cast<float4*>(ddelta));
+void mix_backward(Context& ctx, const MixGrads& g, const float* delta, int M, int C, float* dh, float* ddelta) {
+  if (M <= 0 || C <= 0) return;
+  if (g.n < 1 || g.n > 6) fail("mix_backward: ", g.n, " mixes (1 to 6)");
+  const int chunks = (M + kColSumRows - 1) / kColSumRows;
+  ctx.reduce.ensure(size_t(g.n) * size_t(chunks) * size_t(C) * sizeof(float));
+  float* partial = ctx.reduce.as<float>();
+  bool wide = C % 4 == 0 && aligned16({delta, dh, ddelta});
+  for (int j = 0; j < g.n; ++j) wide = wide && aligned16({g.dout[j], g.mu[j]});
+  const int W = wide ? 4 : 1;
+  const dim3 grid((C + 32 * W - 1) / (32 * W), chunks), block(32, 8);
+  if (wide) {
+    mix_backward_kernel<4><<<grid, block, 0, ctx.stream>>>(g, delta, M, C, dh, ddelta, partial);
   } else {
-    mix_backward_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(dout, mu, C, n, dh, ddelta);
+    mix_backward_kernel<1><<<grid, block, 0, ctx.stream>>>(g, delta, M, C, dh, ddelta, partial);
   }
   RWKV_CUDA_LAUNCHED("mix_backward");
-  col_sum(ctx, dout, delta, M, C, dmu);
+  for (int j = 0; j < g.n; ++j) col_finish(ctx, partial + size_t(j) * chunks * C, chunks, C, g.dmu[j]);
 }
 
 void add_rows(Context& ctx, Rows src, int B, int C, MutRows dst) {
@@ -590,22 +494,10 @@ void sqrelu_backward_bf16(Context& ctx, const float* dy, const float* pre, size_
   RWKV_CUDA_LAUNCHED("sqrelu_backward_bf16");
 }
 
-void rwkv7_prepare_forward(Context& ctx, int M, int H, int N, const PrepareForward& p) {
-  if (M <= 0) return;
-  prepare_forward_kernel<<<head_blocks(M, H), kHeadWarps * 32, 0, ctx.stream>>>(M, H, N, p);
-  RWKV_CUDA_LAUNCHED("rwkv7_prepare_forward");
-}
-
 void rwkv7_wkv_inputs(Context& ctx, size_t n, const WkvInputs& p) {
   if (n == 0) return;
   wkv_inputs_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(n, p);
   RWKV_CUDA_LAUNCHED("rwkv7_wkv_inputs");
-}
-
-void rwkv7_output_forward(Context& ctx, int M, int H, int N, float eps, const OutputForward& p) {
-  if (M <= 0) return;
-  output_forward_kernel<<<head_blocks(M, H), kHeadWarps * 32, 0, ctx.stream>>>(M, H, N, eps, p);
-  RWKV_CUDA_LAUNCHED("rwkv7_output_forward");
 }
 
 void gate_bf16(Context& ctx, const float* zo, const float* g, size_t n, bf16* x16) {
@@ -614,22 +506,14 @@ void gate_bf16(Context& ctx, const float* zo, const float* g, size_t n, bf16* x1
   RWKV_CUDA_LAUNCHED("gate_bf16");
 }
 
-void rwkv7_output_backward(Context& ctx, int M, int H, int N, const OutputBackward& p) {
-  if (M <= 0) return;
-  output_backward_kernel<<<head_blocks(M, H), kHeadWarps * 32, 0, ctx.stream>>>(M, H, N, p);
-  RWKV_CUDA_LAUNCHED("rwkv7_output_backward");
-}
-
-void rwkv7_prepare_backward(Context& ctx, int M, int H, int N, const PrepareBackward& p) {
-  if (M <= 0) return;
-  prepare_backward_kernel<<<head_blocks(M, H), kHeadWarps * 32, 0, ctx.stream>>>(M, H, N, p);
-  RWKV_CUDA_LAUNCHED("rwkv7_prepare_backward");
-}
-
 void cross_entropy(Context& ctx, const float* logits, const int* targets, int M, int V, float scale,
                    float l2wrap, float* loss, bf16* dlogits16) {
   if (M <= 0) return;
-  cross_entropy_kernel<<<M, 1024, 0, ctx.stream>>>(logits, targets, V, scale, l2wrap, loss, dlogits16);
+  if (V % 4 == 0 && aligned16({logits, dlogits16})) {
+    cross_entropy_kernel<4><<<M, 1024, 0, ctx.stream>>>(logits, targets, V, scale, l2wrap, loss, dlogits16);
+  } else {
+    cross_entropy_kernel<1><<<M, 1024, 0, ctx.stream>>>(logits, targets, V, scale, l2wrap, loss, dlogits16);
+  }
   RWKV_CUDA_LAUNCHED("cross_entropy");
 }
 

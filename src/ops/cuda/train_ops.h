@@ -50,13 +50,23 @@ struct Mixes {
   bf16* out[6] = {};
 };
 void mix_bf16(Context& ctx, const float* h, const float* delta, int M, int C, const Mixes& mixes);
-// dh += dout ; ddelta += dout⊙mu ; dmu += Σ_rows dout⊙delta.
-void mix_backward(Context& ctx, const float* dout, const float* delta, const float* mu, int M, int C,
-                  float* dh, float* ddelta, float* dmu);
+// The backward of n ≤ 6 mixes of the same (h, δ): dh = Σ_j dout_j and ddelta = Σ_j dout_j⊙mu_j
+// (both overwritten), dmu_j += Σ_rows dout_j⊙δ. One pass over the rows: each dout_j is read once,
+// and dh, ddelta written once (not read and rewritten per mix).
+struct MixGrads {
+  int n = 0;
+  const float* dout[6] = {};
+  const float* mu[6] = {};
+  float* dmu[6] = {};
+};
+void mix_backward(Context& ctx, const MixGrads& g, const float* delta, int M, int C, float* dh, float* ddelta);
 
-// out[c] += Σ_m a[m,c]·b[m,c] (b null: Σ a): partial sums over blocks of rows into
-// ctx.reduce, then one pass adding them in order.
+// out[c] += Σ_m a[m,c]·b[m,c] (b null: Σ a): partial sums over blocks of kColSumRows rows into
+// ctx.reduce, then one pass adding them in order (col_finish).
+constexpr int kColSumRows = 128;
 void col_sum(Context& ctx, const float* a, const float* b, int M, int C, float* out);
+// The second pass: out[c] += Σ_k partial[k·C + c] for k = 0 … chunks − 1, in that order.
+void col_finish(Context& ctx, const float* partial, int chunks, int C, float* out);
 
 // dst rows b (B rows of C, strided) += src rows b (strided).
 void add_rows(Context& ctx, Rows src, int B, int C, MutRows dst);
@@ -76,11 +86,15 @@ void sqrelu_backward_bf16(Context& ctx, const float* dy, const float* pre, size_
 //   z ← w0 + z (the decay before its sigmoid), α ← σ(a0 + α),
 //   layer > 0: gate ← σ(v0 + gate), v = v_raw + (v_first − v_raw)⊙gate; layer 0: v = v_first = v_raw,
 //   kn = normalize_head(k_raw⊙k_k) (F.normalize, eps 1e-12), k2 = k_raw⊙(1 + (α − 1)⊙k_a).
+// With wkv16[0] set, the same kernel writes the WKV kernel's bf16 inputs as rwkv7_wkv_inputs does
+// (r read from r).
 struct PrepareForward {
   float *z, *alpha, *gate, *v, *kn, *k2, *v_first;
   const float *k_raw, *v_raw;
   const float *w0, *a0, *v0, *k_k, *k_a;
   bool first_layer;
+  const float* r = nullptr;
+  bf16* wkv16[6] = {};  // r, z, k, v, a, b
 };
 void rwkv7_prepare_forward(Context& ctx, int M, int H, int N, const PrepareForward& p);
 // The WKV kernel's bf16 inputs: r, z, k2, v, a = −kn, b = kn⊙α.
@@ -103,26 +117,28 @@ void rwkv7_output_forward(Context& ctx, int M, int H, int N, float eps, const Ou
 void gate_bf16(Context& ctx, const float* zo, const float* g, size_t n, bf16* x16);
 // From dx = ∂/∂(zo⊙g): dg = dx⊙zo; dz = dx⊙g through GroupNorm into dy16 (the WKV output's
 // gradient) and through the bonus into dr, dk2, dv (overwritten); and per-element terms whose
-// column sums are the gradients of ln_w (dz⊙ŷ → t_w), ln_b (dz → t_b) and r_k (dsb⊙r⊙k2 → t_rk).
+// column sums are added to the gradients of ln_w (Σ dz⊙ŷ), ln_b (Σ dz) and r_k (Σ dsb⊙r⊙k2).
 struct OutputBackward {
   const float* dx;
   const bf16* y;
   const float *zo, *mean, *rstd, *r, *k2, *v, *g, *r_k, *ln_w;
-  float *dg, *dr, *dk2, *dv, *t_w, *t_b, *t_rk;
+  float *dg, *dr, *dk2, *dv;
   bf16* dy16;
+  float *d_ln_w, *d_ln_b, *d_rk;  // += column sums
 };
 void rwkv7_output_backward(Context& ctx, int M, int H, int N, const OutputBackward& p);
 // Back through the preparation, from the bonus's dr, dk2, dv (fp32) plus the WKV's bf16
 // gradients: dr, dk (of k_raw), dv (of the value projection) overwritten; dz (of the decay
 // before its sigmoid), dalpha (before its sigmoid), dvf (the gate's, before its sigmoid; layer
-// > 0), dv_first (+=, layer > 0; read in layer 0); per-element terms for the column sums of
-// k_a (t_ka) and k_k (t_kk).
+// > 0), dv_first (+=, layer > 0; read in layer 0); and the column sums added to the gradients of
+// k_a, k_k, w0 (Σ dz), a0 (Σ dalpha) and v0 (Σ dvf, layer > 0).
 struct PrepareBackward {
   const bf16 *dr16, *dz16, *dk16, *dv16, *da16, *db16;
   const float *k_raw, *v_raw, *kn, *alpha, *gate, *v_first, *k_k, *k_a;
   float *dr, *dk2, *dv;  // in: the bonus's terms; out: dr, dk, dv
-  float *dz, *dalpha, *dvf, *dv_first, *t_ka, *t_kk;
+  float *dz, *dalpha, *dvf, *dv_first;
   bool first_layer;
+  float *d_ka, *d_kk, *d_w0, *d_a0, *d_v0;  // += column sums
 };
 void rwkv7_prepare_backward(Context& ctx, int M, int H, int N, const PrepareBackward& p);
 
