@@ -84,7 +84,7 @@ struct Tape {
 struct Scratch {
   size_t key = 0;
   DeviceBuffer buffer;
-  float *dx, *dh, *ddelta, *delta, *dr, *dk2, *dv, *dz, *dalpha, *dg, *dvf, *dv_first, *dxo;
+  float *dx, *dh, *ddelta, *delta, *dr, *dk2, *dv, *dv_first, *dxo;
   float* dmix[6];                // ∂ of the time mix's mixes w, a, g, v, r, k (M, C); [0]: the FFN's
   float* ta;                     // LayerNorm backward's per-element terms (M, C)
   float *dlora, *dffn;           // (M, max LoRA), (M, F)
@@ -92,7 +92,7 @@ struct Scratch {
   float *ln_out;                 // (M, C)
   bf16* mix16[6];                // (M, C)
   bf16 *lora16, *dlora16;        // (M, max LoRA)
-  bf16 *act16, *x16, *d16, *dp16, *dy16;  // (M, F), (M, C) ×4
+  bf16 *act16, *x16, *d16, *dg16, *dy16;  // (M, F), (M, C) ×4
   bf16* wkv16[6];                // r, z, k, v, a, b
   bf16* gwkv16[6];               // their gradients
   float* logits;                 // (rows, V)
@@ -260,8 +260,8 @@ struct Rwkv7TrainCuda::Impl {
     const size_t key = (M << 24) ^ (size_t(B) << 1);
     const auto carve = [&](char* base) {
       Carver c(base);
-      for (float** f : {&s.dx, &s.dh, &s.ddelta, &s.delta, &s.dr, &s.dk2, &s.dv, &s.dz, &s.dalpha, &s.dg,
-                        &s.dvf, &s.dv_first, &s.dxo, &s.ta, &s.ln_out}) {
+      for (float** f : {&s.dx, &s.dh, &s.ddelta, &s.delta, &s.dr, &s.dk2, &s.dv, &s.dv_first, &s.dxo, &s.ta,
+                        &s.ln_out}) {
         *f = c.take<float>(MC);
       }
       for (float*& f : s.dmix) f = c.take<float>(MC);
@@ -272,7 +272,7 @@ struct Rwkv7TrainCuda::Impl {
       s.lora16 = c.take<bf16>(M * lora);
       s.dlora16 = c.take<bf16>(M * lora);
       s.act16 = c.take<bf16>(M * F);
-      for (bf16** b : {&s.x16, &s.d16, &s.dp16, &s.dy16}) *b = c.take<bf16>(MC);
+      for (bf16** b : {&s.x16, &s.d16, &s.dg16, &s.dy16}) *b = c.take<bf16>(MC);
       for (bf16*& b : s.wkv16) b = c.take<bf16>(MC);
       for (bf16*& b : s.gwkv16) b = c.take<bf16>(MC);
       s.head_rows = rows;
@@ -336,9 +336,9 @@ struct Rwkv7TrainCuda::Impl {
   // ---- one block (rwkv7_train_cuda_layer.cpp) ----
   void layer_forward(Tape& t, int l, Cache& c, float* x_out);
   void layer_backward(Tape& t, int l, Cache& c, float* dx);
-  // One LoRA-fed mix, from dpre (M, C) at the LoRA's output back to the mix: its up (D, C) and
+  // One LoRA-fed mix, from dpre16 (M, C) at the LoRA's output back to the mix: its up (D, C) and
   // down (C, D) weights' gradients, and dmix (overwritten) for the mix's backward.
-  void lora_backward(const float* dpre, const float* hidden, Act act, const bf16* up, float* dup, int D,
+  void lora_backward(const bf16* dpre16, const float* hidden, Act act, const bf16* up, float* dup, int D,
                      const bf16* down, float* ddown, const bf16* mix16, int M, float* dmix);
   // The six mixes of the time mix into s.mix16: r, w, k, v, a, g.
   ct::Mixes time_mixes(const Rwkv7LayerParams<float>& y);

@@ -89,14 +89,13 @@ void Rwkv7TrainCuda::Impl::wkv_inputs(const Cache& c, size_t MC) {
 
 // ---- backward ----
 
-void Rwkv7TrainCuda::Impl::lora_backward(const float* dpre, const float* hidden, Act act, const bf16* up,
+void Rwkv7TrainCuda::Impl::lora_backward(const bf16* dpre16, const float* hidden, Act act, const bf16* up,
                                          float* dup, int D, const bf16* down, float* ddown, const bf16* mix16,
                                          int M, float* dmix) {
   const int C = d.C;
-  convert(dpre, size_t(M) * C, s.dp16);
   convert(hidden, size_t(M) * D, s.lora16);
-  mm_dA(s.lora16, s.dp16, M, D, C, dup);
-  mm_dx(s.dp16, up, M, D, C, s.dlora);
+  mm_dA(s.lora16, dpre16, M, D, C, dup);
+  mm_dx(dpre16, up, M, D, C, s.dlora);
   ct::activation_backward_bf16(ctx, s.dlora, hidden, size_t(M) * D, act, s.dlora16);
   mm_dA(mix16, s.dlora16, M, C, D, ddown);
   mm_dx(s.dlora16, down, M, C, D, dmix);
@@ -143,7 +142,7 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
   lin_dw(s.d16, s.x16, M, C, C, gy.output);
   lin_dx(s.d16, y16.output, M, C, C, s.dxo);
   ct::rwkv7_output_backward(ctx, M, H, N, {s.dxo, c.y, c.zo, c.gn_mean, c.gn_rstd, c.r, c.k2, c.v, c.g,
-                                           y.r_k, y.ln_x_w, s.dg, s.dr, s.dk2, s.dv, s.dy16, gy.ln_x_w,
+                                           y.r_k, y.ln_x_w, s.dg16, s.dr, s.dk2, s.dv, s.dy16, gy.ln_x_w,
                                            gy.ln_x_b, gy.r_k});
 
   prof->mark("bwd: time mix out");
@@ -174,28 +173,28 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
   copy_rows(t.dstate + so.kv, state_bytes(), s.kv_ds0, kv_bytes(), kv_bytes(), B);
 
   // ---- back through the preparation ----
-  ct::rwkv7_prepare_backward(ctx, M, H, N, {s.gwkv16[0], s.gwkv16[1], s.gwkv16[2], s.gwkv16[3], s.gwkv16[4],
-                                            s.gwkv16[5], c.k_raw, c.v_raw, c.kn, c.alpha, c.gate, t.v_first,
-                                            y.k_k, y.k_a, s.dr, s.dk2, s.dv, s.dz, s.dalpha, s.dvf,
-                                            s.dv_first, l == 0, gy.k_a, gy.k_k, gy.w0, gy.a0, gy.v0});
+  // In place: the WKV's gradients of r, z, k, v, a, b become those of r, z, k_raw, the value
+  // projection, α and the gate (each before its sigmoid), the products' bf16 inputs.
+  bf16** gw = s.gwkv16;
+  ct::rwkv7_prepare_backward(ctx, M, H, N, {gw[0], gw[1], gw[2], gw[3], gw[4], gw[5], c.k_raw, c.v_raw, c.kn,
+                                            c.alpha, c.gate, t.v_first, y.k_k, y.k_a, s.dr, s.dk2, s.dv, gw[0],
+                                            gw[2], gw[3], gw[4], gw[5], s.dv_first, l == 0, gy.k_a, gy.k_k,
+                                            gy.w0, gy.a0, gy.v0});
 
   // ---- the projections and LoRAs back to the mixes, each mix back to h and δ ----
   ct::token_shift(ctx, c.h, prev_att, B, T, C, s.delta, t.reset);
   ct::mix_bf16(ctx, c.h, s.delta, M, C, time_mixes(y));
   float** dm = s.dmix;  // w, a, g, v, r, k
-  lora_backward(s.dz, c.w_h, Act::Tanh, y16.w2, gy.w2, d.d_decay, y16.w1, gy.w1, mx[1], M, dm[0]);
-  lora_backward(s.dalpha, c.a_h, Act::None, y16.a2, gy.a2, d.d_iclr, y16.a1, gy.a1, mx[4], M, dm[1]);
-  lora_backward(s.dg, c.g_h, Act::Sigmoid, y16.g2, gy.g2, d.d_gate, y16.g1, gy.g1, mx[5], M, dm[2]);
-  if (l > 0) lora_backward(s.dvf, c.v_h, Act::None, y16.v2, gy.v2, d.d_value, y16.v1, gy.v1, mx[3], M, dm[3]);
-  convert(s.dv, MC, s.d16);
-  lin_dw(s.d16, mx[3], M, C, C, gy.value);
-  lin_dx(s.d16, y16.value, M, C, C, dm[3], l > 0);
-  convert(s.dr, MC, s.d16);
-  lin_dw(s.d16, mx[0], M, C, C, gy.receptance);
-  lin_dx(s.d16, y16.receptance, M, C, C, dm[4]);
-  convert(s.dk2, MC, s.d16);  // ∂/∂k_raw after the preparation's backward
-  lin_dw(s.d16, mx[2], M, C, C, gy.key);
-  lin_dx(s.d16, y16.key, M, C, C, dm[5]);
+  lora_backward(gw[1], c.w_h, Act::Tanh, y16.w2, gy.w2, d.d_decay, y16.w1, gy.w1, mx[1], M, dm[0]);
+  lora_backward(gw[4], c.a_h, Act::None, y16.a2, gy.a2, d.d_iclr, y16.a1, gy.a1, mx[4], M, dm[1]);
+  lora_backward(s.dg16, c.g_h, Act::Sigmoid, y16.g2, gy.g2, d.d_gate, y16.g1, gy.g1, mx[5], M, dm[2]);
+  if (l > 0) lora_backward(gw[5], c.v_h, Act::None, y16.v2, gy.v2, d.d_value, y16.v1, gy.v1, mx[3], M, dm[3]);
+  lin_dw(gw[3], mx[3], M, C, C, gy.value);
+  lin_dx(gw[3], y16.value, M, C, C, dm[3], l > 0);
+  lin_dw(gw[0], mx[0], M, C, C, gy.receptance);
+  lin_dx(gw[0], y16.receptance, M, C, C, dm[4]);
+  lin_dw(gw[2], mx[2], M, C, C, gy.key);
+  lin_dx(gw[2], y16.key, M, C, C, dm[5]);
   // The six mixes' backward in one pass: dh and ddelta written once.
   const ct::MixGrads mixes{6,
                            {dm[0], dm[1], dm[2], dm[3], dm[4], dm[5]},

@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(32 * kWarps) output_backward_kernel(int M, int
     }
     const float mg = warp_sum(sg) / float(N), mgy = warp_sum(sgy) / float(N);
     sb = warp_sum(sb), dsb = warp_sum(dsb);
-    float dg[I], dy[I], dv[I], dr[I], dk2[I];
+    float dg[I], dy[I], dv[I], dr[I], dk2[I];  // dg, dy stored in bf16
 #pragma unroll
     for (int i = 0; i < I; ++i) {
       dg[i] = dx[i] * zo[i];
@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(32 * kWarps) output_backward_kernel(int M, int
       dk2[i] = dsb * r[i] * r_k[i];
       acc[0][i] += dz[i] * yh[i], acc[1][i] += dz[i], acc[2][i] += dsb * r[i] * k2[i];
     }
-    store(p.dg + o, dg), store(p.dy16 + o, dy), store(p.dv + o, dv), store(p.dr + o, dr), store(p.dk2 + o, dk2);
+    store(p.dg16 + o, dg), store(p.dy16 + o, dy), store(p.dv + o, dv), store(p.dr + o, dr), store(p.dk2 + o, dk2);
   }
   write_col_partials<N>(acc, partial, int(C));
 }
@@ -255,7 +255,7 @@ __global__ void __launch_bounds__(32 * kWarps) prepare_backward_kernel(int M, in
     dot = warp_sum(dot);
     const bool clamped = !(norm > kNormEps);
     const float inv = clamped ? 1.f / kNormEps : 1.f / norm;
-    float dalpha[I], dvf[I] = {};
+    float dalpha[I], dvf[I] = {};  // all outputs stored in bf16
 #pragma unroll
     for (int i = 0; i < I; ++i) {
       const float d2 = dk2[i] + dk16[i];
@@ -278,9 +278,8 @@ __global__ void __launch_bounds__(32 * kWarps) prepare_backward_kernel(int M, in
         acc[4][i] += dvf[i];
       }
     }
-    store(p.dr + o, dr), store(p.dk2 + o, dk2), store(p.dalpha + o, dalpha), store(p.dz + o, dz16);
-    store(p.dv + o, dv);
-    if (!p.first_layer) store(p.dv_first + o, dvfirst), store(p.dvf + o, dvf);
+    store(p.out_r + o, dr), store(p.out_k + o, dk2), store(p.out_alpha + o, dalpha), store(p.out_v + o, dv);
+    if (!p.first_layer) store(p.dv_first + o, dvfirst), store(p.out_gate + o, dvf);
   }
   write_col_partials<N>(acc, partial, int(C));
 }

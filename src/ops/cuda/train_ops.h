@@ -115,28 +115,33 @@ struct OutputForward {
 void rwkv7_output_forward(Context& ctx, int M, int H, int N, float eps, const OutputForward& p);
 // x16 = bf16(zo⊙g) again (backward recomputes it rather than keeping it).
 void gate_bf16(Context& ctx, const float* zo, const float* g, size_t n, bf16* x16);
-// From dx = ∂/∂(zo⊙g): dg = dx⊙zo; dz = dx⊙g through GroupNorm into dy16 (the WKV output's
-// gradient) and through the bonus into dr, dk2, dv (overwritten); and per-element terms whose
-// column sums are added to the gradients of ln_w (Σ dz⊙ŷ), ln_b (Σ dz) and r_k (Σ dsb⊙r⊙k2).
+// From dx = ∂/∂(zo⊙g): dg16 = bf16(dx⊙zo) (the gate LoRA's input gradient); dz = dx⊙g through
+// GroupNorm into dy16 (the WKV output's gradient) and through the bonus into dr, dk2, dv
+// (overwritten); and the column sums added to the gradients of ln_w (Σ dz⊙ŷ), ln_b (Σ dz) and r_k
+// (Σ dsb⊙r⊙k2).
 struct OutputBackward {
   const float* dx;
   const bf16* y;
   const float *zo, *mean, *rstd, *r, *k2, *v, *g, *r_k, *ln_w;
-  float *dg, *dr, *dk2, *dv;
+  bf16* dg16;
+  float *dr, *dk2, *dv;
   bf16* dy16;
   float *d_ln_w, *d_ln_b, *d_rk;  // += column sums
 };
 void rwkv7_output_backward(Context& ctx, int M, int H, int N, const OutputBackward& p);
 // Back through the preparation, from the bonus's dr, dk2, dv (fp32) plus the WKV's bf16
-// gradients: dr, dk (of k_raw), dv (of the value projection) overwritten; dz (of the decay
-// before its sigmoid), dalpha (before its sigmoid), dvf (the gate's, before its sigmoid; layer
-// > 0), dv_first (+=, layer > 0; read in layer 0); and the column sums added to the gradients of
-// k_a, k_k, w0 (Σ dz), a0 (Σ dalpha) and v0 (Σ dvf, layer > 0).
+// gradients dr16 … db16, into the bf16 inputs of the matrix products' backward: out_r, out_k (of
+// k_raw), out_v (of the value projection), out_alpha (of α before its sigmoid), out_gate (of the
+// gate before its sigmoid, layer > 0); the decay's (before its sigmoid) is dz16 itself. The outputs
+// may be the WKV gradients' own buffers (each element is read before the same thread writes it).
+// Also dv_first (+=, layer > 0; read in layer 0) and the column sums added to the gradients of
+// k_a, k_k, w0 (Σ dz), a0 (Σ dalpha) and v0 (Σ dgate, layer > 0).
 struct PrepareBackward {
   const bf16 *dr16, *dz16, *dk16, *dv16, *da16, *db16;
   const float *k_raw, *v_raw, *kn, *alpha, *gate, *v_first, *k_k, *k_a;
-  float *dr, *dk2, *dv;  // in: the bonus's terms; out: dr, dk, dv
-  float *dz, *dalpha, *dvf, *dv_first;
+  const float *dr, *dk2, *dv;  // the bonus's terms
+  bf16 *out_r, *out_k, *out_v, *out_alpha, *out_gate;
+  float* dv_first;
   bool first_layer;
   float *d_ka, *d_kk, *d_w0, *d_a0, *d_v0;  // += column sums
 };
