@@ -1,8 +1,10 @@
 // The GPU training ops (ops/cuda/train_ops.h) against their plain-loop twins (ops/train.h, the
 // optimizer's AdamW) on random inputs at odd shapes, outputs poisoned first: LayerNorm forward
-// and backward, token shift and its backward, the mixes and their one-pass backward, column sums, the
-// cross-entropy rows, the embedding's backward, Σg² and AdamW. The per-head RWKV-7 ops are
+// and backward, token shift and its backward, the mixes and their one-pass backward, column sums,
+// the element-wise ops with bf16 outputs, the cross-entropy rows, the embedding's backward, Σg²
+// and AdamW. The per-head RWKV-7 ops are
 // checked through the whole model's gradients (test_cuda_train). Skips without a GPU.
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <utility>
@@ -14,6 +16,7 @@
 
 #ifdef RWKV_WITH_CUDA
 #include "cuda_testing.h"
+#include "ops/cuda/gemm.h"
 #include "ops/cuda/train_ops.h"
 
 namespace rwkv {
@@ -186,6 +189,39 @@ TEST(CudaTrainOps, MixBackwardOverRowBlocks) {
           EXPECT_LE(test::rel_norm_error(download_f32(gdmu[j], C).data(), dmu[j].data(), size_t(C)), kF32) << at;
         }
       }
+    }
+  }
+}
+
+// The element-wise ops with bf16 outputs, one value per thread (n = 37) and four (n = 4096): each
+// output is the bf16 rounding of the same fp32 expression, so they must match exactly.
+TEST(CudaTrainOps, ElementWiseBf16OutputsAtBothWidths) {
+  RWKV_REQUIRE_GPU();
+  std::mt19937 rng(6);
+  const auto r16 = [](float x) { return bf16_to_f32(f32_to_bf16(x)); };
+  for (const size_t n : {size_t(37), size_t(4096)}) {
+    std::vector<std::vector<float>> in(6);
+    for (auto& v : in) v = normal_floats(n, rng);
+    std::vector<DeviceBuffer> gin;
+    for (const auto& v : in) gin.push_back(upload(v));
+    const float* x = gin[0].as<float>();
+    const float* y = gin[1].as<float>();
+    std::vector<DeviceBuffer> out;
+    for (int i = 0; i < 10; ++i) out.push_back(test::poisoned_bytes(n * 2));
+    const auto o = [&](int i) { return out[size_t(i)].as<ct::bf16>(); };
+    ct::sqrelu_bf16(context(), x, n, o(0));
+    ct::sqrelu_backward_bf16(context(), y, x, n, o(1));
+    ct::gate_bf16(context(), x, y, n, o(2));
+    cuda::to_bf16(context(), x, n, o(3));
+    ct::rwkv7_wkv_inputs(context(), n, {x, y, gin[2].as<float>(), gin[3].as<float>(), gin[4].as<float>(),
+                                        gin[5].as<float>(), o(4), o(5), o(6), o(7), o(8), o(9)});
+    std::vector<std::vector<float>> got;
+    for (int i = 0; i < 10; ++i) got.push_back(download_bf16(out[size_t(i)], n));
+    for (size_t i = 0; i < n; ++i) {
+      const float a = in[0][i], b = in[1][i], relu = std::max(a, 0.f);
+      const float want[10] = {r16(relu * relu), r16(b * 2.f * relu), r16(a * b), r16(a), r16(a), r16(b),
+                              r16(in[2][i]), r16(in[3][i]), r16(-in[4][i]), r16(in[4][i] * in[5][i])};
+      for (int k = 0; k < 10; ++k) ASSERT_EQ(got[size_t(k)][i], want[k]) << "n " << n << " output " << k << " at " << i;
     }
   }
 }

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "ops/cuda/device_math.cuh"
+#include "ops/cuda/vec_io.cuh"
 #include "ops/cuda/train_ops.h"
 
 namespace rwkv::cuda::train {
@@ -18,55 +19,6 @@ namespace {
 
 constexpr float kNormEps = 1e-12f;  // F.normalize's default
 constexpr int kWarps = 8, kStripRows = kColSumRows / kWarps;
-
-// I = N / 32 consecutive floats (or bf16) of a lane, in registers.
-template <int I>
-__device__ __forceinline__ void load(const float* p, float (&v)[I]) {
-  if constexpr (I == 4) {
-    const float4 t = *reinterpret_cast<const float4*>(p);
-    v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
-  } else if constexpr (I == 2) {
-    const float2 t = *reinterpret_cast<const float2*>(p);
-    v[0] = t.x, v[1] = t.y;
-  } else {
-#pragma unroll
-    for (int i = 0; i < I; ++i) v[i] = p[i];
-  }
-}
-template <int I>
-__device__ __forceinline__ void store(float* p, const float (&v)[I]) {
-  if constexpr (I == 4) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-  } else if constexpr (I == 2) {
-    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
-  } else {
-#pragma unroll
-    for (int i = 0; i < I; ++i) p[i] = v[i];
-  }
-}
-template <int I>
-__device__ __forceinline__ void load(const bf16* p, float (&v)[I]) {
-  if constexpr (I % 2 == 0) {
-#pragma unroll
-    for (int i = 0; i < I; i += 2) {
-      const float2 t = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p + i));
-      v[i] = t.x, v[i + 1] = t.y;
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < I; ++i) v[i] = __bfloat162float(p[i]);
-  }
-}
-template <int I>
-__device__ __forceinline__ void store(bf16* p, const float (&v)[I]) {
-  if constexpr (I % 2 == 0) {
-#pragma unroll
-    for (int i = 0; i < I; i += 2) *reinterpret_cast<__nv_bfloat162*>(p + i) = __floats2bfloat162_rn(v[i], v[i + 1]);
-  } else {
-#pragma unroll
-    for (int i = 0; i < I; ++i) p[i] = __float2bfloat16_rn(v[i]);
-  }
-}
 
 // A lane's place: grid (row blocks of kColSumRows, H); warp w of block b takes rows
 // b·kColSumRows + w·kStripRows …, lane l channels h·N + l·I … of them.
@@ -305,14 +257,6 @@ float* partials(Context& ctx, int S, int M, int C) {
   return ctx.reduce.as<float>();
 }
 
-void finish(Context& ctx, const float* partial, int chunks, int C, std::initializer_list<float*> outs) {
-  int s = 0;
-  for (float* out : outs) {
-    if (out) col_finish(ctx, partial + size_t(s) * chunks * C, chunks, C, out);
-    ++s;
-  }
-}
-
 }  // namespace
 
 void rwkv7_prepare_forward(Context& ctx, int M, int H, int N, const PrepareForward& p) {
@@ -336,7 +280,7 @@ void rwkv7_output_backward(Context& ctx, int M, int H, int N, const OutputBackwa
   const int chunks = launch_heads(M, H, N, "rwkv7_output_backward", [&](auto n, dim3 grid) {
     output_backward_kernel<decltype(n)::value><<<grid, 32 * kWarps, 0, ctx.stream>>>(M, H, p, partial);
   });
-  finish(ctx, partial, chunks, C, {p.d_ln_w, p.d_ln_b, p.d_rk});
+  col_finish(ctx, partial, chunks, C, {p.d_ln_w, p.d_ln_b, p.d_rk});
 }
 
 void rwkv7_prepare_backward(Context& ctx, int M, int H, int N, const PrepareBackward& p) {
@@ -346,7 +290,7 @@ void rwkv7_prepare_backward(Context& ctx, int M, int H, int N, const PrepareBack
   const int chunks = launch_heads(M, H, N, "rwkv7_prepare_backward", [&](auto n, dim3 grid) {
     prepare_backward_kernel<decltype(n)::value><<<grid, 32 * kWarps, 0, ctx.stream>>>(M, H, p, partial);
   });
-  finish(ctx, partial, chunks, C, {p.d_ka, p.d_kk, p.d_w0, p.d_a0, p.first_layer ? nullptr : p.d_v0});
+  col_finish(ctx, partial, chunks, C, {p.d_ka, p.d_kk, p.d_w0, p.d_a0, p.first_layer ? nullptr : p.d_v0});
 }
 
 }  // namespace rwkv::cuda::train

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "ops/cuda/device_math.cuh"
+#include "ops/cuda/vec_io.cuh"
 #include "ops/cuda/train_ops.h"
 
 namespace rwkv::cuda::train {
@@ -60,12 +61,29 @@ __global__ void col_partial_kernel(const float* a, const float* b, int M, int C,
   }
 }
 
-__global__ void col_finish_kernel(const float* partial, int chunks, int C, float* out) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+// Threads (32, 8) per 32 columns and output (blockIdx.y): thread y adds partial rows y, y + 8, …
+// in order, then the 8 sums are added in order.
+struct ColOutputs {
+  float* out[8];
+};
+__global__ void col_finish_kernel(const float* partial, int chunks, int C, ColOutputs outs) {
+  __shared__ float sums[8][32];
+  float* out = outs.out[blockIdx.y];
+  if (!out) return;
+  const int c = blockIdx.x * 32 + threadIdx.x;
+  const float* part = partial + size_t(blockIdx.y) * chunks * size_t(C);
   float s = 0.f;
-  for (int k = 0; k < chunks; ++k) s += partial[size_t(k) * size_t(C) + c];
-  out[c] += s;
+  if (c < C) {
+    for (int k = threadIdx.y; k < chunks; k += 8) s += part[size_t(k) * size_t(C) + c];
+  }
+  sums[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float t = 0.f;
+#pragma unroll
+    for (int y = 0; y < 8; ++y) t += sums[y][threadIdx.x];
+    out[c] += t;
+  }
 }
 
 // ---- token shift and mixes ----
@@ -93,6 +111,25 @@ __global__ void token_shift_backward_kernel(const float* ddelta, int T, int C, s
     dx[i] += (next_uses ? ddelta[i + size_t(C)] : 0.f) - ddelta[i];
     if (t == 0 && dprev.base) {
       dprev.base[(m / size_t(T)) * dprev.stride + c] = reset && reset[m] ? 0.f : ddelta[i];
+    }
+  }
+}
+
+// Four channels at a time (as token_shift4_kernel).
+__global__ void token_shift_backward4_kernel(const float4* ddelta, int T, int C4, size_t n4, float4* dx,
+                                             MutRows dprev, const unsigned char* reset) {
+  GRID_STRIDE(q, n4) {
+    const size_t m = q / size_t(C4);
+    const int c = 4 * int(q - m * size_t(C4)), t = int(m % size_t(T));
+    const bool next_uses = t + 1 < T && !(reset && reset[m + 1]);
+    const float4 d = ddelta[q], n = next_uses ? ddelta[q + size_t(C4)] : make_float4(0.f, 0.f, 0.f, 0.f);
+    float4 x = dx[q];
+    x.x += n.x - d.x, x.y += n.y - d.y, x.z += n.z - d.z, x.w += n.w - d.w;
+    dx[q] = x;
+    if (t == 0 && dprev.base) {
+      float* p = dprev.base + (m / size_t(T)) * dprev.stride + c;
+      const bool zero = reset && reset[m];
+      p[0] = zero ? 0.f : d.x, p[1] = zero ? 0.f : d.y, p[2] = zero ? 0.f : d.z, p[3] = zero ? 0.f : d.w;
     }
   }
 }
@@ -218,31 +255,56 @@ __global__ void activation_backward_kernel(const float* dy, const float* h, size
   }
 }
 
+// The element-wise ops below take W values per thread: 4 (16-byte float accesses) where n and the
+// pointers allow (wide()), else 1.
+template <int W>
 __global__ void sqrelu_kernel(const float* pre, size_t n, bf16* out) {
-  GRID_STRIDE(i, n) {
-    const float r = fmaxf(pre[i], 0.f);
-    out[i] = b16(r * r);
+  GRID_STRIDE(q, n / W) {
+    float x[W];
+    load(pre + q * W, x);
+#pragma unroll
+    for (int i = 0; i < W; ++i) x[i] = fmaxf(x[i], 0.f) * fmaxf(x[i], 0.f);
+    store(out + q * W, x);
   }
 }
 
+template <int W>
 __global__ void sqrelu_backward_kernel(const float* dy, const float* pre, size_t n, bf16* out) {
-  GRID_STRIDE(i, n) { out[i] = b16(dy[i] * 2.f * fmaxf(pre[i], 0.f)); }
-}
-
-__global__ void wkv_inputs_kernel(size_t n, WkvInputs p) {
-  GRID_STRIDE(i, n) {
-    p.r16[i] = b16(p.r[i]);
-    p.z16[i] = b16(p.z[i]);
-    p.k16[i] = b16(p.k2[i]);
-    p.v16[i] = b16(p.v[i]);
-    p.a16[i] = b16(-p.kn[i]);
-    p.b16[i] = b16(p.kn[i] * p.alpha[i]);
+  GRID_STRIDE(q, n / W) {
+    float g[W], x[W];
+    load(dy + q * W, g), load(pre + q * W, x);
+#pragma unroll
+    for (int i = 0; i < W; ++i) g[i] = g[i] * 2.f * fmaxf(x[i], 0.f);
+    store(out + q * W, g);
   }
 }
 
-__global__ void gate_kernel(const float* zo, const float* g, size_t n, bf16* x16) {
-  GRID_STRIDE(i, n) { x16[i] = b16(zo[i] * g[i]); }
+template <int W>
+__global__ void wkv_inputs_kernel(size_t n, WkvInputs p) {
+  GRID_STRIDE(q, n / W) {
+    const size_t o = q * W;
+    float r[W], z[W], k2[W], v[W], kn[W], alpha[W], a[W], b[W];
+    load(p.r + o, r), load(p.z + o, z), load(p.k2 + o, k2), load(p.v + o, v), load(p.kn + o, kn);
+    load(p.alpha + o, alpha);
+#pragma unroll
+    for (int i = 0; i < W; ++i) a[i] = -kn[i], b[i] = kn[i] * alpha[i];
+    store(p.r16 + o, r), store(p.z16 + o, z), store(p.k16 + o, k2), store(p.v16 + o, v);
+    store(p.a16 + o, a), store(p.b16 + o, b);
+  }
 }
+
+template <int W>
+__global__ void gate_kernel(const float* zo, const float* g, size_t n, bf16* x16) {
+  GRID_STRIDE(q, n / W) {
+    float x[W], y[W];
+    load(zo + q * W, x), load(g + q * W, y);
+#pragma unroll
+    for (int i = 0; i < W; ++i) x[i] *= y[i];
+    store(x16 + q * W, x);
+  }
+}
+
+bool wide(size_t n, std::initializer_list<const void*> pointers) { return n % 4 == 0 && aligned16(pointers); }
 
 // ---- loss ----
 
@@ -400,12 +462,15 @@ void col_sum(Context& ctx, const float* a, const float* b, int M, int C, float* 
   float* partial = ctx.reduce.as<float>();
   col_partial_kernel<<<dim3((C + 31) / 32, chunks), dim3(32, 8), 0, ctx.stream>>>(a, b, M, C, partial);
   RWKV_CUDA_LAUNCHED("col_sum partial");
-  col_finish(ctx, partial, chunks, C, out);
+  col_finish(ctx, partial, chunks, C, {out});
 }
 
-void col_finish(Context& ctx, const float* partial, int chunks, int C, float* out) {
-  if (chunks <= 0 || C <= 0) return;
-  col_finish_kernel<<<(C + 255) / 256, 256, 0, ctx.stream>>>(partial, chunks, C, out);
+void col_finish(Context& ctx, const float* partial, int chunks, int C, std::initializer_list<float*> outs) {
+  if (chunks <= 0 || C <= 0 || outs.size() == 0) return;
+  if (outs.size() > 8) fail("col_finish: ", outs.size(), " outputs (at most 8)");
+  ColOutputs o{};
+  std::copy(outs.begin(), outs.end(), o.out);
+  col_finish_kernel<<<dim3((C + 31) / 32, unsigned(outs.size())), dim3(32, 8), 0, ctx.stream>>>(partial, chunks, C, o);
   RWKV_CUDA_LAUNCHED("col_sum finish");
 }
 
@@ -426,7 +491,12 @@ void token_shift_backward(Context& ctx, const float* ddelta, int B, int T, int C
                           MutRows dprev, const unsigned char* reset) {
   const size_t n = size_t(B) * size_t(T) * size_t(C);
   if (n == 0) return;
-  token_shift_backward_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(ddelta, T, C, n, dx, dprev, reset);
+  if (C % 4 == 0 && aligned16({ddelta, dx})) {
+    token_shift_backward4_kernel<<<grid_for(n / 4), 256, 0, ctx.stream>>>(
+        reinterpret_cast<const float4*>(ddelta), T, C / 4, n / 4, reinterpret_cast<float4*>(dx), dprev, reset);
+  } else {
+    token_shift_backward_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(ddelta, T, C, n, dx, dprev, reset);
+  }
   RWKV_CUDA_LAUNCHED("token_shift_backward");
 }
 
@@ -460,7 +530,10 @@ void mix_backward(Context& ctx, const MixGrads& g, const float* delta, int M, in
     mix_backward_kernel<1><<<grid, block, 0, ctx.stream>>>(g, delta, M, C, dh, ddelta, partial);
   }
   RWKV_CUDA_LAUNCHED("mix_backward");
-  for (int j = 0; j < g.n; ++j) col_finish(ctx, partial + size_t(j) * chunks * C, chunks, C, g.dmu[j]);
+  ColOutputs o{};
+  std::copy_n(g.dmu, g.n, o.out);
+  col_finish_kernel<<<dim3((C + 31) / 32, unsigned(g.n)), dim3(32, 8), 0, ctx.stream>>>(partial, chunks, C, o);
+  RWKV_CUDA_LAUNCHED("col_sum finish");
 }
 
 void add_rows(Context& ctx, Rows src, int B, int C, MutRows dst) {
@@ -484,25 +557,41 @@ void activate_bf16(Context& ctx, float* x, size_t n, Act act, bf16* out) {
 
 void sqrelu_bf16(Context& ctx, const float* pre, size_t n, bf16* out) {
   if (n == 0) return;
-  sqrelu_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(pre, n, out);
+  if (wide(n, {pre, out})) {
+    sqrelu_kernel<4><<<grid_for(n / 4), 256, 0, ctx.stream>>>(pre, n, out);
+  } else {
+    sqrelu_kernel<1><<<grid_for(n), 256, 0, ctx.stream>>>(pre, n, out);
+  }
   RWKV_CUDA_LAUNCHED("sqrelu_bf16");
 }
 
 void sqrelu_backward_bf16(Context& ctx, const float* dy, const float* pre, size_t n, bf16* out) {
   if (n == 0) return;
-  sqrelu_backward_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(dy, pre, n, out);
+  if (wide(n, {dy, pre, out})) {
+    sqrelu_backward_kernel<4><<<grid_for(n / 4), 256, 0, ctx.stream>>>(dy, pre, n, out);
+  } else {
+    sqrelu_backward_kernel<1><<<grid_for(n), 256, 0, ctx.stream>>>(dy, pre, n, out);
+  }
   RWKV_CUDA_LAUNCHED("sqrelu_backward_bf16");
 }
 
 void rwkv7_wkv_inputs(Context& ctx, size_t n, const WkvInputs& p) {
   if (n == 0) return;
-  wkv_inputs_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(n, p);
+  if (wide(n, {p.r, p.z, p.k2, p.v, p.kn, p.alpha, p.r16, p.z16, p.k16, p.v16, p.a16, p.b16})) {
+    wkv_inputs_kernel<4><<<grid_for(n / 4), 256, 0, ctx.stream>>>(n, p);
+  } else {
+    wkv_inputs_kernel<1><<<grid_for(n), 256, 0, ctx.stream>>>(n, p);
+  }
   RWKV_CUDA_LAUNCHED("rwkv7_wkv_inputs");
 }
 
 void gate_bf16(Context& ctx, const float* zo, const float* g, size_t n, bf16* x16) {
   if (n == 0) return;
-  gate_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(zo, g, n, x16);
+  if (wide(n, {zo, g, x16})) {
+    gate_kernel<4><<<grid_for(n / 4), 256, 0, ctx.stream>>>(zo, g, n, x16);
+  } else {
+    gate_kernel<1><<<grid_for(n), 256, 0, ctx.stream>>>(zo, g, n, x16);
+  }
   RWKV_CUDA_LAUNCHED("gate_bf16");
 }
 

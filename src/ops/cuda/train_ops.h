@@ -8,6 +8,7 @@
 #pragma once
 #include <cuda_bf16.h>
 
+#include <initializer_list>
 #include <vector>
 
 #include "ops/cuda/kernels.h"
@@ -65,8 +66,10 @@ void mix_backward(Context& ctx, const MixGrads& g, const float* delta, int M, in
 // ctx.reduce, then one pass adding them in order (col_finish).
 constexpr int kColSumRows = 128;
 void col_sum(Context& ctx, const float* a, const float* b, int M, int C, float* out);
-// The second pass: out[c] += Σ_k partial[k·C + c] for k = 0 … chunks − 1, in that order.
-void col_finish(Context& ctx, const float* partial, int chunks, int C, float* out);
+// The second pass, for up to 8 sums at once whose partial rows follow each other (sum s at
+// partial + s·chunks·C): outs[s][c] += Σ_k partial[(s·chunks + k)·C + c] in a fixed order; a null
+// output is skipped.
+void col_finish(Context& ctx, const float* partial, int chunks, int C, std::initializer_list<float*> outs);
 
 // dst rows b (B rows of C, strided) += src rows b (strided).
 void add_rows(Context& ctx, Rows src, int B, int C, MutRows dst);
