@@ -40,6 +40,24 @@ struct BackwardSmem {
   }
 };
 
+// Asks L2 for the next chunk's rows (r, k, v, a, b, z, ∂y: one 128-byte line per row for N = 64)
+// and the saved state before it, while this chunk's products run: a block per SM has nothing
+// else to hide those round trips behind.
+template <int N>
+__device__ __forceinline__ void prefetch_chunk(const Wkv7Train& p, const Wkv7TrainGrads& g, const ChunkRows& cr,
+                                               const float* s0) {
+  const auto l2 = [](const void* q) { asm volatile("prefetch.global.L2 [%0];" ::"l"(q)); };
+  int i = threadIdx.x;
+  if (i < 7 * kL) {
+    const int a = i / kL, t = i % kL;
+    const bf16* rows = a == 0 ? p.r : a == 1 ? p.k : a == 2 ? p.v : a == 3 ? p.a : a == 4 ? p.b : a == 5 ? p.z : g.dy;
+    if (t < cr.rows) l2(rows + cr.at(t, 0));
+    return;
+  }
+  i -= 7 * kL;
+  if (s0 && i < N * N / 32) l2(s0 + 32 * i);
+}
+
 template <int N>
 __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_backward_kernel(Wkv7Train p, Wkv7TrainGrads g,
                                                                          int chunks) {
@@ -50,16 +68,20 @@ __global__ void __launch_bounds__(kThreads, 1) wkv7_chunked_backward_kernel(Wkv7
   const int h = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x / 32, H = p.H, T = p.T;
   const size_t head = size_t(seq) * H + h, C = size_t(H) * N;
   const float* ckpt = p.checkpoints + head * size_t(chunks) * N * N;
-  state_in<N>(g.dsT ? g.dsT + state_offset<N>(head) : nullptr, m.dS);
+  state_in<N, kThreads>(g.dsT ? g.dsT + state_offset<N>(head) : nullptr, m.dS);
   for (int c = chunks - 1; c >= 0; --c) {
     const ChunkRows cr{size_t(seq) * T * C + size_t(h) * N, C, c * kL, min(kL, T - c * kL)};
     __syncthreads();  // the chunk after is done; dS holds ∂L/∂(the state after this chunk)
     load_inputs<N, kThreads>(p, cr, m.ER, m.K, m.B, m.EA, m.V, m.lam);
     load_rows<N, kThreads>(g.dy, m.dY, cr);
     if (c > 0) {
-      state_in_transposed<N>(ckpt + size_t(c - 1) * N * N, m.S0);
+      state_in_transposed<N, kThreads>(ckpt + size_t(c - 1) * N * N, m.S0);
     } else {
-      state_in<N>(p.s0 ? p.s0 + state_offset<N>(head) : nullptr, m.S0);
+      state_in<N, kThreads>(p.s0 ? p.s0 + state_offset<N>(head) : nullptr, m.S0);
+    }
+    if (c > 0) {
+      const ChunkRows next{cr.base, C, (c - 1) * kL, kL};
+      prefetch_chunk<N>(p, g, next, c > 1 ? ckpt + size_t(c - 2) * N * N : nullptr);
     }
     __syncthreads();
     factorise<N, kThreads>(m.ER, m.EA, m.EK, m.EB, m.KF, m.BF, m.K, m.B, m.lam, m.eGL);

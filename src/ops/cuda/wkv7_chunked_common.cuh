@@ -246,25 +246,37 @@ __device__ __forceinline__ size_t state_offset(size_t head) {
   return head * size_t(N) * size_t(N);
 }
 
-// Copies an (N, N) state between global memory (dense) and shared memory (leading dim LD).
-template <int N>
+// Copies an (N, N) state between global memory (dense) and shared memory (leading dim LD), by a
+// block of Threads threads: every thread's loads are issued before its stores (a loop over
+// blockDim.x issued them one round trip at a time).
+template <int N, int Threads>
 __device__ __forceinline__ void state_in(const float* g, float* s) {
-  constexpr int LD = Dims<N>::LD;
-  for (int e = threadIdx.x * 4; e < N * N; e += int(blockDim.x) * 4) {
-    const float4 v = g ? *reinterpret_cast<const float4*>(g + e) : make_float4(0.f, 0.f, 0.f, 0.f);
-    *reinterpret_cast<float4*>(s + (e / N) * LD + e % N) = v;
+  constexpr int LD = Dims<N>::LD, K = (N * N / 4 + Threads - 1) / Threads;
+  float4 v[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int e = 4 * (threadIdx.x + k * Threads);
+    v[k] = g && e < N * N ? *reinterpret_cast<const float4*>(g + e) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int e = 4 * (threadIdx.x + k * Threads);
+    if (e < N * N) *reinterpret_cast<float4*>(s + (e / N) * LD + e % N) = v[k];
   }
 }
 // The checkpoints' layout (wkv7_train.h): column-major, g[j·N + i] = S[i, j].
-template <int N>
+template <int N, int Threads>
 __device__ __forceinline__ void state_in_transposed(const float* g, float* s) {
-  constexpr int LD = Dims<N>::LD;
-  for (int e = threadIdx.x; e < N * N; e += int(blockDim.x)) s[(e % N) * LD + e / N] = g[e];
-}
-template <int N>
-__device__ __forceinline__ void state_out_transposed(const float* s, float* g) {
-  constexpr int LD = Dims<N>::LD;
-  for (int e = threadIdx.x; e < N * N; e += int(blockDim.x)) g[e] = s[(e % N) * LD + e / N];
+  constexpr int LD = Dims<N>::LD, K = N * N / Threads;
+  static_assert(N * N % Threads == 0, "whole elements per thread");
+  float v[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = g[threadIdx.x + k * Threads];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int e = threadIdx.x + k * Threads;
+    s[(e % N) * LD + e / N] = v[k];
+  }
 }
 template <int N>
 __device__ __forceinline__ void state_out(const float* s, float* g) {
