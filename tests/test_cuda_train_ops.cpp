@@ -1,9 +1,9 @@
 // The GPU training ops (ops/cuda/train_ops.h) against their plain-loop twins (ops/train.h, the
 // optimizer's AdamW) on random inputs at odd shapes, outputs poisoned first: LayerNorm forward
-// and backward, token shift and its backward, the mixes and their one-pass backward, column sums,
-// the element-wise ops with bf16 outputs, the cross-entropy rows, the embedding's backward, Σg²
-// and AdamW. The per-head RWKV-7 ops are
-// checked through the whole model's gradients (test_cuda_train). Skips without a GPU.
+// and backward, the token shift with the mixes and its backward, the mixes' one-pass backward,
+// column sums, the element-wise ops with bf16 outputs, the cross-entropy rows, the embedding's
+// backward, Σg² and AdamW. The per-head RWKV-7 ops are checked through the whole model's
+// gradients (test_cuda_train). Skips without a GPU.
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -41,8 +41,10 @@ constexpr double kF32 = 2e-5;
 TEST(CudaTrainOps, LayerNormForwardAndBackward) {
   RWKV_REQUIRE_GPU();
   std::mt19937 rng(1);
-  for (const int C : {8, 100, 768}) {
-    for (const int M : {1, 37}) {
+  // C ≤ 1024 with C % 4 == 0: rows in registers (one, several and all eight float4 groups per
+  // lane); 1026: the block-per-row kernel. M = 300: several blocks of 128 rows, the last partial.
+  for (const int C : {8, 100, 768, 1000, 1026}) {
+    for (const int M : {1, 37, 300}) {
       const auto x = normal_floats(size_t(M) * C, rng, 2.f, 0.5f), w = normal_floats(C, rng, 0.5f, 1.f),
                  b = normal_floats(C, rng, 0.1f), dout = normal_floats(size_t(M) * C, rng),
                  dx0 = normal_floats(size_t(M) * C, rng), dw0 = normal_floats(C, rng), db0 = normal_floats(C, rng);
@@ -92,18 +94,21 @@ TEST(CudaTrainOps, TokenShiftMixesAndTheirBackward) {
     ot::token_shift_forward<float>(h.data(), with_prev ? prev.data() : nullptr, B, T, C, delta.data(), reset);
     auto gh = upload(h), gstates = upload(states), gdelta = poisoned(n), gmu = upload(mu);
     const ct::Rows rows{with_prev ? gstates.as<float>() + 7 : nullptr, stride};
-    ct::token_shift(context(), gh.as<float>(), rows, B, T, C, gdelta.as<float>(), greset);
+    // δ and out = bf16(h + δ⊙μ), twice (two mixes in one launch); then the same mixes without δ.
+    auto o1 = test::poisoned_bytes(n * 2), o2 = test::poisoned_bytes(n * 2), o3 = test::poisoned_bytes(n * 2);
+    ct::shift_mix_bf16(context(), gh.as<float>(), rows, B, T, C,
+                       {2, {gmu.as<float>(), gmu.as<float>()}, {o1.as<ct::bf16>(), o2.as<ct::bf16>()}},
+                       gdelta.as<float>(), greset);
     EXPECT_EQ(download_f32(gdelta, n), delta);
-    // out = bf16(h + δ⊙μ), twice (two mixes in one launch).
-    auto o1 = test::poisoned_bytes(n * 2), o2 = test::poisoned_bytes(n * 2);
-    ct::mix_bf16(context(), gh.as<float>(), gdelta.as<float>(), M, C,
-                 {2, {gmu.as<float>(), gmu.as<float>()}, {o1.as<ct::bf16>(), o2.as<ct::bf16>()}});
-    const auto m1 = download_bf16(o1, n), m2 = download_bf16(o2, n);
+    ct::shift_mix_bf16(context(), gh.as<float>(), rows, B, T, C, {1, {gmu.as<float>()}, {o3.as<ct::bf16>()}},
+                       nullptr, greset);
+    const auto m1 = download_bf16(o1, n), m2 = download_bf16(o2, n), m3 = download_bf16(o3, n);
     for (size_t i = 0; i < n; ++i) {
       // One bf16 rounding (2⁻⁹), whether or not either side fused the multiply-add.
       const float want = h[i] + delta[i] * mu[i % C];
       ASSERT_NEAR(m1[i], want, std::abs(want) * 0x1p-8 + 1e-30) << i;
       ASSERT_EQ(m2[i], m1[i]);
+      ASSERT_EQ(m3[i], m1[i]);
     }
     // Backward of three mixes in one pass (dh, ddelta overwritten), then of the shift.
     constexpr int kMixes = 3;

@@ -18,8 +18,7 @@ void Rwkv7TrainCuda::Impl::layer_forward(Tape& t, int l, Cache& c, float* x_out)
 
   // ---- time mix ----
   ct::layer_norm_forward(ctx, c.x_in, M, C, y.ln1_w, y.ln1_b, kLayerNormEps, c.h, c.ln1_mean, c.ln1_rstd);
-  ct::token_shift(ctx, c.h, prev_att, B, T, C, s.delta, t.reset);
-  ct::mix_bf16(ctx, c.h, s.delta, M, C, time_mixes(y));
+  ct::shift_mix_bf16(ctx, c.h, prev_att, B, T, C, time_mixes(y), nullptr, t.reset);
   lin(mx[0], y16.receptance, M, C, C, c.r);
   lin(mx[2], y16.key, M, C, C, c.k_raw);
   lin(mx[3], y16.value, M, C, C, c.v_raw);
@@ -67,8 +66,7 @@ void Rwkv7TrainCuda::Impl::layer_forward(Tape& t, int l, Cache& c, float* x_out)
 
   // ---- channel mix ----
   ct::layer_norm_forward(ctx, c.x_mid, M, C, y.ln2_w, y.ln2_b, kLayerNormEps, c.h2, c.ln2_mean, c.ln2_rstd);
-  ct::token_shift(ctx, c.h2, prev_ffn, B, T, C, s.delta, t.reset);
-  ct::mix_bf16(ctx, c.h2, s.delta, M, C, {1, {y.ffn_x_k}, {mx[0]}});
+  ct::shift_mix_bf16(ctx, c.h2, prev_ffn, B, T, C, {1, {y.ffn_x_k}, {mx[0]}}, nullptr, t.reset);
   lin(mx[0], y16.ffn_key, M, C, d.F, c.ffn_pre);
   ct::sqrelu_bf16(ctx, c.ffn_pre, size_t(M) * d.F, s.act16);
   RWKV_CUDA_CHECK(cudaMemcpyAsync(x_out, c.x_mid, MC * 4, cudaMemcpyDeviceToDevice, ctx.stream));
@@ -124,8 +122,7 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
   lin_dw(s.d16, s.act16, M, F, C, gy.ffn_value);
   lin_dx(s.d16, y16.ffn_value, M, F, C, s.dffn);
   ct::sqrelu_backward_bf16(ctx, s.dffn, c.ffn_pre, size_t(M) * F, s.act16);
-  ct::token_shift(ctx, c.h2, prev_ffn, B, T, C, s.delta, t.reset);
-  ct::mix_bf16(ctx, c.h2, s.delta, M, C, {1, {y.ffn_x_k}, {mx[0]}});
+  ct::shift_mix_bf16(ctx, c.h2, prev_ffn, B, T, C, {1, {y.ffn_x_k}, {mx[0]}}, s.delta, t.reset);
   lin_dw(s.act16, mx[0], M, C, F, gy.ffn_key);
   lin_dx(s.act16, y16.ffn_key, M, C, F, s.dmix[0]);
   ct::MixGrads ffn_mix;
@@ -182,8 +179,7 @@ void Rwkv7TrainCuda::Impl::layer_backward(Tape& t, int l, Cache& c, float* dx) {
                                             gy.w0, gy.a0, gy.v0});
 
   // ---- the projections and LoRAs back to the mixes, each mix back to h and δ ----
-  ct::token_shift(ctx, c.h, prev_att, B, T, C, s.delta, t.reset);
-  ct::mix_bf16(ctx, c.h, s.delta, M, C, time_mixes(y));
+  ct::shift_mix_bf16(ctx, c.h, prev_att, B, T, C, time_mixes(y), s.delta, t.reset);
   float** dm = s.dmix;  // w, a, g, v, r, k
   lora_backward(gw[1], c.w_h, Act::Tanh, y16.w2, gy.w2, d.d_decay, y16.w1, gy.w1, mx[1], M, dm[0]);
   lora_backward(gw[4], c.a_h, Act::None, y16.a2, gy.a2, d.d_iclr, y16.a1, gy.a1, mx[4], M, dm[1]);

@@ -38,6 +38,129 @@ __global__ void ln_backward_kernel(const float* dout, const float* x, int C, con
   }
 }
 
+// Rows of C ≤ 1024 (C % 4 == 0) in registers: a warp per kRowStrip rows, lane l holding float4
+// groups at channels 4·(l + 32·i), i < V = ⌈C/128⌉; a block's 8 warps take kColSumRows
+// consecutive rows. One read of each row (the block-per-row kernel above re-reads it), and the
+// backward's column sums added in registers, then per block in shared memory in warp order.
+constexpr int kRowStrip = kColSumRows / 8, kMaxRowGroups = 8;
+
+__device__ __forceinline__ float4 f4(float a) { return make_float4(a, a, a, a); }
+__device__ __forceinline__ float4 operator+(float4 a, float4 b) { return {a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w}; }
+__device__ __forceinline__ float4 operator-(float4 a, float4 b) { return {a.x - b.x, a.y - b.y, a.z - b.z, a.w - b.w}; }
+__device__ __forceinline__ float4 operator*(float4 a, float4 b) { return {a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w}; }
+__device__ __forceinline__ float hsum(float4 a) { return (a.x + a.y) + (a.z + a.w); }
+
+template <int V>
+struct RowLanes {
+  int lane, m0, m1;
+  __device__ RowLanes(int M) : lane(threadIdx.x & 31) {
+    m0 = blockIdx.x * kColSumRows + (threadIdx.x >> 5) * kRowStrip;
+    m1 = min(M, m0 + kRowStrip);
+  }
+  __device__ int col(int i) const { return 4 * (lane + 32 * i); }
+  // Channels past C read as zeros.
+  __device__ void load(const float* row, int C, float4 (&v)[V]) const {
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[i] = col(i) < C ? *reinterpret_cast<const float4*>(row + col(i)) : f4(0.f);
+  }
+  __device__ void store(float* row, int C, const float4 (&v)[V]) const {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      if (col(i) < C) *reinterpret_cast<float4*>(row + col(i)) = v[i];
+    }
+  }
+};
+
+template <int V>
+__global__ void __launch_bounds__(256) ln_forward_rows_kernel(const float* x, int M, int C, const float* w,
+                                                              const float* b, float eps, float* out,
+                                                              float* mean_out, float* rstd_out) {
+  const RowLanes<V> rl(M);
+  float4 wv[V], bv[V];
+  rl.load(w, C, wv), rl.load(b, C, bv);
+  for (int m = rl.m0; m < rl.m1; ++m) {
+    const size_t o = size_t(m) * size_t(C);
+    float4 xv[V];
+    rl.load(x + o, C, xv);
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < V; ++i) s += hsum(xv[i]);
+    const float mean = warp_sum(s) / float(C);
+    float q = 0.f;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      if (rl.col(i) < C) q += hsum((xv[i] - f4(mean)) * (xv[i] - f4(mean)));
+    }
+    const float inv = rsqrtf(warp_sum(q) / float(C) + eps);
+    float4 y[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) y[i] = (xv[i] - f4(mean)) * f4(inv) * wv[i] + bv[i];
+    rl.store(out + o, C, y);
+    if (rl.lane == 0) mean_out[m] = mean, rstd_out[m] = inv;
+  }
+}
+
+// dx += ∂/∂x (dx may be null); partial rows of Σ dout·x̂ and Σ dout per block (for col_finish).
+template <int V>
+__global__ void __launch_bounds__(256) ln_backward_rows_kernel(const float* dout, const float* x, int M, int C,
+                                                               const float* w, const float* mean_in,
+                                                               const float* rstd_in, float* dx, float* partial) {
+  extern __shared__ float red[];  // [8 warps][C]
+  const RowLanes<V> rl(M);
+  float4 wv[V], tw[V], tb[V];
+  rl.load(w, C, wv);
+#pragma unroll
+  for (int i = 0; i < V; ++i) tw[i] = f4(0.f), tb[i] = f4(0.f);
+  for (int m = rl.m0; m < rl.m1; ++m) {
+    const size_t o = size_t(m) * size_t(C);
+    const float mean = mean_in[m], rstd = rstd_in[m];
+    float4 xv[V], dv[V], xh[V], g[V];
+    rl.load(x + o, C, xv), rl.load(dout + o, C, dv);
+    float sg = 0.f, sgx = 0.f;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      xh[i] = (xv[i] - f4(mean)) * f4(rstd), g[i] = dv[i] * wv[i];
+      sg += hsum(g[i]), sgx += hsum(g[i] * xh[i]);
+      tw[i] = tw[i] + dv[i] * xh[i], tb[i] = tb[i] + dv[i];
+    }
+    const float mg = warp_sum(sg) / float(C), mgx = warp_sum(sgx) / float(C);
+    if (!dx) continue;
+    float4 d[V];
+    rl.load(dx + o, C, d);
+#pragma unroll
+    for (int i = 0; i < V; ++i) d[i] = d[i] + f4(rstd) * (g[i] - f4(mg) - xh[i] * f4(mgx));
+    rl.store(dx + o, C, d);
+  }
+  const int warp = threadIdx.x >> 5;
+  for (int s = 0; s < 2; ++s) {
+    rl.store(red + warp * C, C, s == 0 ? tw : tb);
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      float t = 0.f;
+#pragma unroll
+      for (int q = 0; q < 8; ++q) t += red[q * C + c];
+      partial[(size_t(s) * gridDim.x + blockIdx.x) * size_t(C) + c] = t;
+    }
+    __syncthreads();
+  }
+}
+
+template <class Launch>
+void dispatch_row_groups(int C, Launch&& launch) {
+  switch ((C + 127) / 128) {
+    case 1: launch(std::integral_constant<int, 1>{}); break;
+    case 2: launch(std::integral_constant<int, 2>{}); break;
+    case 3: launch(std::integral_constant<int, 3>{}); break;
+    case 4: launch(std::integral_constant<int, 4>{}); break;
+    case 5: launch(std::integral_constant<int, 5>{}); break;
+    case 6: launch(std::integral_constant<int, 6>{}); break;
+    case 7: launch(std::integral_constant<int, 7>{}); break;
+    default: launch(std::integral_constant<int, 8>{}); break;
+  }
+}
+
+bool rows_fit(int C) { return C % 4 == 0 && C <= 128 * kMaxRowGroups; }
+
 // ---- column sums ----
 
 __global__ void col_partial_kernel(const float* a, const float* b, int M, int C, float* partial) {
@@ -88,20 +211,6 @@ __global__ void col_finish_kernel(const float* partial, int chunks, int C, ColOu
 
 // ---- token shift and mixes ----
 
-__global__ void token_shift_kernel(const float* x, Rows prev, int T, int C, size_t n, float* delta,
-                                   const unsigned char* reset) {
-  GRID_STRIDE(i, n) {
-    const size_t m = i / size_t(C);
-    const int c = int(i % size_t(C)), t = int(m % size_t(T));
-    const size_t b = m / size_t(T);
-    const float p = reset && reset[m] ? 0.f  // a new document: the previous token is zeros
-                    : t > 0           ? x[i - size_t(C)]
-                    : prev.base       ? prev.base[b * prev.stride + c]
-                                      : 0.f;
-    delta[i] = p - x[i];
-  }
-}
-
 __global__ void token_shift_backward_kernel(const float* ddelta, int T, int C, size_t n, float* dx,
                                             MutRows dprev, const unsigned char* reset) {
   GRID_STRIDE(i, n) {
@@ -115,7 +224,7 @@ __global__ void token_shift_backward_kernel(const float* ddelta, int T, int C, s
   }
 }
 
-// Four channels at a time (as token_shift4_kernel).
+// Four channels at a time where C and the pointers allow.
 __global__ void token_shift_backward4_kernel(const float4* ddelta, int T, int C4, size_t n4, float4* dx,
                                              MutRows dprev, const unsigned char* reset) {
   GRID_STRIDE(q, n4) {
@@ -134,50 +243,37 @@ __global__ void token_shift_backward4_kernel(const float4* ddelta, int T, int C4
   }
 }
 
-__global__ void mix_kernel(const float* h, const float* delta, int C, size_t n, Mixes mixes) {
-  GRID_STRIDE(i, n) {
-    const int c = int(i % size_t(C));
-    const float x = h[i], d = delta[i];
-    for (int j = 0; j < mixes.n; ++j) mixes.out[j][i] = b16(x + d * mixes.mu[j][c]);
-  }
-}
-
-// The same three ops four channels at a time, where C and every pointer allow 16-byte accesses:
-// one index division per four values instead of per value (the scalar kernels above ran at about
-// a third of the copy bandwidth on an H200, their 64-bit divisions the bulk of their work).
-__device__ __forceinline__ uint32_t bf16x2_bits(float a, float b) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-__global__ void token_shift4_kernel(const float4* x, Rows prev, int T, int C4, size_t n4, float4* delta,
-                                    const unsigned char* reset) {
-  GRID_STRIDE(q, n4) {
-    const size_t m = q / size_t(C4);
-    const int c = 4 * int(q - m * size_t(C4)), t = int(m % size_t(T));
-    float4 p = make_float4(0.f, 0.f, 0.f, 0.f);  // a new document: the previous token is zeros
+// The token shift and the mixes in one pass, W channels per thread: 4 (16-byte accesses) where C
+// and every pointer allow, else 1. (Per-value kernels with 64-bit index divisions ran at about a
+// third of the copy bandwidth on an H200; a separate shift then mix wrote and re-read δ.)
+template <int W>
+__global__ void shift_mix_kernel(const float* x, Rows prev, int T, int CW, size_t nW, Mixes mixes, float* delta,
+                                 const unsigned char* reset) {
+  GRID_STRIDE(q, nW) {
+    const size_t m = q / size_t(CW);
+    const int c = W * int(q - m * size_t(CW)), t = int(m % size_t(T));
+    float p[W] = {}, v[W], d[W];  // p stays zero at a new document
+    load(x + q * W, v);
     if (!(reset && reset[m])) {
       if (t > 0) {
-        p = x[q - size_t(C4)];
+        load(x + (q - CW) * W, p);
       } else if (prev.base) {
         const float* s = prev.base + (m / size_t(T)) * prev.stride + c;
-        p = make_float4(s[0], s[1], s[2], s[3]);
+#pragma unroll
+        for (int i = 0; i < W; ++i) p[i] = s[i];
       }
     }
-    const float4 v = x[q];
-    delta[q] = make_float4(p.x - v.x, p.y - v.y, p.z - v.z, p.w - v.w);
-  }
-}
-
-__global__ void mix4_kernel(const float4* h, const float4* delta, int C4, size_t n4, Mixes mixes) {
-  GRID_STRIDE(q, n4) {
-    const int c = 4 * int(q % size_t(C4));
-    const float4 x = h[q], d = delta[q];
-    for (int j = 0; j < mixes.n; ++j) {
-      const float4 mu = *reinterpret_cast<const float4*>(mixes.mu[j] + c);
-      const uint2 out = {bf16x2_bits(x.x + d.x * mu.x, x.y + d.y * mu.y),
-                         bf16x2_bits(x.z + d.z * mu.z, x.w + d.w * mu.w)};
-      *reinterpret_cast<uint2*>(mixes.out[j] + 4 * q) = out;
+#pragma unroll
+    for (int i = 0; i < W; ++i) d[i] = p[i] - v[i];
+    if (delta) store(delta + q * W, d);
+#pragma unroll
+    for (int j = 0; j < 6; ++j) {  // unrolled: the mixes' pointers stay in registers
+      if (j >= mixes.n) break;
+      float mu[W], o[W];
+      load(mixes.mu[j] + c, mu);
+#pragma unroll
+      for (int i = 0; i < W; ++i) o[i] = v[i] + d[i] * mu[i];
+      store(mixes.out[j] + q * W, o);
     }
   }
 }
@@ -442,13 +538,34 @@ __global__ void adamw_kernel(float* p, const float* g, float* m1, float* m2, bf1
 
 void layer_norm_forward(Context& ctx, const float* x, int M, int C, const float* w, const float* b,
                         float eps, float* out, float* mean, float* rstd) {
-  layer_norm(ctx, x, C, out, M, C, w, b, eps, mean, rstd);
+  if (M <= 0) return;
+  if (!rows_fit(C) || !aligned16({x, w, b, out})) {
+    layer_norm(ctx, x, C, out, M, C, w, b, eps, mean, rstd);
+    return;
+  }
+  const int blocks = (M + kColSumRows - 1) / kColSumRows;
+  dispatch_row_groups(C, [&](auto v) {
+    ln_forward_rows_kernel<decltype(v)::value><<<blocks, 256, 0, ctx.stream>>>(x, M, C, w, b, eps, out, mean, rstd);
+  });
+  RWKV_CUDA_LAUNCHED("train layer_norm_forward");
 }
 
 void layer_norm_backward(Context& ctx, const float* dout, const float* x, int M, int C, const float* w,
                          const float* mean, const float* rstd, float* dx, float* dw, float* db,
                          float* scratch) {
   if (M <= 0) return;
+  if (rows_fit(C) && aligned16({dout, x, w, dx})) {
+    const int chunks = (M + kColSumRows - 1) / kColSumRows;
+    ctx.reduce.ensure(2 * size_t(chunks) * size_t(C) * sizeof(float));
+    float* partial = ctx.reduce.as<float>();
+    dispatch_row_groups(C, [&](auto v) {
+      ln_backward_rows_kernel<decltype(v)::value><<<chunks, 256, 8 * C * sizeof(float), ctx.stream>>>(
+          dout, x, M, C, w, mean, rstd, dx, partial);
+    });
+    RWKV_CUDA_LAUNCHED("train layer_norm_backward");
+    col_finish(ctx, partial, chunks, C, {dw, db});
+    return;
+  }
   ln_backward_kernel<<<M, 256, 0, ctx.stream>>>(dout, x, C, w, mean, rstd, dx, scratch);
   RWKV_CUDA_LAUNCHED("train layer_norm_backward");
   if (dw) col_sum(ctx, scratch, nullptr, M, C, dw);
@@ -474,17 +591,19 @@ void col_finish(Context& ctx, const float* partial, int chunks, int C, std::init
   RWKV_CUDA_LAUNCHED("col_sum finish");
 }
 
-void token_shift(Context& ctx, const float* x, Rows prev, int B, int T, int C, float* delta,
-                 const unsigned char* reset) {
+void shift_mix_bf16(Context& ctx, const float* x, Rows prev, int B, int T, int C, const Mixes& mixes, float* delta,
+                    const unsigned char* reset) {
   const size_t n = size_t(B) * size_t(T) * size_t(C);
   if (n == 0) return;
-  if (C % 4 == 0 && aligned16({x, delta})) {
-    token_shift4_kernel<<<grid_for(n / 4), 256, 0, ctx.stream>>>(reinterpret_cast<const float4*>(x), prev, T, C / 4,
-                                                               n / 4, reinterpret_cast<float4*>(delta), reset);
+  if (mixes.n < 0 || mixes.n > 6) fail("shift_mix_bf16: ", mixes.n, " mixes (0 to 6)");
+  bool wide = C % 4 == 0 && aligned16({x, delta});
+  for (int j = 0; j < mixes.n; ++j) wide = wide && aligned16({mixes.mu[j], mixes.out[j]});
+  if (wide) {
+    shift_mix_kernel<4><<<grid_for(n / 4), 256, 0, ctx.stream>>>(x, prev, T, C / 4, n / 4, mixes, delta, reset);
   } else {
-    token_shift_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(x, prev, T, C, n, delta, reset);
+    shift_mix_kernel<1><<<grid_for(n), 256, 0, ctx.stream>>>(x, prev, T, C, n, mixes, delta, reset);
   }
-  RWKV_CUDA_LAUNCHED("token_shift");
+  RWKV_CUDA_LAUNCHED("shift_mix_bf16");
 }
 
 void token_shift_backward(Context& ctx, const float* ddelta, int B, int T, int C, float* dx,
@@ -498,20 +617,6 @@ void token_shift_backward(Context& ctx, const float* ddelta, int B, int T, int C
     token_shift_backward_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(ddelta, T, C, n, dx, dprev, reset);
   }
   RWKV_CUDA_LAUNCHED("token_shift_backward");
-}
-
-void mix_bf16(Context& ctx, const float* h, const float* delta, int M, int C, const Mixes& mixes) {
-  const size_t n = size_t(M) * size_t(C);
-  if (n == 0 || mixes.n == 0) return;
-  bool wide = C % 4 == 0 && aligned16({h, delta});
-  for (int j = 0; j < mixes.n; ++j) wide = wide && aligned16({mixes.mu[j], mixes.out[j]});
-  if (wide) {
-    mix4_kernel<<<grid_for(n / 4), 256, 0, ctx.stream>>>(reinterpret_cast<const float4*>(h),
-                                                       reinterpret_cast<const float4*>(delta), C / 4, n / 4, mixes);
-  } else {
-    mix_kernel<<<grid_for(n), 256, 0, ctx.stream>>>(h, delta, C, n, mixes);
-  }
-  RWKV_CUDA_LAUNCHED("mix_bf16");
 }
 
 void mix_backward(Context& ctx, const MixGrads& g, const float* delta, int M, int C, float* dh, float* ddelta) {

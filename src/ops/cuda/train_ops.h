@@ -31,26 +31,27 @@ struct MutRows {
 // LayerNorm forward with its statistics: out = (x − mean)·rstd·w + b (biased variance).
 void layer_norm_forward(Context& ctx, const float* x, int M, int C, const float* w, const float* b,
                         float eps, float* out, float* mean, float* rstd);
-// dx += ∂/∂x (dx may be null); dw += Σ dout·x̂, db += Σ dout. scratch: M·C floats (dout·x̂).
+// dx += ∂/∂x (dx may be null); dw += Σ dout·x̂, db += Σ dout. scratch: M·C floats (dout·x̂), used
+// only where C > 1024 or C % 4 ≠ 0 (else the rows stay in registers and the sums too).
 void layer_norm_backward(Context& ctx, const float* dout, const float* x, int M, int C, const float* w,
                          const float* mean, const float* rstd, float* dx, float* dw, float* db,
                          float* scratch);
 
-// delta[b,t] = x[b,t−1] − x[b,t], x[b,−1] = prev row b. reset (B·T, device, or null): a nonzero
-// entry starts a new document at that row, whose previous token is zeros (ops::train's reset).
-void token_shift(Context& ctx, const float* x, Rows prev, int B, int T, int C, float* delta,
-                 const unsigned char* reset = nullptr);
-// dx[b,t] += ddelta[b,t+1] − ddelta[b,t] (t+1 < T); dprev row b = ddelta[b,0] (overwritten);
-// each term only where the forward used that previous row.
-void token_shift_backward(Context& ctx, const float* ddelta, int B, int T, int C, float* dx,
-                          MutRows dprev, const unsigned char* reset = nullptr);
-// out_j = bf16(h + delta⊙mu_j) for up to 6 mixes.
+// The token shift and up to 6 mixes in one pass: delta[b,t] = x[b,t−1] − x[b,t] (x[b,−1] = prev
+// row b; prev.base null = zeros; reset (B·T, device, or null): a nonzero entry starts a new
+// document at that row, whose previous token is zeros, as ops::train's reset), written only where
+// delta is not null; out_j = bf16(x + delta⊙mu_j).
 struct Mixes {
   int n = 0;
   const float* mu[6] = {};
   bf16* out[6] = {};
 };
-void mix_bf16(Context& ctx, const float* h, const float* delta, int M, int C, const Mixes& mixes);
+void shift_mix_bf16(Context& ctx, const float* x, Rows prev, int B, int T, int C, const Mixes& mixes, float* delta,
+                    const unsigned char* reset = nullptr);
+// dx[b,t] += ddelta[b,t+1] − ddelta[b,t] (t+1 < T); dprev row b = ddelta[b,0] (overwritten);
+// each term only where the forward used that previous row.
+void token_shift_backward(Context& ctx, const float* ddelta, int B, int T, int C, float* dx,
+                          MutRows dprev, const unsigned char* reset = nullptr);
 // The backward of n ≤ 6 mixes of the same (h, δ): dh = Σ_j dout_j and ddelta = Σ_j dout_j⊙mu_j
 // (both overwritten), dmu_j += Σ_rows dout_j⊙δ. One pass over the rows: each dout_j is read once,
 // and dh, ddelta written once (not read and rewritten per mix).
