@@ -69,6 +69,9 @@ __device__ __forceinline__ float apply_act(float x, int act) {
   }
 }
 
+// Asks L2 for the 128-byte line at q (no register written, nothing waits for it).
+__device__ __forceinline__ void prefetch_l2(const void* q) { asm volatile("prefetch.global.L2 [%0];" ::"l"(q)); }
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

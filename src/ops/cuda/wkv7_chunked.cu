@@ -46,16 +46,15 @@ struct BackwardSmem {
 template <int N>
 __device__ __forceinline__ void prefetch_chunk(const Wkv7Train& p, const Wkv7TrainGrads& g, const ChunkRows& cr,
                                                const float* s0) {
-  const auto l2 = [](const void* q) { asm volatile("prefetch.global.L2 [%0];" ::"l"(q)); };
   int i = threadIdx.x;
   if (i < 7 * kL) {
     const int a = i / kL, t = i % kL;
     const bf16* rows = a == 0 ? p.r : a == 1 ? p.k : a == 2 ? p.v : a == 3 ? p.a : a == 4 ? p.b : a == 5 ? p.z : g.dy;
-    if (t < cr.rows) l2(rows + cr.at(t, 0));
+    if (t < cr.rows) prefetch_l2(rows + cr.at(t, 0));
     return;
   }
   i -= 7 * kL;
-  if (s0 && i < N * N / 32) l2(s0 + 32 * i);
+  if (s0 && i < N * N / 32) prefetch_l2(s0 + 32 * i);
 }
 
 template <int N>

@@ -81,6 +81,30 @@ __global__ void __launch_bounds__(ScanShape<N>::kThreads) wkv7_train_forward_ker
   }
 }
 
+// Asks L2 for a chunk's rows of head h in the given bf16 arrays, in the fp32 array sa (if not
+// null) and for the saved state `state` (if not null) while the current chunk computes: with two
+// N-thread blocks per SM the next chunk's loads otherwise start from DRAM with nothing to hide
+// them behind. row0: the chunk's first row's offset (elements) in every array; C: the row pitch.
+template <int N, int A>
+__device__ __forceinline__ void prefetch_rows(const bf16* const (&arrays)[A], const float* sa, size_t row0,
+                                              size_t C, int rows, const float* state) {
+  constexpr int kLines = (N * 2 + 127) / 128, kFloatLines = (N * 4 + 127) / 128;
+  const int n = rows * (A * kLines + (sa ? kFloatLines : 0)), states = state ? N * N / 32 : 0;
+  for (int q = threadIdx.x; q < n + states; q += N) {
+    if (q >= n) {
+      prefetch_l2(state + 32 * (q - n));
+      continue;
+    }
+    const int t = q % rows, k = q / rows;
+    const size_t at = row0 + size_t(t) * C;
+    if (k < A * kLines) {
+      prefetch_l2(arrays[k / kLines] + at + k % kLines * 64);
+    } else {
+      prefetch_l2(sa + at + (k - A * kLines) * 32);
+    }
+  }
+}
+
 // Forward with heads enough to fill the GPU: one block per (sequence, head), thread i owns row i of
 // S (value index).
 template <int N>
@@ -109,6 +133,11 @@ __global__ void __launch_bounds__(N, 2) wkv7_train_rows_forward_kernel(Wkv7Train
       for (int tt = 0; tt < kChunk; ++tt) load(tt);
     } else {
       for (int tt = 0; tt < rows; ++tt) load(tt);
+    }
+    if (t0 + kChunk < T) {
+      const bf16* const next[] = {p.r, p.z, p.k, p.v, p.a, p.b};
+      prefetch_rows<N>(next, nullptr, ((size_t(seq) * T + t0 + kChunk) * H + h) * N, size_t(H) * N,
+                       min(kChunk, T - t0 - kChunk), nullptr);
     }
     __syncthreads();
     for (int tt = 0; tt < rows; ++tt) {
@@ -179,6 +208,11 @@ __global__ void __launch_bounds__(N, 2) wkv7_train_backward_kernel(Wkv7Train p, 
       for (int tt = 0; tt < kChunk; ++tt) load(tt);
     } else {
       for (int tt = 0; tt < rows; ++tt) load(tt);
+    }
+    if (c0 > 0) {  // the chunk before: its rows and the state after it
+      const bf16* const next[] = {p.r, p.z, p.k, p.v, p.a, p.b, g.dy};
+      prefetch_rows<N>(next, p.sa, ((size_t(seq) * T + c0 - kChunk) * H + h) * N, size_t(H) * N, kChunk,
+                       ckpt + size_t(c0 / kChunk - 1) * N * N);
     }
     {  // the state after the chunk's last row
       const float4* c = reinterpret_cast<const float4*>(ckpt + size_t(c0 / kChunk) * N * N + size_t(i) * N);
