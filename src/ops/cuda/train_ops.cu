@@ -163,8 +163,21 @@ bool rows_fit(int C) { return C % 4 == 0 && C <= 128 * kMaxRowGroups; }
 
 // ---- column sums ----
 
+// Block (32, 8): the sum over threadIdx.y of each column's values s, added in y order; valid in
+// the threads with threadIdx.y == 0.
+__device__ __forceinline__ float sum_over_rows_of_8(float s) {
+  __shared__ float sums[8][32];
+  sums[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  float t = 0.f;
+  if (threadIdx.y == 0) {
+#pragma unroll
+    for (int y = 0; y < 8; ++y) t += sums[y][threadIdx.x];
+  }
+  return t;
+}
+
 __global__ void col_partial_kernel(const float* a, const float* b, int M, int C, float* partial) {
-  __shared__ float sums[8][33];
   const int c = blockIdx.x * 32 + threadIdx.x, chunk = blockIdx.y;
   const int m0 = chunk * kColSumRows, m1 = min(M, m0 + kColSumRows);
   float s = 0.f;
@@ -174,14 +187,8 @@ __global__ void col_partial_kernel(const float* a, const float* b, int M, int C,
       s += b ? a[i] * b[i] : a[i];
     }
   }
-  sums[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float t = 0.f;
-#pragma unroll
-    for (int y = 0; y < 8; ++y) t += sums[y][threadIdx.x];
-    partial[size_t(chunk) * size_t(C) + c] = t;
-  }
+  const float t = sum_over_rows_of_8(s);
+  if (threadIdx.y == 0 && c < C) partial[size_t(chunk) * size_t(C) + c] = t;
 }
 
 // Threads (32, 8) per 32 columns and output (blockIdx.y): thread y adds partial rows y, y + 8, …
@@ -190,7 +197,6 @@ struct ColOutputs {
   float* out[8];
 };
 __global__ void col_finish_kernel(const float* partial, int chunks, int C, ColOutputs outs) {
-  __shared__ float sums[8][32];
   float* out = outs.out[blockIdx.y];
   if (!out) return;
   const int c = blockIdx.x * 32 + threadIdx.x;
@@ -199,14 +205,8 @@ __global__ void col_finish_kernel(const float* partial, int chunks, int C, ColOu
   if (c < C) {
     for (int k = threadIdx.y; k < chunks; k += 8) s += part[size_t(k) * size_t(C) + c];
   }
-  sums[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float t = 0.f;
-#pragma unroll
-    for (int y = 0; y < 8; ++y) t += sums[y][threadIdx.x];
-    out[c] += t;
-  }
+  const float t = sum_over_rows_of_8(s);
+  if (threadIdx.y == 0 && c < C) out[c] += t;
 }
 
 // ---- token shift and mixes ----
