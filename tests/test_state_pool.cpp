@@ -1,7 +1,9 @@
 // State pools (Model::new_state_pool, step_pooled, forward_pooled) on CPU models: the pooled forms
 // are the pointer forms over the pool's slots, bit for bit, and every bad call is refused before
-// any state changes.
+// any state changes; HostFloats, the host memory for what a model returns.
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "model/host_state_pool.h"
 #include "rwkv/error.h"
@@ -44,6 +46,38 @@ void expect_error(F call, const std::string& needle) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
   }
+}
+
+// HostFloats: zeroed, movable, page-locked only where a GPU is there; a pooled step writes into it.
+TEST(HostFloats, ZeroedMovableAndUsableAsLogits) {
+  HostFloats empty;
+  EXPECT_EQ(empty.size(), 0u);
+  EXPECT_EQ(empty.data(), nullptr);
+  HostFloats a(1000);
+  ASSERT_NE(a.data(), nullptr);
+  EXPECT_EQ(a.size(), 1000u);
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a.data()[i], 0.f) << i;
+  EXPECT_EQ(a.page_locked(), cuda_device_count() > 0);
+  a.data()[7] = 3.f;
+  HostFloats b(std::move(a));
+  EXPECT_EQ(a.data(), nullptr);
+  EXPECT_EQ(a.size(), 0u);
+  EXPECT_EQ(b.size(), 1000u);
+  EXPECT_EQ(b.data()[7], 3.f);
+  a = HostFloats(5);
+  b = std::move(a);
+  EXPECT_EQ(b.size(), 5u);
+
+  auto model = small_model();
+  const int V = model->info().vocab_size, B = 2;
+  auto pool = model->new_state_pool(B);
+  const int slots[] = {0, 1}, tokens[] = {3, 5};
+  HostFloats logits(size_t(B) * V);
+  std::vector<float> want(size_t(B) * V);
+  auto pool2 = model->new_state_pool(B);
+  model->step_pooled(tokens, B, *pool, slots, logits.data());
+  model->step_pooled(tokens, B, *pool2, slots, want.data());
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_EQ(logits.data()[i], want[i]) << i;
 }
 
 TEST(StatePool, PooledFormsEqualThePointerFormsBitForBit) {

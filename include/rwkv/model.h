@@ -116,4 +116,29 @@ GpuCeilings measure_gpu_ceilings(int device);
 std::unique_ptr<Model> load_model(std::shared_ptr<const Checkpoint> checkpoint,
                                   const LoadOptions& options = {});
 
+// n zeroed floats of host memory for what a GPU model returns (logits of a batch): page-locked
+// where this build has the CUDA backend and a GPU, so a model's copy into it runs at the bus's
+// speed (batch-256 logits, 67 MB: 1.2 ms on an H200's host, 6 ms into ordinary memory); ordinary
+// memory otherwise, or if page-locking fails.
+class HostFloats {
+ public:
+  HostFloats() = default;
+  explicit HostFloats(size_t n);
+  HostFloats(HostFloats&& other) noexcept;
+  HostFloats& operator=(HostFloats&& other) noexcept;
+  HostFloats(const HostFloats&) = delete;
+  HostFloats& operator=(const HostFloats&) = delete;
+  ~HostFloats();
+  float* data() { return data_; }
+  const float* data() const { return data_; }
+  size_t size() const { return size_; }
+  bool page_locked() const { return page_locked_; }
+
+ private:
+  void release();
+  float* data_ = nullptr;
+  size_t size_ = 0;
+  bool page_locked_ = false;
+};
+
 }  // namespace rwkv

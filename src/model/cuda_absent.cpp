@@ -1,8 +1,12 @@
 // Built when nvcc was not found: the CUDA backend's entry points say so.
 #include "model/generations.h"
+#include "model/page_locked.h"
 #include "rwkv/error.h"
 
 namespace rwkv::model {
+
+void* alloc_page_locked(size_t) { return nullptr; }
+void free_page_locked(void*) {}
 
 std::unique_ptr<Model> load_cuda_model(std::shared_ptr<const Checkpoint>, const ModelInfo&,
                                        const LoadOptions&) {

@@ -150,7 +150,7 @@ class Engine {
   // Worker-only.
   std::vector<std::unique_ptr<Active>> active_;  // by slot; nullptr when free
   int decode_group_ = 0;                         // sequences per step call, resolved
-  std::vector<float> logits_;                    // (max(decode group, prefill batch), V)
+  HostFloats logits_;  // (max(decode group, prefill batch), V), page-locked beside a GPU
   std::vector<float> scratch_state_;
   std::thread worker_;
 };

@@ -1,6 +1,28 @@
-// The public face of the GPU for programs: how many, and their measured ceilings.
+// The public face of the GPU for programs: how many, their measured ceilings, and page-locked
+// host memory for what they return.
+#include <cuda_runtime.h>
+
+#include "model/page_locked.h"
 #include "ops/cuda/kernels.h"
 #include "rwkv/model.h"
+
+namespace rwkv::model {
+
+void* alloc_page_locked(size_t bytes) {
+  if (cuda::device_count() == 0) return nullptr;
+  void* p = nullptr;
+  if (cudaMallocHost(&p, bytes) != cudaSuccess) {
+    cudaGetLastError();  // clear it: ordinary memory serves instead
+    return nullptr;
+  }
+  return p;
+}
+
+void free_page_locked(void* p) {
+  if (p) cudaFreeHost(p);
+}
+
+}  // namespace rwkv::model
 
 namespace rwkv {
 
