@@ -87,7 +87,11 @@ TEST(CudaRwkv7, PooledBatchesAreIndependent) {
   auto par = model->new_state_pool(8), rec = model->new_state_pool(8);
   std::vector<float> logits(size_t(B * T) * V, std::nanf(""));
   model->forward_pooled(flat.data(), B, T, *par, slots.data(), logits.data(), LogitsMode::All);
-  std::vector<float> step_logits(size_t(B * T) * V), one(size_t(B) * V);
+  // The steps' logits land in page-locked memory (HostFloats), as rwkv bench and the server take them.
+  EXPECT_EQ(model->cuda_device(), 0);
+  HostFloats one(size_t(B) * V, model->cuda_device() >= 0);
+  EXPECT_TRUE(one.page_locked());
+  std::vector<float> step_logits(size_t(B * T) * V);
   for (int t = 0; t < T; ++t) {
     std::vector<int> col(B);
     for (int b = 0; b < B; ++b) col[size_t(b)] = seqs[size_t(b)][size_t(t)];

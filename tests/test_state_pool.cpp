@@ -53,18 +53,19 @@ TEST(HostFloats, ZeroedMovableAndUsableAsLogits) {
   HostFloats empty;
   EXPECT_EQ(empty.size(), 0u);
   EXPECT_EQ(empty.data(), nullptr);
-  HostFloats a(1000);
+  HostFloats a(1000, true);
   ASSERT_NE(a.data(), nullptr);
   EXPECT_EQ(a.size(), 1000u);
   for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a.data()[i], 0.f) << i;
   EXPECT_EQ(a.page_locked(), cuda_device_count() > 0);
+  EXPECT_FALSE(HostFloats(10, false).page_locked());  // a CPU model's: ordinary memory
   a.data()[7] = 3.f;
   HostFloats b(std::move(a));
   EXPECT_EQ(a.data(), nullptr);
   EXPECT_EQ(a.size(), 0u);
   EXPECT_EQ(b.size(), 1000u);
   EXPECT_EQ(b.data()[7], 3.f);
-  a = HostFloats(5);
+  a = HostFloats(5, false);
   b = std::move(a);
   EXPECT_EQ(b.size(), 5u);
 
@@ -72,7 +73,8 @@ TEST(HostFloats, ZeroedMovableAndUsableAsLogits) {
   const int V = model->info().vocab_size, B = 2;
   auto pool = model->new_state_pool(B);
   const int slots[] = {0, 1}, tokens[] = {3, 5};
-  HostFloats logits(size_t(B) * V);
+  EXPECT_EQ(model->cuda_device(), -1);
+  HostFloats logits(size_t(B) * V, model->cuda_device() >= 0);
   std::vector<float> want(size_t(B) * V);
   auto pool2 = model->new_state_pool(B);
   model->step_pooled(tokens, B, *pool, slots, logits.data());

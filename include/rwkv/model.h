@@ -80,6 +80,8 @@ class Model {
   // Weight bytes read per decoded token (every matrix but the embedding, whose one row is read).
   virtual size_t decode_bytes_per_token() const = 0;
   virtual DType weight_dtype() const = 0;
+  // The GPU this model computes on, or −1 for the CPU.
+  virtual int cuda_device() const { return -1; }
 
   // Recurrent form: tokens[B], states[B] updated in place, logits [B, V].
   // Throws rwkv::Error for a token outside [0, V) before touching any state.
@@ -116,14 +118,15 @@ GpuCeilings measure_gpu_ceilings(int device);
 std::unique_ptr<Model> load_model(std::shared_ptr<const Checkpoint> checkpoint,
                                   const LoadOptions& options = {});
 
-// n zeroed floats of host memory for what a GPU model returns (logits of a batch): page-locked
-// where this build has the CUDA backend and a GPU, so a model's copy into it runs at the bus's
+// n zeroed floats of host memory for what a model returns (logits of a batch). page_locked (pass
+// model.cuda_device() >= 0): page-locked memory, into which a GPU model's copy runs at the bus's
 // speed (batch-256 logits, 67 MB: 1.2 ms on an H200's host, 6 ms into ordinary memory); ordinary
-// memory otherwise, or if page-locking fails.
+// memory where page-locking fails (no CUDA backend or GPU) and where page_locked is false (a CPU
+// model: no GPU context is made for it).
 class HostFloats {
  public:
   HostFloats() = default;
-  explicit HostFloats(size_t n);
+  HostFloats(size_t n, bool page_locked);
   HostFloats(HostFloats&& other) noexcept;
   HostFloats& operator=(HostFloats&& other) noexcept;
   HostFloats(const HostFloats&) = delete;

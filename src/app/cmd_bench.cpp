@@ -32,7 +32,7 @@ void run(const BenchArgs& a) {
   const int V = info.vocab_size, B = a.batch;
   std::vector<float> start(model->state_spec().floats);
   // Page-locked beside a GPU: the step's copy of B·V logits runs at the bus's speed.
-  HostFloats logits(size_t(V) * size_t(B));
+  HostFloats logits(size_t(V) * size_t(B), model->cuda_device() >= 0);
   model->init_state(start.data());
   // The states stay in a pool where the model computes (GPU memory for a CUDA model): what is
   // timed is the model, not copies of its state through the host.

@@ -7,9 +7,9 @@
 
 namespace rwkv {
 
-HostFloats::HostFloats(size_t n) : size_(n) {
+HostFloats::HostFloats(size_t n, bool page_locked) : size_(n) {
   if (n == 0) return;
-  data_ = static_cast<float*>(model::alloc_page_locked(n * sizeof(float)));
+  if (page_locked) data_ = static_cast<float*>(model::alloc_page_locked(n * sizeof(float)));
   page_locked_ = data_ != nullptr;
   if (page_locked_) {
     std::memset(data_, 0, n * sizeof(float));

@@ -99,7 +99,7 @@ Engine::Engine(std::shared_ptr<Model> model, std::shared_ptr<const Tokenizer> to
   decode_group_ = options_.decode_group > 0 ? std::min(options_.decode_group, options_.slots)
                                             : options_.slots;
   const int rows = std::max(decode_group_, std::min(options_.prefill_batch, options_.slots));
-  logits_ = HostFloats(size_t(rows) * size_t(model_->info().vocab_size));
+  logits_ = HostFloats(size_t(rows) * size_t(model_->info().vocab_size), model_->cuda_device() >= 0);
   scratch_state_.resize(model_->state_spec().floats);
   worker_ = std::thread([this] { run(); });
 }

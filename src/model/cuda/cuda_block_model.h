@@ -25,6 +25,7 @@ class CudaBlockModel : public Model {
   StateSpec state_spec() const override { return spec_; }
   size_t decode_bytes_per_token() const override { return decode_bytes_; }
   DType weight_dtype() const override { return weight_dtype_; }
+  int cuda_device() const override { return options_.cuda_device; }
   std::unique_ptr<StatePool> new_state_pool(int n) const override;
 
   // The pointer forms: states go up into a scratch pool and come back down.
